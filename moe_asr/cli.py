@@ -1,7 +1,7 @@
 """The `moe-asr` console script: subcommands that call the library.
 
-  moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA [--config.seed=1]
-  moe-asr corpus stats --data-dir DATA [--name moe_asr_synth/tiny]
+moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA [--config.seed=1]
+moe-asr corpus stats --data-dir DATA [--name moe_asr_synth/tiny]
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def _corpus_build(args, overrides) -> int:
   splits = builder.info.splits
   total = sum(s.num_examples for s in splits.values())
   print(
-      f"Built {name}: {total} utterances in {len(splits)} splits, tokenizer of "
-      f"{tok.vocab_size} pieces, in {elapsed:.0f} s.\n"
-      f"Load it with tfds.builder({builder.name + '/' + builder.builder_config.name!r}, "
-      f"data_dir={str(args.data_dir)!r}) after `import moe_asr.data.builders`."
+    f"Built {name}: {total} utterances in {len(splits)} splits, tokenizer of "
+    f"{tok.vocab_size} pieces, in {elapsed:.0f} s.\n"
+    f"Load it with tfds.builder({builder.name + '/' + builder.builder_config.name!r}, "
+    f"data_dir={str(args.data_dir)!r}) after `import moe_asr.data.builders`."
   )
   return 0
 
@@ -51,8 +51,8 @@ def _corpus_stats(args, overrides) -> int:
   name = args.name
   if name is None:
     found = sorted(
-        p.parent.relative_to(args.data_dir).as_posix()
-        for p in pathlib.Path(args.data_dir).glob("*/*/*/dataset_info.json")
+      p.parent.relative_to(args.data_dir).as_posix()
+      for p in pathlib.Path(args.data_dir).glob("*/*/*/dataset_info.json")
     )
     if not found:
       print(f"No TFDS dataset found under {args.data_dir}", file=sys.stderr)
@@ -76,9 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
   build.add_argument("--config", required=True, help="corpus config file (configs/corpus/*.py)")
   build.add_argument("--data-dir", required=True, type=pathlib.Path, help="TFDS data directory")
   build.set_defaults(func=_corpus_build)
-  stats = corpus_sub.add_parser("stats", help="hours, utterances, speakers per split/language/intent")
+  stats = corpus_sub.add_parser(
+    "stats", help="hours, utterances, speakers per split/language/intent"
+  )
   stats.add_argument("--data-dir", required=True, type=pathlib.Path, help="TFDS data directory")
-  stats.add_argument("--name", default=None, help="dataset, e.g. moe_asr_synth/tiny (default: first found)")
+  stats.add_argument(
+    "--name", default=None, help="dataset, e.g. moe_asr_synth/tiny (default: first found)"
+  )
   stats.add_argument("--json", default=None, help="also write the statistics to this JSON file")
   stats.set_defaults(func=_corpus_stats)
   return parser

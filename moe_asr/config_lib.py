@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import ml_collections
 
 
-def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(
+  path: str | pathlib.Path, overrides: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
   """Loads `path[:arg]` and applies `key.sub=value` overrides.
 
   Args:
@@ -75,7 +77,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     if isinstance(old, tuple) and isinstance(value, list):
       value = tuple(value)
     if old is not None and not isinstance(value, type(old)):
-      raise TypeError(f"Override {key}={raw!r}: expected {type(old).__name__}, got {type(value).__name__}")
+      raise TypeError(
+        f"Override {key}={raw!r}: expected {type(old).__name__}, got {type(value).__name__}"
+      )
     parent[leaf] = value
 
 

@@ -14,11 +14,15 @@ from moe_asr.data.tokenizer import Tokenizer
 SR = 16000
 VOCAB = pl.Vocabularies(intents=("play_music", "set_alarm"), slot_types=("song", "time"))
 TEXTS = [
-    ("play shape of you", ["en"] * 4, "play_music", [("song", "shape of you")]),
-    ("pon la canción shape of you", ["es", "es", "es", "en", "en", "en"], "play_music",
-     [("song", "shape of you")]),
-    ("wake me at seven", ["en"] * 4, "set_alarm", [("time", "seven")]),
-    ("despiértame a las siete", ["es"] * 4, "set_alarm", [("time", "siete")]),
+  ("play shape of you", ["en"] * 4, "play_music", [("song", "shape of you")]),
+  (
+    "pon la canción shape of you",
+    ["es", "es", "es", "en", "en", "en"],
+    "play_music",
+    [("song", "shape of you")],
+  ),
+  ("wake me at seven", ["en"] * 4, "set_alarm", [("time", "seven")]),
+  ("despiértame a las siete", ["es"] * 4, "set_alarm", [("time", "siete")]),
 ]
 
 
@@ -31,19 +35,21 @@ def _example(i: int, seconds: float) -> dict:
   if len(langs) == 1:
     segments = [[0, n, langs_lib.language_index(langs[0])]]
   else:
-    segments = [[0, n // 2, langs_lib.language_index(langs[0])],
-                [n // 2, n, langs_lib.language_index(langs[1])]]
+    segments = [
+      [0, n // 2, langs_lib.language_index(langs[0])],
+      [n // 2, n, langs_lib.language_index(langs[1])],
+    ]
   return {
-      "audio": rng.integers(-3000, 3000, n).astype(np.int16),
-      "text": text.encode(),  # TFDS returns bytes for text features.
-      "words_lang": [w.encode() for w in words_lang],
-      "segments": np.asarray(segments, np.int32),
-      "language": b"mixed" if len(langs) > 1 else langs[0].encode(),
-      "intent": intent.encode(),
-      "slots": {"type": [t.encode() for t, _ in slots], "value": [v.encode() for _, v in slots]},
-      "speaker": f"spk{i % 3}".encode(),
-      "id": f"ex-{i:04d}".encode(),
-      "snr_db": np.float32(np.inf),
+    "audio": rng.integers(-3000, 3000, n).astype(np.int16),
+    "text": text.encode(),  # TFDS returns bytes for text features.
+    "words_lang": [w.encode() for w in words_lang],
+    "segments": np.asarray(segments, np.int32),
+    "language": b"mixed" if len(langs) > 1 else langs[0].encode(),
+    "intent": intent.encode(),
+    "slots": {"type": [t.encode() for t, _ in slots], "value": [v.encode() for _, v in slots]},
+    "speaker": f"spk{i % 3}".encode(),
+    "id": f"ex-{i:04d}".encode(),
+    "snr_db": np.float32(np.inf),
   }
 
 
@@ -68,8 +74,9 @@ def _cfg(**kw):
 
 
 def _pipeline(source, tokenizer, index=0, count=1, **kw):
-  return pl.Pipeline(source, _cfg(**kw), tokenizer=tokenizer, vocab=VOCAB,
-                     process_index=index, process_count=count)
+  return pl.Pipeline(
+    source, _cfg(**kw), tokenizer=tokenizer, vocab=VOCAB, process_index=index, process_count=count
+  )
 
 
 def test_batches_take_only_bucket_shapes(source, tokenizer):
@@ -77,8 +84,12 @@ def test_batches_take_only_bucket_shapes(source, tokenizer):
   shapes = {(b.batch_size, b.max_samples, b.max_tokens, b.num_frames) for b in p.buckets}
   seen = set()
   for batch in itertools.islice(iter(p), 3 * p.batches_per_epoch):
-    key = (batch["audio"].shape[0], batch["audio"].shape[1], batch["tokens"].shape[1],
-           batch["frame_lang"].shape[1])
+    key = (
+      batch["audio"].shape[0],
+      batch["audio"].shape[1],
+      batch["tokens"].shape[1],
+      batch["frame_lang"].shape[1],
+    )
     assert key in shapes
     seen.add(key)
     assert batch["audio"].dtype == np.int16 and batch["tokens"].dtype == np.int32
@@ -140,8 +151,9 @@ def test_eval_epoch_covers_every_example_once(source, tokenizer):
 
 
 def test_long_utterances_cut_when_configured(source, tokenizer):
-  p = _pipeline(source, tokenizer, shuffle=False, drop_remainder=False, num_epochs=1,
-                long_policy="cut")
+  p = _pipeline(
+    source, tokenizer, shuffle=False, drop_remainder=False, num_epochs=1, long_policy="cut"
+  )
   batches = list(iter(p))
   rows = {int(i): (b, r) for b in batches for r, i in enumerate(b["index"]) if b["example_mask"][r]}
   assert {5, 17} <= set(rows)
@@ -170,11 +182,13 @@ def test_labels(source, tokenizer):
       for slot_type, value in zip(ex["slots"]["type"], ex["slots"]["value"], strict=True):
         value_tokens = tokenizer.encode(value.decode())
         n = len(value_tokens)
-        starts = [i for i in range(len(tokens) - n + 1) if tokens[i:i + n].tolist() == value_tokens]
+        starts = [
+          i for i in range(len(tokens) - n + 1) if tokens[i : i + n].tolist() == value_tokens
+        ]
         assert starts, (text, value)
         s = starts[0]
         assert tags[s] == f"B-{slot_type.decode()}"
-        assert all(t == f"I-{slot_type.decode()}" for t in tags[s + 1:s + n])
+        assert all(t == f"I-{slot_type.decode()}" for t in tags[s + 1 : s + n])
       assert tags.count("O") == len(tags) - sum(t != "O" for t in tags)
       # Languages.
       words_lang = [langs_lib.language_index(w.decode()) for w in ex["words_lang"]]
@@ -194,8 +208,9 @@ def test_labels(source, tokenizer):
 
 
 def test_label_overflow_is_masked_and_counted(source, tokenizer):
-  p = _pipeline(source, tokenizer, shuffle=False, drop_remainder=False, num_epochs=1,
-                tokens_per_second=0.5)  # Far too few label slots for any transcript.
+  p = _pipeline(
+    source, tokenizer, shuffle=False, drop_remainder=False, num_epochs=1, tokens_per_second=0.5
+  )  # Far too few label slots for any transcript.
   batches = list(iter(p))
   assert not any(b["example_mask"].any() for b in batches)
   assert p.stats["skipped_labels_too_long"] == len(source) - 2

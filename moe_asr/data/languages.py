@@ -21,16 +21,16 @@ class Language:
 
 
 LANGUAGES: dict[str, Language] = {
-    lang.code: lang
-    for lang in [
-        Language("en", "English", "en-us", "Latin", True),
-        Language("es", "Spanish", "es", "Latin", True),
-        Language("de", "German", "de", "Latin", True),
-        Language("fr", "French", "fr-fr", "Latin", True),
-        Language("hi", "Hindi", "hi", "Devanagari", True),
-        Language("cmn", "Mandarin Chinese", "cmn", "Han", False),
-        Language("ru", "Russian", "ru", "Cyrillic", True),
-    ]
+  lang.code: lang
+  for lang in [
+    Language("en", "English", "en-us", "Latin", True),
+    Language("es", "Spanish", "es", "Latin", True),
+    Language("de", "German", "de", "Latin", True),
+    Language("fr", "French", "fr-fr", "Latin", True),
+    Language("hi", "Hindi", "hi", "Devanagari", True),
+    Language("cmn", "Mandarin Chinese", "cmn", "Han", False),
+    Language("ru", "Russian", "ru", "Cyrillic", True),
+  ]
 }
 
 LANGUAGE_CODES: tuple[str, ...] = tuple(LANGUAGES)
@@ -45,7 +45,7 @@ def language_index(code: str) -> int:
     return LANGUAGE_CODES.index(code)
   except ValueError:
     raise ValueError(
-        f"Unknown language code {code!r}; known codes: {', '.join(LANGUAGE_CODES)}"
+      f"Unknown language code {code!r}; known codes: {', '.join(LANGUAGE_CODES)}"
     ) from None
 
 

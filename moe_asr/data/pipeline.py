@@ -56,7 +56,9 @@ class PipelineConfig:
 
   # ((max_seconds, global_batch_size), ...), ascending in seconds.
   buckets: tuple[tuple[float, int], ...] = ((3.0, 32), (5.0, 24), (8.0, 16), (12.0, 8))
-  tokens_per_second: float = 15.0  # Label length of a bucket: seconds x this (+2, to a multiple of 8).
+  tokens_per_second: float = (
+    15.0  # Label length of a bucket: seconds x this (+2, to a multiple of 8).
+  )
   words_per_second: float = 5.0  # Word-label length of a bucket, likewise.
   max_lang_runs: int = 8  # Length of the language-run sequence (LID CTC targets).
   long_policy: str = "skip"  # Audio beyond the last bucket: "skip" (mask + count) or "cut".
@@ -91,13 +93,13 @@ def make_buckets(cfg: PipelineConfig, feature_cfg: features_lib.FeatureConfig | 
   for sec, batch in cfg.buckets:
     samples = int(round(sec * schema.SAMPLE_RATE))
     buckets.append(
-        Bucket(
-            max_samples=samples,
-            batch_size=int(batch),
-            max_tokens=_round_up(int(math.ceil(sec * cfg.tokens_per_second)) + 2, 8),
-            max_words=_round_up(int(math.ceil(sec * cfg.words_per_second)) + 2, 8),
-            num_frames=int(features_lib.num_frames(samples, feature_cfg)),
-        )
+      Bucket(
+        max_samples=samples,
+        batch_size=int(batch),
+        max_tokens=_round_up(int(math.ceil(sec * cfg.tokens_per_second)) + 2, 8),
+        max_words=_round_up(int(math.ceil(sec * cfg.words_per_second)) + 2, 8),
+        num_frames=int(features_lib.num_frames(samples, feature_cfg)),
+      )
     )
   return tuple(buckets)
 
@@ -145,7 +147,9 @@ def data_source(name: str, split: str, *, data_dir: str | None = None, config: s
   return builder.as_data_source(split=split)
 
 
-def example_lengths(source: Sequence[Mapping[str, Any]], cache_file: str | None = None) -> np.ndarray:
+def example_lengths(
+  source: Sequence[Mapping[str, Any]], cache_file: str | None = None
+) -> np.ndarray:
   """Audio lengths (samples) of every example, cached in `cache_file` when given.
 
   The cache is keyed by the number of examples and written atomically; an
@@ -189,13 +193,13 @@ def assign_buckets(lengths: np.ndarray, buckets: Sequence[Bucket], long_policy: 
 
 
 def plan_epoch(
-    bucket_ids: np.ndarray,
-    buckets: Sequence[Bucket],
-    *,
-    seed: int,
-    epoch: int,
-    shuffle: bool,
-    drop_remainder: bool,
+  bucket_ids: np.ndarray,
+  buckets: Sequence[Bucket],
+  *,
+  seed: int,
+  epoch: int,
+  shuffle: bool,
+  drop_remainder: bool,
 ) -> list[tuple[int, np.ndarray]]:
   """Global batches of one epoch: (bucket index, example indices, -1 = padding row)."""
   rng = np.random.default_rng([seed, epoch])
@@ -227,9 +231,9 @@ class _PlanSource:
     self.batches_per_epoch = len(self._epoch(0))
     if self.batches_per_epoch == 0:
       raise ValueError(
-          "The batch plan is empty: no bucket gets a full batch "
-          f"({np.bincount(bucket_ids[bucket_ids >= 0], minlength=len(buckets)).tolist()} "
-          f"examples per bucket for batch sizes {[b.batch_size for b in buckets]})."
+        "The batch plan is empty: no bucket gets a full batch "
+        f"({np.bincount(bucket_ids[bucket_ids >= 0], minlength=len(buckets)).tolist()} "
+        f"examples per bucket for batch sizes {[b.batch_size for b in buckets]})."
       )
 
   def _epoch(self, epoch: int):
@@ -238,12 +242,12 @@ class _PlanSource:
         if len(self._cache) > 2:
           self._cache.pop(min(self._cache))
         self._cache[epoch] = plan_epoch(
-            self._bucket_ids,
-            self._buckets,
-            seed=self._cfg.seed,
-            epoch=epoch,
-            shuffle=self._cfg.shuffle,
-            drop_remainder=self._cfg.drop_remainder,
+          self._bucket_ids,
+          self._buckets,
+          seed=self._cfg.seed,
+          epoch=epoch,
+          shuffle=self._cfg.shuffle,
+          drop_remainder=self._cfg.drop_remainder,
         )
       return self._cache[epoch]
 
@@ -300,7 +304,9 @@ def slot_word_tags(words: Sequence[str], slots: Sequence[tuple[str, str]]) -> li
         start = i + n
         break
     else:
-      raise ValueError(f"Slot value {value!r} ({slot_type}) is not a word run of {' '.join(words)!r}")
+      raise ValueError(
+        f"Slot value {value!r} ({slot_type}) is not a word run of {' '.join(words)!r}"
+      )
   return tags
 
 
@@ -320,7 +326,9 @@ def frame_languages(segments: np.ndarray, num_frames: int, feature_cfg) -> np.nd
 class _LoadBatch:
   """grain map: one planned global batch -> this process's padded numpy rows."""
 
-  def __init__(self, source, buckets, cfg, tokenizer, vocab, feature_cfg, process_index, process_count):
+  def __init__(
+    self, source, buckets, cfg, tokenizer, vocab, feature_cfg, process_index, process_count
+  ):
     self.source, self.buckets, self.cfg = source, buckets, cfg
     self.tokenizer, self.vocab, self.feature_cfg = tokenizer, vocab, feature_cfg
     self.process_index, self.process_count = process_index, process_count
@@ -363,8 +371,8 @@ class _LoadBatch:
     words_lang = [_as_str(w) for w in ex.get("words_lang", [])]
     if words_lang and len(words_lang) != len(words):
       raise ValueError(
-          f"Example {_as_str(ex.get('id', index))}: {len(words_lang)} word languages for "
-          f"{len(words)} words"
+        f"Example {_as_str(ex.get('id', index))}: {len(words_lang)} word languages for "
+        f"{len(words)} words"
       )
     # Token ids per word, so that every token knows its word (slot tags, languages).
     token_ids, token_word = [], []
@@ -394,7 +402,9 @@ class _LoadBatch:
     runs = [lang for i, lang in enumerate(word_lang_ids) if i == 0 or lang != word_lang_ids[i - 1]]
     batch["lang_runs"][r, : min(len(runs), self.cfg.max_lang_runs)] = runs[: self.cfg.max_lang_runs]
     language = _as_str(ex.get("language", ""))
-    utt_lang = dominant_language(words_lang, fallback=language if language != langs_lib.MIXED else "")
+    utt_lang = dominant_language(
+      words_lang, fallback=language if language != langs_lib.MIXED else ""
+    )
     batch["language"][r] = langs_lib.language_index(utt_lang) if utt_lang else NO_LABEL
     batch["code_switched"][r] = len(runs) > 1
     segments = np.asarray(ex.get("segments", np.zeros((0, 3))), np.int64).reshape(-1, 3)
@@ -410,9 +420,13 @@ class _LoadBatch:
       n = len(token_ids)
       batch["tokens"][r, :n] = token_ids
       batch["token_mask"][r, :n] = True
-      batch["token_lang"][r, :n] = [word_lang_ids[w] for w in token_word] if word_lang_ids else NO_LABEL
+      batch["token_lang"][r, :n] = (
+        [word_lang_ids[w] for w in token_word] if word_lang_ids else NO_LABEL
+      )
       slots = ex.get("slots", {"type": [], "value": []})
-      pairs = list(zip([_as_str(t) for t in slots["type"]], [_as_str(v) for v in slots["value"]], strict=True))
+      pairs = list(
+        zip([_as_str(t) for t in slots["type"]], [_as_str(v) for v in slots["value"]], strict=True)
+      )
       if pairs or intent:
         word_tags = slot_word_tags(words, pairs)
         tags = []
@@ -426,24 +440,24 @@ class _LoadBatch:
 
 def _empty_batch(bucket: Bucket, rows: int, max_lang_runs: int) -> dict[str, np.ndarray]:
   return {
-      "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
-      "audio_mask": np.zeros((rows, bucket.max_samples), bool),
-      "example_mask": np.zeros((rows,), bool),  # False for padding / skipped rows.
-      "index": np.full((rows,), NO_LABEL, np.int64),  # Index in the data source.
-      "tokens": np.zeros((rows, bucket.max_tokens), np.int32),  # [batch, tokens], 0 = pad
-      "token_mask": np.zeros((rows, bucket.max_tokens), bool),
-      "token_lang": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),
-      "slot_tags": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),  # BIO per token.
-      "words_lang": np.full((rows, bucket.max_words), NO_LABEL, np.int32),
-      "lang_runs": np.full((rows, max_lang_runs), NO_LABEL, np.int32),  # Languages of word runs.
-      "frame_lang": np.full((rows, bucket.num_frames), NO_LABEL, np.int32),  # 10 ms frames.
-      "language": np.full((rows,), NO_LABEL, np.int32),  # Dominant language index.
-      "code_switched": np.zeros((rows,), bool),
-      "intent": np.full((rows,), NO_LABEL, np.int32),
-      "snr_db": np.full((rows,), schema.CLEAN_SNR_DB, np.float32),
-      "id": np.full((rows,), "", object),
-      "text": np.full((rows,), "", object),
-      "speaker": np.full((rows,), "", object),
+    "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
+    "audio_mask": np.zeros((rows, bucket.max_samples), bool),
+    "example_mask": np.zeros((rows,), bool),  # False for padding / skipped rows.
+    "index": np.full((rows,), NO_LABEL, np.int64),  # Index in the data source.
+    "tokens": np.zeros((rows, bucket.max_tokens), np.int32),  # [batch, tokens], 0 = pad
+    "token_mask": np.zeros((rows, bucket.max_tokens), bool),
+    "token_lang": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),
+    "slot_tags": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),  # BIO per token.
+    "words_lang": np.full((rows, bucket.max_words), NO_LABEL, np.int32),
+    "lang_runs": np.full((rows, max_lang_runs), NO_LABEL, np.int32),  # Languages of word runs.
+    "frame_lang": np.full((rows, bucket.num_frames), NO_LABEL, np.int32),  # 10 ms frames.
+    "language": np.full((rows,), NO_LABEL, np.int32),  # Dominant language index.
+    "code_switched": np.zeros((rows,), bool),
+    "intent": np.full((rows,), NO_LABEL, np.int32),
+    "snr_db": np.full((rows,), schema.CLEAN_SNR_DB, np.float32),
+    "id": np.full((rows,), "", object),
+    "text": np.full((rows,), "", object),
+    "speaker": np.full((rows,), "", object),
   }
 
 
@@ -460,17 +474,17 @@ class Pipeline:
   """
 
   def __init__(
-      self,
-      source: Sequence[Mapping[str, Any]],
-      cfg: PipelineConfig,
-      *,
-      tokenizer=None,
-      vocab: Vocabularies | None = None,
-      feature_cfg: features_lib.FeatureConfig | None = None,
-      lengths: np.ndarray | None = None,
-      length_cache: str | None = None,
-      process_index: int | None = None,
-      process_count: int | None = None,
+    self,
+    source: Sequence[Mapping[str, Any]],
+    cfg: PipelineConfig,
+    *,
+    tokenizer=None,
+    vocab: Vocabularies | None = None,
+    feature_cfg: features_lib.FeatureConfig | None = None,
+    lengths: np.ndarray | None = None,
+    length_cache: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
   ):
     if process_index is None or process_count is None:
       import jax
@@ -492,20 +506,25 @@ class Pipeline:
     self.vocab = vocab
     self._plan = _PlanSource(self.bucket_ids, self.buckets, cfg)
     self._load = _LoadBatch(
-        source, self.buckets, cfg, tokenizer, vocab, self.feature_cfg, process_index, process_count
+      source, self.buckets, cfg, tokenizer, vocab, self.feature_cfg, process_index, process_count
     )
     too_long = int(np.sum(self.lengths > self.buckets[-1].max_samples))
     self.plan_stats = {
-        "examples": len(self.lengths),
-        "too_long": too_long,
-        "empty": int(np.sum(self.lengths <= 0)),
-        "per_bucket": np.bincount(self.bucket_ids[self.bucket_ids >= 0], minlength=len(self.buckets)).tolist(),
-        "batches_per_epoch": self._plan.batches_per_epoch,
+      "examples": len(self.lengths),
+      "too_long": too_long,
+      "empty": int(np.sum(self.lengths <= 0)),
+      "per_bucket": np.bincount(
+        self.bucket_ids[self.bucket_ids >= 0], minlength=len(self.buckets)
+      ).tolist(),
+      "batches_per_epoch": self._plan.batches_per_epoch,
     }
     if too_long:
       logging.warning(
-          "%d of %d utterances are longer than the last bucket (%.1f s): policy %r",
-          too_long, len(self.lengths), self.buckets[-1].max_samples / schema.SAMPLE_RATE, cfg.long_policy,
+        "%d of %d utterances are longer than the last bucket (%.1f s): policy %r",
+        too_long,
+        len(self.lengths),
+        self.buckets[-1].max_samples / schema.SAMPLE_RATE,
+        cfg.long_policy,
       )
 
   @property
@@ -521,7 +540,9 @@ class Pipeline:
     return grain.MapDataset.source(self._plan).map(self._load)
 
   def __iter__(self) -> grain.DatasetIterator:
-    read = grain.ReadOptions(num_threads=self.cfg.num_threads, prefetch_buffer_size=self.cfg.prefetch)
+    read = grain.ReadOptions(
+      num_threads=self.cfg.num_threads, prefetch_buffer_size=self.cfg.prefetch
+    )
     return iter(self.dataset().to_iter_dataset(read))
 
 

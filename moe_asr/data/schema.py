@@ -22,38 +22,38 @@ def features():
   import tensorflow_datasets as tfds
 
   return tfds.features.FeaturesDict(
-      {
-          # int16 [samples] at 16 kHz.
-          "audio": tfds.features.Audio(
-              shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE, encoding="none"
-          ),
-          "text": tfds.features.Text(),  # Normalised transcript.
-          "words_lang": tfds.features.Sequence(tfds.features.Text()),  # Per whitespace word.
-          # (start_sample, end_sample, language index) per language segment, or empty.
-          "segments": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
-          "language": tfds.features.Text(),  # Dominant language code, or "mixed".
-          "intent": tfds.features.Text(),  # End-task label, "" where the set has none.
-          "slots": tfds.features.Sequence(
-              {"type": tfds.features.Text(), "value": tfds.features.Text()}
-          ),
-          "speaker": tfds.features.Text(),  # Voice / speaker id.
-          "id": tfds.features.Text(),  # Stable example id.
-          "snr_db": np.float32,  # Added-noise SNR in dB; inf for clean audio.
-      }
+    {
+      # int16 [samples] at 16 kHz.
+      "audio": tfds.features.Audio(
+        shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE, encoding="none"
+      ),
+      "text": tfds.features.Text(),  # Normalised transcript.
+      "words_lang": tfds.features.Sequence(tfds.features.Text()),  # Per whitespace word.
+      # (start_sample, end_sample, language index) per language segment, or empty.
+      "segments": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
+      "language": tfds.features.Text(),  # Dominant language code, or "mixed".
+      "intent": tfds.features.Text(),  # End-task label, "" where the set has none.
+      "slots": tfds.features.Sequence(
+        {"type": tfds.features.Text(), "value": tfds.features.Text()}
+      ),
+      "speaker": tfds.features.Text(),  # Voice / speaker id.
+      "id": tfds.features.Text(),  # Stable example id.
+      "snr_db": np.float32,  # Added-noise SNR in dB; inf for clean audio.
+    }
   )
 
 
 def empty_example(example_id: str, audio: np.ndarray, text: str) -> dict[str, Any]:
   """An example with the given audio and text and every optional field empty."""
   return {
-      "audio": audio,
-      "text": text,
-      "words_lang": [],
-      "segments": np.zeros((0, 3), np.int32),
-      "language": "",
-      "intent": "",
-      "slots": {"type": [], "value": []},
-      "speaker": "",
-      "id": example_id,
-      "snr_db": CLEAN_SNR_DB,
+    "audio": audio,
+    "text": text,
+    "words_lang": [],
+    "segments": np.zeros((0, 3), np.int32),
+    "language": "",
+    "intent": "",
+    "slots": {"type": [], "value": []},
+    "speaker": "",
+    "id": example_id,
+    "snr_db": CLEAN_SNR_DB,
   }

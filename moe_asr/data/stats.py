@@ -22,13 +22,15 @@ def split_stats(examples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
   Returns:
     {"utterances", "hours", "speakers", "code_switched", "languages": {lang: n},
-     "code_switch_pairs": {"es-en": n}, "intents": {intent: n}, "hours_by_language"}.
+     "code_switch_pairs": {"en-es": n}, "intents": {intent: n}, "hours_by_language",
+     "speakers_by_language"}.
   """
   n = 0
   samples = 0
   speakers = set()
   languages = collections.Counter()
   hours_by_language = collections.Counter()
+  speakers_by_language = collections.defaultdict(set)
   pairs = collections.Counter()
   intents = collections.Counter()
   code_switched = 0
@@ -38,7 +40,7 @@ def split_stats(examples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     samples += length
     speakers.add(_as_str(ex["speaker"]))
     words_lang = [_as_str(w) for w in ex["words_lang"]]
-    distinct = list(dict.fromkeys(words_lang))
+    distinct = sorted(set(words_lang), key=_lang_order)
     language = _as_str(ex["language"])
     if len(distinct) > 1:
       code_switched += 1
@@ -46,16 +48,18 @@ def split_stats(examples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
       language = langs_lib.MIXED
     languages[language] += 1
     hours_by_language[language] += length / schema.SAMPLE_RATE / 3600
+    speakers_by_language[language].add(_as_str(ex["speaker"]))
     intents[_as_str(ex["intent"])] += 1
   return {
-      "utterances": n,
-      "hours": samples / schema.SAMPLE_RATE / 3600,
-      "speakers": len(speakers),
-      "code_switched": code_switched,
-      "languages": dict(languages),
-      "hours_by_language": dict(hours_by_language),
-      "code_switch_pairs": dict(pairs),
-      "intents": dict(intents),
+    "utterances": n,
+    "hours": samples / schema.SAMPLE_RATE / 3600,
+    "speakers": len(speakers),
+    "code_switched": code_switched,
+    "languages": dict(languages),
+    "hours_by_language": dict(hours_by_language),
+    "speakers_by_language": {k: sorted(v) for k, v in speakers_by_language.items()},
+    "code_switch_pairs": dict(pairs),
+    "intents": dict(intents),
   }
 
 
@@ -71,7 +75,10 @@ def dataset_stats(builder) -> dict[str, Any]:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
   widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-  fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+  fmt = lambda r: "  ".join(
+    str(c).rjust(w) if i else str(c).ljust(w)
+    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+  )
   return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
 
 
@@ -91,14 +98,21 @@ def format_stats(stats: Mapping[str, Any]) -> str:
   parts.append(_table(["split", "utterances", "hours", "speakers", "cs_frac"], rows))
 
   langs = sorted({k for st in s.values() for k in st["languages"]}, key=_lang_order)
-  rows = [[lang] + [s[n]["languages"].get(lang, 0) for n in splits] for lang in langs]
-  parts.append("Utterances per language (dominant language; `mixed` = code-switched)\n"
-               + _table(["language", *splits], rows))
+  rows = []
+  for lang in langs:
+    hours = sum(st["hours_by_language"].get(lang, 0.0) for st in s.values())
+    voices = set().union(*(st["speakers_by_language"].get(lang, []) for st in s.values()))
+    counts = [s[n]["languages"].get(lang, 0) for n in splits]
+    rows.append([lang, *counts, f"{hours:.2f}", len(voices)])
+  parts.append(
+    "Utterances per language (`mixed` = code-switched); hours and speakers over all splits\n"
+    + _table(["language", *splits, "hours", "speakers"], rows)
+  )
 
   pairs = sorted({k for st in s.values() for k in st["code_switch_pairs"]})
   if pairs:
     rows = [[p] + [s[n]["code_switch_pairs"].get(p, 0) for n in splits] for p in pairs]
-    parts.append("Code-switched utterances per language sequence\n" + _table(["switch", *splits], rows))
+    parts.append("Code-switched utterances per language pair\n" + _table(["pair", *splits], rows))
 
   intents = sorted({k for st in s.values() for k in st["intents"]})
   rows = [[i or "(none)"] + [s[n]["intents"].get(i, 0) for n in splits] for i in intents]

@@ -30,9 +30,9 @@ class MoeAsrSynthConfig(tfds.core.BuilderConfig):
     plain = corpus._to_plain(corpus_config)
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
     super().__init__(
-        name=corpus_config.name,
-        description=f"{corpus_config.description} (corpus config sha256 {digest})",
-        **kwargs,
+      name=corpus_config.name,
+      description=f"{corpus_config.description} (corpus config sha256 {digest})",
+      **kwargs,
     )
     self.corpus_config = corpus_config
     self.digest = digest
@@ -59,30 +59,32 @@ class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config.corpus_config
     metadata = tfds.core.MetadataDict(
-        corpus_config=corpus._to_plain(cfg),
-        corpus_config_digest=self.builder_config.digest,
-        language_codes=list(langs_lib.LANGUAGE_CODES),
-        languages=list(cfg.languages),
-        heldout_language=cfg.heldout_language,
-        intents=list(grammar.INTENTS),
-        slot_types=list(grammar.SLOT_TYPES),
-        bias_phrases=corpus.bias_phrases(cfg),
-        bias_entities=[list(e) for e in corpus.bias_entities(cfg)],
+      corpus_config=corpus._to_plain(cfg),
+      corpus_config_digest=self.builder_config.digest,
+      language_codes=list(langs_lib.LANGUAGE_CODES),
+      languages=list(cfg.languages),
+      heldout_language=cfg.heldout_language,
+      intents=list(grammar.INTENTS),
+      slot_types=list(grammar.SLOT_TYPES),
+      bias_phrases=corpus.bias_phrases(cfg),
+      bias_entities=[list(e) for e in corpus.bias_entities(cfg)],
     )
     return self.dataset_info_from_configs(
-        features=schema.features(),
-        supervised_keys=("audio", "text"),
-        metadata=metadata,
-        homepage="https://github.com/espeak-ng/espeak-ng",
+      features=schema.features(),
+      supervised_keys=("audio", "text"),
+      metadata=metadata,
+      # Keep generation order: example i of a split is `{split}-{i:06d}`.
+      disable_shuffling=True,
+      homepage="https://github.com/espeak-ng/espeak-ng",
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download: the corpus is synthesised.
     corpus.validate_config(self.builder_config.corpus_config)
     return {
-        split: self._generate_examples(split)
-        for split, spec in corpus.split_specs(self.builder_config.corpus_config).items()
-        if spec.size > 0
+      split: self._generate_examples(split)
+      for split, spec in corpus.split_specs(self.builder_config.corpus_config).items()
+      if spec.size > 0
     }
 
   def _generate_examples(self, split: str):
@@ -90,7 +92,7 @@ class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
 
 
 def builder_from_config_file(
-    path: str | pathlib.Path, data_dir: str | pathlib.Path, overrides=()
+  path: str | pathlib.Path, data_dir: str | pathlib.Path, overrides=()
 ) -> MoeAsrSynth:
   """The builder of a corpus config file (registered or not)."""
   cfg = config_lib.load_config(path, overrides)
@@ -99,9 +101,11 @@ def builder_from_config_file(
   if cfg.name in known and known[cfg.name].digest != builder_config.digest:
     # Same name, different content: keep them apart on disk.
     raise ValueError(
-        f"Corpus config {path} is named {cfg.name!r} like configs/corpus/{cfg.name}.py but "
-        "differs from it; give it another `name`."
+      f"Corpus config {path} is named {cfg.name!r} like configs/corpus/{cfg.name}.py but "
+      "differs from it; give it another `name`."
     )
+  if cfg.name in known:
+    return MoeAsrSynth(config=cfg.name, data_dir=str(data_dir))
   return MoeAsrSynth(config=builder_config, data_dir=str(data_dir))
 
 
@@ -112,9 +116,9 @@ def check_built(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   have = metadata.get("corpus_config_digest")
   if want and have and want != have:
     raise ValueError(
-        f"Dataset at {builder.data_dir} was built from another version of corpus config "
-        f"{builder.builder_config.name!r} (digest {have}, config now {want}); rebuild it "
-        "into a new --data-dir."
+      f"Dataset at {builder.data_dir} was built from another version of corpus config "
+      f"{builder.builder_config.name!r} (digest {have}, config now {want}); rebuild it "
+      "into a new --data-dir."
     )
   return metadata
 

@@ -29,15 +29,15 @@ from moe_asr.data import schema
 from moe_asr.data.synth import augment, grammar, tts
 
 SPLITS = (
-    "train",
-    "validation",
-    "test",
-    "test_cs",
-    "test_noisy",
-    "test_bias",
-    "unlabeled",
-    "heldout_train",
-    "heldout_test",
+  "train",
+  "validation",
+  "test",
+  "test_cs",
+  "test_noisy",
+  "test_bias",
+  "unlabeled",
+  "heldout_train",
+  "heldout_test",
 )
 
 
@@ -57,15 +57,15 @@ class SplitSpec:
 def split_specs(cfg: Mapping[str, Any]) -> dict[str, SplitSpec]:
   """The split table for a corpus config."""
   table = {
-      "train": ("train", "mixed", True, False, True),
-      "validation": ("train", "mixed", False, False, True),
-      "test": ("test", "mono", False, False, False),
-      "test_cs": ("test", "cs", False, False, False),
-      "test_noisy": ("test", "mixed", False, True, False),
-      "test_bias": ("test", "bias", False, False, False),
-      "unlabeled": ("train", "mixed", True, False, True),
-      "heldout_train": ("train", "heldout", True, False, False),
-      "heldout_test": ("test", "heldout", False, False, False),
+    "train": ("train", "mixed", True, False, True),
+    "validation": ("train", "mixed", False, False, True),
+    "test": ("test", "mono", False, False, False),
+    "test_cs": ("test", "cs", False, False, False),
+    "test_noisy": ("test", "mixed", False, True, False),
+    "test_bias": ("test", "bias", False, False, False),
+    "unlabeled": ("train", "mixed", True, False, True),
+    "heldout_train": ("train", "heldout", True, False, False),
+    "heldout_test": ("test", "heldout", False, False, False),
   }
   specs = {}
   for name in SPLITS:
@@ -113,10 +113,10 @@ def _speakers(cfg_key: str, pool: str) -> tuple[tts.Voice, ...]:
   order = list(variants) + list(rng.choice(variants, size=max(0, count - len(variants))))
   for variant in order[: max(count, len(variants))]:
     voice = tts.Voice(
-        variant=str(variant),
-        rate=int(rng.integers(v["rate_wpm"][0], v["rate_wpm"][1] + 1)),
-        pitch=int(rng.integers(v["pitch"][0], v["pitch"][1] + 1)),
-        pitch_range=int(rng.integers(v["pitch_range"][0], v["pitch_range"][1] + 1)),
+      variant=str(variant),
+      rate=int(rng.integers(v["rate_wpm"][0], v["rate_wpm"][1] + 1)),
+      pitch=int(rng.integers(v["pitch"][0], v["pitch"][1] + 1)),
+      pitch_range=int(rng.integers(v["pitch_range"][0], v["pitch_range"][1] + 1)),
     )
     voices[voice.id] = voice
   return tuple(voices.values())
@@ -157,15 +157,18 @@ def _bias_entities(cfg_key: str) -> tuple[tuple[str, str, str], ...]:
   chosen = []
   for lang in cfg["languages"]:
     pool = [
-        (lang, slot_type, value)
-        for slot_type in cfg["bias_slot_types"]
-        for value in grammar.entities(lang, slot_type)
+      (lang, slot_type, value)
+      for slot_type in cfg["bias_slot_types"]
+      for value in grammar.entities(lang, slot_type)
     ]
     if not pool:
       continue
-    picks = rng.choice(len(pool), size=min(len(pool), cfg["bias_entities_per_language"]), replace=False)
+    picks = rng.choice(
+      len(pool), size=min(len(pool), cfg["bias_entities_per_language"]), replace=False
+    )
     chosen += [pool[i] for i in sorted(picks)]
-  return tuple(chosen)
+  # Interleave languages so that consecutive test_bias utterances differ.
+  return tuple(chosen[i] for i in rng.permutation(len(chosen)))
 
 
 def bias_entities(cfg: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
@@ -192,8 +195,41 @@ def _babble_sources(cfg_key: str) -> tuple[np.ndarray, ...]:
   return tuple(sources)
 
 
+def _grid(cfg: Mapping[str, Any], split: str, rows: int, cols: int, index: int) -> tuple[int, int]:
+  """Cell of a (rows x cols) grid for `index`: a seeded permutation of all cells,
+  repeated, so that consecutive examples cover the grid evenly in any split size."""
+  cells = _rng(cfg, "grid", split, rows, cols).permutation(rows * cols)
+  return divmod(int(cells[index % len(cells)]), cols)
+
+
+def _plant(
+  rng: np.random.Generator, entity: tuple[str, str, str], fallback
+) -> grammar.Utterance | None:
+  """An utterance holding `entity` verbatim (not inflected), or None if none is found.
+
+  Bias phrases are matched against transcripts, so a planted entity must appear
+  in the text exactly as in the phrase list.
+  """
+  lang, slot_type, value = entity
+  intents = grammar.intents_with_slot(lang, slot_type)
+
+  def plant(rng, entity_lang, t, candidates):
+    if entity_lang == lang and t == slot_type and value in candidates:
+      return value
+    return fallback(rng, entity_lang, t, candidates)
+
+  for attempt in range(60):
+    if not intents:
+      return None
+    intent = intents[attempt % len(intents)]
+    utt = grammar.sample_utterance(rng, lang, intent=intent, pick_entity=plant)
+    if (slot_type, value) in utt.entities and (slot_type, value) in utt.slots:
+      return utt
+  return None
+
+
 def _sample_text(
-    cfg: Mapping[str, Any], spec: SplitSpec, index: int, rng: np.random.Generator
+  cfg: Mapping[str, Any], spec: SplitSpec, index: int, rng: np.random.Generator
 ) -> grammar.Utterance:
   """Draws the utterance (text and labels) of one example."""
   rare = bias_entities(cfg)
@@ -201,49 +237,56 @@ def _sample_text(
 
   def avoid_rare(rng, lang, slot_type, candidates):
     keep = [c for c in candidates if (lang, slot_type, c) not in rare_values]
-    return keep[int(rng.integers(len(keep)))] if keep else candidates[int(rng.integers(len(candidates)))]
+    return (
+      keep[int(rng.integers(len(keep)))] if keep else candidates[int(rng.integers(len(candidates)))]
+    )
 
-  planted = None
+  candidates: list[tuple[str, str, str]] = []
   if spec.kind == "bias" and rare:
-    planted = rare[index % len(rare)]
+    # The index's rare entity first, then the next ones should it not fit.
+    candidates = [rare[(index + k) % len(rare)] for k in range(len(rare))]
   elif spec.name == "train" and rare and cfg["bias_max_train_count"] > 0:
     # Each rare entity is planted at most `bias_max_train_count` times, at
     # evenly spread train indices, so that it is rare but not unseen.
     stride = max(1, spec.size // (len(rare) * cfg["bias_max_train_count"]))
     slot = index // stride
     if index % stride == 0 and slot < len(rare) * cfg["bias_max_train_count"]:
-      planted = rare[slot % len(rare)]
+      candidates = [rare[slot % len(rare)]]
 
-  if planted is not None:
-    lang, slot_type, value = planted
-
-    def plant(rng, entity_lang, t, candidates):
-      if entity_lang == lang and t == slot_type and value in candidates:
-        return value
-      return avoid_rare(rng, entity_lang, t, candidates)
-
-    for _ in range(200):
-      utt = grammar.sample_utterance(rng, lang, pick_entity=plant)
-      if (slot_type, value) in utt.entities:
-        return utt
-    if spec.kind == "bias":
-      raise RuntimeError(f"Could not plant bias entity {planted} after 200 draws")
+  for planted in candidates:
+    utt = _plant(rng, planted, avoid_rare)
+    if utt is not None:
+      return utt
+  if spec.kind == "bias" and rare:
+    raise RuntimeError(f"{spec.name}[{index}]: no rare entity fits any template verbatim")
 
   pick = avoid_rare if spec.avoid_rare else None
+  # Intents cycle with the index so that every split is balanced over them.
+  intents = grammar.INTENTS
   if spec.kind == "heldout":
-    return grammar.sample_utterance(rng, cfg["heldout_language"], pick_entity=pick)
+    intent = intents[index % len(intents)]
+    return grammar.sample_utterance(rng, cfg["heldout_language"], intent=intent, pick_entity=pick)
   code_switched = spec.kind == "cs" or (
-      spec.kind == "mixed" and rng.random() < cfg["code_switch_fraction"]
+    spec.kind == "mixed" and rng.random() < cfg["code_switch_fraction"]
   )
   if code_switched:
     pairs = cfg["code_switch_pairs"]
-    matrix, embedded = pairs[index % len(pairs)] if spec.kind == "cs" else pairs[
-        int(rng.integers(len(pairs)))]
-    return grammar.sample_utterance(rng, matrix, embed=embedded, pick_entity=pick)
+    if spec.kind == "cs":  # Every (pair, intent) combination in turn.
+      p, i = _grid(cfg, spec.name, len(pairs), len(intents), index)
+      matrix, embedded = pairs[p]
+      intent = intents[i]
+    else:
+      matrix, embedded = pairs[int(rng.integers(len(pairs)))]
+      intent = intents[index % len(intents)]
+    return grammar.sample_utterance(rng, matrix, embed=embedded, intent=intent, pick_entity=pick)
   languages = cfg["languages"]
-  lang = languages[index % len(languages)] if spec.kind == "mono" else languages[
-      int(rng.integers(len(languages)))]
-  return grammar.sample_utterance(rng, lang, pick_entity=pick)
+  if spec.kind == "mono":  # Every (language, intent) combination in turn.
+    lang_index, i = _grid(cfg, spec.name, len(languages), len(intents), index)
+    lang, intent = languages[lang_index], intents[i]
+  else:
+    lang = languages[int(rng.integers(len(languages)))]
+    intent = intents[index % len(intents)]
+  return grammar.sample_utterance(rng, lang, intent=intent, pick_entity=pick)
 
 
 def generate_example(cfg: Mapping[str, Any], split: str, index: int) -> dict[str, Any]:
@@ -267,9 +310,7 @@ def generate_example(cfg: Mapping[str, Any], split: str, index: int) -> dict[str
 
   for _ in range(20):
     utt = _sample_text(cfg, spec, index, rng)
-    audio, segments = tts.synthesize_chunks(
-        [(c.text, c.lang) for c in utt.chunks], voice, rng=rng
-    )
+    audio, segments = tts.synthesize_chunks([(c.text, c.lang) for c in utt.chunks], voice, rng=rng)
     if len(audio) <= max_samples:
       break
   else:
@@ -298,16 +339,16 @@ def generate_example(cfg: Mapping[str, Any], split: str, index: int) -> dict[str
     audio = augment.add_noise(audio, noise, snr)
 
   return {
-      "audio": augment.to_int16(audio),
-      "text": utt.text,
-      "words_lang": list(utt.words_lang),
-      "segments": np.asarray(segments, np.int32).reshape(-1, 3),
-      "language": utt.language,
-      "intent": utt.intent,
-      "slots": {"type": [t for t, _ in utt.slots], "value": [v for _, v in utt.slots]},
-      "speaker": voice.id,
-      "id": f"{split}-{index:06d}",
-      "snr_db": np.float32(snr),
+    "audio": augment.to_int16(audio),
+    "text": utt.text,
+    "words_lang": list(utt.words_lang),
+    "segments": np.asarray(segments, np.int32).reshape(-1, 3),
+    "language": utt.language,
+    "intent": utt.intent,
+    "slots": {"type": [t for t, _ in utt.slots], "value": [v for _, v in utt.slots]},
+    "speaker": voice.id,
+    "id": f"{split}-{index:06d}",
+    "snr_db": np.float32(snr),
   }
 
 
@@ -321,7 +362,7 @@ def _init_worker(configs: dict[str, dict[str, Any]]) -> None:
 
 
 def generate_split(
-    cfg: Mapping[str, Any], split: str, *, num_workers: int | None = None
+  cfg: Mapping[str, Any], split: str, *, num_workers: int | None = None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
   """Yields (key, example) for every example of `split`, in index order.
 

@@ -13,7 +13,7 @@ Each language lives in its own module (`lang_<code>.py`) that provides:
   - `SWITCHABLE`: embedded language -> slot types whose values may be taken
     from the embedded language inside monolingual templates (an English song
     title in a Spanish command);
-  - `MACROS`: named template fragments (`$polite`);
+  - `MACROS`: named template fragments (`$pre` for optional openers);
   - `ENTITIES`: slot type -> entity list (base forms);
   - `GENERATORS`: slot type -> function(rng, form) for spelled-out values
     (numbers, times, dates, durations, percentages, temperatures);
@@ -51,52 +51,52 @@ from moe_asr.data import languages
 from moe_asr.data.synth import lang_cmn, lang_de, lang_en, lang_es, lang_fr, lang_hi, lang_ru
 
 INTENTS: tuple[str, ...] = (
-    "play_music",
-    "pause_music",
-    "next_track",
-    "volume_up",
-    "volume_down",
-    "volume_set",
-    "set_alarm",
-    "cancel_alarm",
-    "set_timer",
-    "set_reminder",
-    "call_contact",
-    "send_message",
-    "get_weather",
-    "get_time",
-    "lights_on",
-    "lights_off",
-    "lights_dim",
-    "set_temperature",
-    "device_on",
-    "device_off",
-    "navigate_to",
-    "add_to_list",
-    "open_app",
-    "translate",
+  "play_music",
+  "pause_music",
+  "next_track",
+  "volume_up",
+  "volume_down",
+  "volume_set",
+  "set_alarm",
+  "cancel_alarm",
+  "set_timer",
+  "set_reminder",
+  "call_contact",
+  "send_message",
+  "get_weather",
+  "get_time",
+  "lights_on",
+  "lights_off",
+  "lights_dim",
+  "set_temperature",
+  "device_on",
+  "device_off",
+  "navigate_to",
+  "add_to_list",
+  "open_app",
+  "translate",
 )
 
 SLOT_TYPES: tuple[str, ...] = (
-    "song",
-    "artist",
-    "contact",
-    "device",
-    "room",
-    "number",
-    "time",
-    "date",
-    "city",
-    "place",
-    "app",
-    "item",
-    "duration",
-    "percent",
-    "temperature",
-    "language",
-    "task",
-    "message",
-    "phrase",
+  "song",
+  "artist",
+  "contact",
+  "device",
+  "room",
+  "number",
+  "time",
+  "date",
+  "city",
+  "place",
+  "app",
+  "item",
+  "duration",
+  "percent",
+  "temperature",
+  "language",
+  "task",
+  "message",
+  "phrase",
 )
 
 # Slot types whose values are named entities (rare phrases for contextual biasing).
@@ -106,20 +106,20 @@ SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "es", "de", "fr", "hi", "cmn", "ru
 
 # (matrix language, embedded language).
 CODE_SWITCH_PAIRS: tuple[tuple[str, str], ...] = (
-    ("es", "en"),
-    ("hi", "en"),
-    ("cmn", "en"),
-    ("en", "es"),
+  ("es", "en"),
+  ("hi", "en"),
+  ("cmn", "en"),
+  ("en", "es"),
 )
 
 _MODULES: dict[str, ModuleType] = {
-    "en": lang_en,
-    "es": lang_es,
-    "de": lang_de,
-    "fr": lang_fr,
-    "hi": lang_hi,
-    "cmn": lang_cmn,
-    "ru": lang_ru,
+  "en": lang_en,
+  "es": lang_es,
+  "de": lang_de,
+  "fr": lang_fr,
+  "hi": lang_hi,
+  "cmn": lang_cmn,
+  "ru": lang_ru,
 }
 
 PickEntity = Callable[[np.random.Generator, str, str, Sequence[str]], str]
@@ -143,8 +143,11 @@ class Utterance:
 
   chunks: tuple[Chunk, ...]
   intent: str
-  slots: tuple[tuple[str, str], ...]  # (slot_type, value) in order of appearance.
-  entities: tuple[tuple[str, str], ...] = ()  # Named entities among the slots.
+  slots: tuple[tuple[str, str], ...]  # (slot_type, value as in `text`), in order of appearance.
+  # (slot_type, entity) of the named-entity slots, in the same order, with the
+  # entity as listed by `entities()`: it differs from the slot value where the
+  # language inflects it ("москва" for "в москве", "mein bruder" for "meinen bruder").
+  entities: tuple[tuple[str, str], ...] = ()
 
   @property
   def text(self) -> str:
@@ -258,6 +261,18 @@ def _always(nodes: Sequence[_Node], test: Callable[[_Word | _Slot], bool]) -> bo
   return False
 
 
+def _word_lang(node: _Word | _Slot, lang: str, embed: str) -> str:
+  """The language a word or slot of a code-switched template is rendered in."""
+  if isinstance(node, _Slot) and node.lang is not None:
+    return node.lang
+  return embed if node.embedded else lang
+
+
+def _switched(node: _Word | _Slot, switch_types: Sequence[str]) -> bool:
+  """Whether a node of a monolingual template is filled from the embedded language."""
+  return isinstance(node, _Slot) and node.slot_type in switch_types
+
+
 @dataclasses.dataclass(frozen=True)
 class _Template:
   source: str
@@ -270,7 +285,8 @@ def _compiled(lang: str) -> dict[str | None, dict[str, tuple[_Template, ...]]]:
   """Templates of a matrix language: key None is monolingual, else the embedded language.
 
   Code-switched templates are the module's explicit ones plus every monolingual
-  template that always contains a slot the embedded language may fill.
+  template that always contains a slot the embedded language may fill and
+  always some word of the matrix language.
   """
   module = _MODULES[lang]
   out: dict[str | None, dict[str, tuple[_Template, ...]]] = {}
@@ -287,12 +303,16 @@ def _compiled(lang: str) -> dict[str | None, dict[str, tuple[_Template, ...]]]:
     for intent in INTENTS:
       explicit = compile_all(module.CODE_SWITCH[embed].get(intent, ()))
       for t in explicit:
-        if not _always(t.nodes, lambda n, e=embed: n.embedded or getattr(n, "lang", None) == e):
+        if not (
+          _always(t.nodes, lambda n, e=embed: _word_lang(n, lang, e) == e)
+          and _always(t.nodes, lambda n, e=embed: _word_lang(n, lang, e) == lang)
+        ):
           raise ValueError(f"Code-switched template may stay monolingual: {t.source!r}")
       implicit = [
-          dataclasses.replace(t, switch_types=switch_types)
-          for t in out[None][intent]
-          if _always(t.nodes, lambda n: isinstance(n, _Slot) and n.slot_type in switch_types)
+        dataclasses.replace(t, switch_types=switch_types)
+        for t in out[None][intent]
+        if _always(t.nodes, lambda n, st=switch_types: _switched(n, st))
+        and _always(t.nodes, lambda n, st=switch_types: not _switched(n, st))
       ]
       by_intent[intent] = tuple(explicit + implicit)
       if not by_intent[intent]:
@@ -307,9 +327,7 @@ def _compiled(lang: str) -> dict[str | None, dict[str, tuple[_Template, ...]]]:
 
 def _check_lang(lang: str) -> ModuleType:
   if lang not in _MODULES:
-    raise ValueError(
-        f"Unsupported language {lang!r}; supported: {', '.join(SUPPORTED_LANGUAGES)}"
-    )
+    raise ValueError(f"Unsupported language {lang!r}; supported: {', '.join(SUPPORTED_LANGUAGES)}")
   return _MODULES[lang]
 
 
@@ -340,6 +358,44 @@ def templates(lang: str, intent: str, embed: str | None = None) -> tuple[str, ..
   return tuple(t.source for t in _compiled(lang)[embed][intent])
 
 
+def _slot_types(nodes: Sequence[_Node]) -> set[str]:
+  found = set()
+  for node in nodes:
+    if isinstance(node, _Choice):
+      for alt in node.alternatives:
+        found |= _slot_types(alt)
+    elif isinstance(node, _Slot):
+      found.add(node.slot_type)
+  return found
+
+
+def intents_with_slot(lang: str, slot_type: str, embed: str | None = None) -> tuple[str, ...]:
+  """The intents whose templates can contain a slot type.
+
+  Lets a caller that needs a given entity in the text (e.g. to plant a rare
+  bias phrase) sample only intents that can carry it.
+
+  Args:
+    lang: matrix language.
+    slot_type: one of `SLOT_TYPES`.
+    embed: embedded language, for code-switched templates.
+
+  Returns:
+    The intents, in `INTENTS` order.
+  """
+  _check_lang(lang)
+  if slot_type not in SLOT_TYPES:
+    raise ValueError(f"Unknown slot type {slot_type!r}; known: {', '.join(SLOT_TYPES)}")
+  if embed is not None:
+    _check_pair(lang, embed)
+  by_intent = _compiled(lang)[embed]
+  return tuple(
+    intent
+    for intent in INTENTS
+    if any(slot_type in _slot_types(t.nodes) for t in by_intent[intent])
+  )
+
+
 def _check_intent(intent: str) -> None:
   if intent not in INTENTS:
     raise ValueError(f"Unknown intent {intent!r}; known: {', '.join(INTENTS)}")
@@ -357,18 +413,19 @@ def _uniform_pick(rng: np.random.Generator, lang: str, slot_type: str, cands: Se
 
 
 def _fill(
-    rng: np.random.Generator, lang: str, slot_type: str, form: str, pick: PickEntity
-) -> tuple[str, str, str]:
+  rng: np.random.Generator, lang: str, slot_type: str, form: str, pick: PickEntity
+) -> tuple[tuple[str, str, str], str | None]:
+  """Fills a slot: ((before, value, after), the listed entity or None if generated)."""
   module = _MODULES[lang]
   if slot_type in module.GENERATORS:
-    return module.GENERATORS[slot_type](rng, form)
+    return module.GENERATORS[slot_type](rng, form), None
   cands = module.ENTITIES.get(slot_type)
   if not cands:
     raise ValueError(f"Language {lang!r} has no values for slot type {slot_type!r}")
-  value = pick(rng, lang, slot_type, cands)
-  if value not in cands:
-    raise ValueError(f"pick_entity returned {value!r}, not a {lang} {slot_type} candidate")
-  return module.inflect(slot_type, value, form)
+  entity = pick(rng, lang, slot_type, cands)
+  if entity not in cands:
+    raise ValueError(f"pick_entity returned {entity!r}, not a {lang} {slot_type} candidate")
+  return module.inflect(slot_type, entity, form), entity
 
 
 @dataclasses.dataclass
@@ -376,6 +433,7 @@ class _Output:
   words: list[str] = dataclasses.field(default_factory=list)
   langs: list[str] = dataclasses.field(default_factory=list)
   slots: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  entities: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
   def add(self, text: str, lang: str) -> None:
     for word in text.split():
@@ -384,13 +442,13 @@ class _Output:
 
 
 def _render(
-    nodes: Sequence[_Node],
-    rng: np.random.Generator,
-    lang: str,
-    embed: str | None,
-    switch_types: Sequence[str],
-    pick: PickEntity,
-    out: _Output,
+  nodes: Sequence[_Node],
+  rng: np.random.Generator,
+  lang: str,
+  embed: str | None,
+  switch_types: Sequence[str],
+  pick: PickEntity,
+  out: _Output,
 ) -> None:
   for node in nodes:
     if isinstance(node, _Word):
@@ -406,22 +464,24 @@ def _render(
         slot_lang = embed if node.embedded else lang
       if node.slot_type in switch_types:
         slot_lang, form = embed, ""  # The form was written for the matrix language.
-      before, value, after = _fill(rng, slot_lang, node.slot_type, form, pick)
+      (before, value, after), entity = _fill(rng, slot_lang, node.slot_type, form, pick)
       if not value:
         raise RuntimeError(f"Empty {slot_lang} {node.slot_type} value for form {form!r}")
       out.add(before, slot_lang)
       out.add(value, slot_lang)
       out.slots.append((node.slot_type, value))
+      if entity is not None and node.slot_type in NAMED_ENTITY_TYPES:
+        out.entities.append((node.slot_type, entity))
       out.add(after, slot_lang)
 
 
 def sample_utterance(
-    rng: np.random.Generator,
-    lang: str,
-    *,
-    embed: str | None = None,
-    intent: str | None = None,
-    pick_entity: PickEntity | None = None,
+  rng: np.random.Generator,
+  lang: str,
+  *,
+  embed: str | None = None,
+  intent: str | None = None,
+  pick_entity: PickEntity | None = None,
 ) -> Utterance:
   """Samples one command.
 
@@ -461,6 +521,4 @@ def sample_utterance(
       start = i
   if embed is not None and len(chunks) < 2:
     raise RuntimeError(f"Code-switched template rendered one language: {template.source!r}")
-  slots = tuple(out.slots)
-  named = tuple(s for s in slots if s[0] in NAMED_ENTITY_TYPES)
-  return Utterance(tuple(chunks), intent, slots, named)
+  return Utterance(tuple(chunks), intent, tuple(out.slots), tuple(out.entities))

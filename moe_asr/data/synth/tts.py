@@ -26,6 +26,7 @@ import os
 import pathlib
 import threading
 import warnings
+import zlib
 from collections.abc import Sequence
 
 import espeakng_loader
@@ -58,6 +59,8 @@ _SynthCallback = ctypes.CFUNCTYPE(
   ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
 
+_LIBC = ctypes.CDLL(None)  # The process's C library (rand/srand shared with espeak).
+_LIBC.srand.argtypes = [ctypes.c_uint]
 _lock = threading.Lock()
 _warned_not_unloaded = False
 
@@ -212,6 +215,13 @@ def _synthesize_native(text: str, voice_name: bytes, voice: Voice) -> np.ndarray
         lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
         lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
         encoded = text.encode("utf-8") + b"\0"
+        # Breathy variants (`breath` in the voice file, e.g. f5) draw their
+        # aspiration noise from espeak's generator (seeded from the clock at
+        # initialisation) and libc's rand(): seed both from the request so the
+        # noise is a function of the text and voice only.
+        seed = zlib.crc32(encoded + voice_name + voice.id.encode())
+        lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
+        _LIBC.srand(seed)
         status = lib.espeak_Synth(
           encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
         )

@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny embedded corpus, built once per test session."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+# Tests that shard use 8 fake CPU devices; the flag must be set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "corpus" / "tiny.py"
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Runs `moe-asr ARGS` in a subprocess (the real console entry point)."""
+  return subprocess.run(
+    [sys.executable, "-m", "moe_asr.cli", *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+    check=False,
+  )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+  """Builds configs/corpus/tiny.py with `moe-asr corpus build`.
+
+  Returns:
+    (data_dir, build seconds, stdout of the build).
+  """
+  data_dir = tmp_path_factory.mktemp("data")
+  start = time.time()
+  proc = run_cli("corpus", "build", "--config", str(TINY_CONFIG), "--data-dir", str(data_dir))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return data_dir, time.time() - start, proc.stdout
