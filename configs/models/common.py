@@ -1,0 +1,93 @@
+"""The model config contract shared by every preset (`config.model`).
+
+A preset module (`configs/models/<size>.py`) calls `model_config(...)` with its
+sizes; experiment configs take `config.model` from a preset. Commonly
+overridden: `encoder.num_layers`, `encoder.moe_layers`, `*.num_experts`,
+`*.router`, `task.stop_gradient` (cascade baseline), `dtype`.
+"""
+
+import ml_collections
+
+
+def model_config(
+  *,
+  d_model: int,
+  num_heads: int,
+  d_ff: int,
+  encoder_layers: int,
+  lid_layer: int,
+  encoder_moe_layers: tuple[int, ...],
+  decoder_layers: int,
+  decoder_moe_layers: tuple[int, ...],
+  num_experts: int,
+  decoder_num_experts: int,
+  conv_kernel: int = 15,
+  dropout: float = 0.1,
+  lm_layers: int = 2,
+) -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
+  m.num_languages = 7  # Size of the language axis (moe_asr.data.languages order).
+
+  m.features = ml_collections.ConfigDict(
+    dict(num_mel_bins=80, frame_length_ms=25.0, frame_shift_ms=10.0)  # Log-mel on device.
+  )
+  m.specaug = ml_collections.ConfigDict(
+    dict(
+      num_freq_masks=2,
+      max_freq_width=27,
+      num_time_masks=5,
+      max_time_width=40,
+      max_time_width_ratio=0.05,
+    )  # SpecAugment, training only.
+  )
+
+  e = m.encoder = ml_collections.ConfigDict()
+  e.d_model = d_model  # Model width.
+  e.num_heads = num_heads  # Self-attention heads.
+  e.d_ff = d_ff  # Feed-forward (and per-expert) hidden width.
+  e.num_layers = encoder_layers  # Conformer blocks.
+  e.conv_kernel = conv_kernel  # Depthwise convolution kernel.
+  e.dropout = dropout
+  e.lid_layer = lid_layer  # Block after which the frame LID head reads (conditions the rest).
+  e.moe_layers = encoder_moe_layers  # Blocks whose FFNs are routed experts (the upper ones).
+  e.num_experts = num_experts
+  e.router = "hybrid"  # "language" | "learned" | "hybrid".
+  e.top_k = 2  # Experts per token for learned / hybrid routers.
+  e.capacity_factor = None  # None = dropless.
+  e.shared_expert = False  # An always-on expert beside the routed ones.
+  e.conditioning = "film"  # LID conditioning of upper blocks: "none" | "add" | "film".
+  e.num_languages = m.get_ref("num_languages")
+  e.num_mel_bins = 80
+
+  d = m.decoder = ml_collections.ConfigDict()
+  d.d_model = d_model
+  d.num_heads = num_heads
+  d.d_ff = d_ff
+  d.num_layers = decoder_layers  # 0 disables the attention decoder (CTC only).
+  d.dropout = dropout
+  d.max_len = 128  # Longest token sequence (positions, KV cache).
+  d.moe_layers = decoder_moe_layers
+  d.num_experts = decoder_num_experts
+  d.router = "language"  # Tokens go to the expert of their language (LID context at inference).
+  d.top_k = 1
+  d.capacity_factor = None
+  d.shared_expert = True
+  d.num_languages = m.get_ref("num_languages")
+
+  t = m.task = ml_collections.ConfigDict()
+  t.d_model = d_model
+  t.num_heads = num_heads
+  t.num_queries = 2  # Learned queries of the attention-pooling bridge.
+  t.dropout = dropout
+  t.stop_gradient = False  # True: the cascade baseline (task loss does not train the ASR).
+  t.num_languages = m.get_ref("num_languages")
+
+  lm = m.lm = ml_collections.ConfigDict()  # Text LM for fusion and rescoring.
+  lm.d_model = d_model
+  lm.num_heads = num_heads
+  lm.d_ff = d_ff
+  lm.num_layers = lm_layers
+  lm.dropout = dropout
+  lm.max_len = 128
+  return m
