@@ -66,6 +66,22 @@ def _corpus_stats(args, overrides) -> int:
   return 0
 
 
+def _model_info(args, overrides) -> int:
+  from moe_asr import config_lib
+  from moe_asr.models import info
+
+  cfg = config_lib.load_config(args.config, overrides)
+  sizes = info.model_info(
+    cfg, vocab_size=args.vocab_size, num_intents=args.num_intents, num_slot_tags=args.num_slot_tags
+  )
+  print(
+    info.format_info(sizes, title=f"{args.config} (model preset {cfg.get('model_preset', '?')})")
+  )
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(sizes, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
   )
   stats.add_argument("--json", default=None, help="also write the statistics to this JSON file")
   stats.set_defaults(func=_corpus_stats)
+
+  model_info = sub.add_parser("model-info", help="parameters in total and active per token")
+  model_info.add_argument("--config", required=True, help="experiment config (configs/*.py)")
+  model_info.add_argument("--vocab-size", type=int, default=1500, help="tokenizer vocabulary")
+  model_info.add_argument("--num-intents", type=int, default=24)
+  model_info.add_argument("--num-slot-tags", type=int, default=39, help="BIO tags (2 x types + 1)")
+  model_info.add_argument("--json", default=None, help="also write the counts to this JSON file")
+  model_info.set_defaults(func=_model_info)
   return parser
 
 

@@ -91,7 +91,7 @@ def param(
   if len(axes) != len(shape):
     raise ValueError(f"{len(axes)} axis names {tuple(axes)} for shape {tuple(shape)}")
   return nnx.Param(
-    init(rngs.params(), tuple(shape), dtype), sharding=tuple(axes), eager_sharding=False
+    init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes), eager_sharding=False
   )
 
 

@@ -1,0 +1,646 @@
+"""Conformer encoder (ESPnet / NeMo style) with mid-encoder LID and routed experts.
+
+features -> ConvSubsampling (4x) -> ConformerBlock x num_layers
+                                       |- after block `lid_layer`: FrameLidHead, UtteranceLid
+                                       |- blocks above: LanguageConditioner(LID posteriors)
+                                       '- blocks in `moe_layers`: FFN2 = MoeFeedForward
+
+Padding never changes outputs on valid frames: subsampled frames are valid only
+when their whole receptive field is valid input, attention masks padded keys,
+relative positions do not depend on the padded length, and the convolution
+module zeroes padded frames before its depthwise convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from moe_asr.data import languages as langs_lib
+from moe_asr.models import lid as lid_lib
+from moe_asr.models import partitioning
+from moe_asr.models.moe import ROUTERS, MoeAux, MoeFeedForward
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONDITIONING = ("none", "add", "film")
+_NEG_INF = -1e30  # Finite "minus infinity" for masked attention scores.
+# The two stride-2, kernel-3 convolutions: output frame t reads input frames
+# [4t, 4t + 6], whose centre is 4t + 3.
+_SUBSAMPLING = 4
+_RECEPTIVE_FIELD = 7
+
+
+def _lengths_after_conv(lengths):
+  return (lengths - 1) // 2  # Kernel 3, stride 2, VALID.
+
+
+def subsampled_lengths(lengths):
+  """Valid encoder frames for `lengths` valid input frames.
+
+  An encoder frame is valid iff its whole receptive field (7 input frames) lies
+  inside the valid input, i.e. `((lengths - 1) // 2 - 1) // 2`, clipped at 0.
+  Applied to the padded length it gives the output length of the convolutions.
+
+  Args:
+    lengths: int array (or int) of valid input frames.
+
+  Returns:
+    Same shape, int: valid encoder frames.
+  """
+  if isinstance(lengths, int | np.integer | np.ndarray):  # Static shapes stay Python/numpy.
+    return np.maximum(_lengths_after_conv(_lengths_after_conv(np.asarray(lengths))), 0)
+  return jnp.maximum(_lengths_after_conv(_lengths_after_conv(jnp.asarray(lengths))), 0)
+
+
+def subsample_frame_targets(targets: jax.Array, out_len: int) -> jax.Array:
+  """Maps 10 ms frame labels to encoder frames (label of the centre input frame).
+
+  Args:
+    targets: int [batch, frames] per feature frame (e.g. `frame_lang`), -1
+      where unknown (the pipeline also sets -1 beyond the valid frames).
+    out_len: static number of encoder frames.
+
+  Returns:
+    int32 [batch, out_len]: `targets[:, 4t + 3]`, -1 where that frame is beyond
+    `targets`.
+  """
+  centres = np.arange(out_len) * _SUBSAMPLING + _RECEPTIVE_FIELD // 2
+  inside = centres < targets.shape[1]
+  picked = jnp.take(targets, np.minimum(centres, targets.shape[1] - 1), axis=1)
+  return jnp.where(inside[None, :], picked, lid_lib.NO_LABEL).astype(jnp.int32)
+
+
+def _einsum(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  """Einsum with inputs in the compute dtype and float32 accumulation."""
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+class ConvSubsampling(nnx.Module):
+  """Two 3x3 stride-2 Conv2D + ReLU (4x in time and frequency), then a Linear."""
+
+  def __init__(
+    self,
+    num_mel_bins: int,
+    d_model: int,
+    *,
+    channels: int | None = None,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    channels = channels or d_model
+    accumulate = jnp.float32 if dtype != jnp.float32 else None
+
+    def conv(cin, cout):
+      return nnx.Conv(
+        cin,
+        cout,
+        kernel_size=(3, 3),
+        strides=(2, 2),
+        padding="VALID",
+        dtype=dtype,
+        param_dtype=param_dtype,
+        preferred_element_type=accumulate,
+        kernel_init=partitioning.with_axes(
+          nnx.initializers.lecun_normal(), ("conv", None, None, "embed")
+        ),
+        bias_init=partitioning.with_axes(nnx.initializers.zeros_init(), ("embed",)),
+        rngs=rngs,
+      )
+
+    self.conv1 = conv(1, channels)
+    self.conv2 = conv(channels, channels)
+    freq = int(_lengths_after_conv(_lengths_after_conv(num_mel_bins)))
+    if freq < 1:
+      raise ValueError(f"num_mel_bins={num_mel_bins} is too small for 4x subsampling (need >= 7)")
+    self.out = partitioning.dense(
+      channels * freq, d_model, (None, "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
+
+  def __call__(self, features: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Subsamples features.
+
+    Args:
+      features: [batch, frames, num_mel_bins].
+      mask: bool [batch, frames], True on valid frames (a prefix).
+
+    Returns:
+      x [batch, frames', d_model] (0 on padded frames), mask bool [batch, frames'].
+    """
+    if features.shape[1] < _RECEPTIVE_FIELD:
+      raise ValueError(f"{features.shape[1]} frames; 4x subsampling needs >= {_RECEPTIVE_FIELD}")
+    # where() (not multiply) so NaN/inf in padding cannot leak into valid frames.
+    x = jnp.where(mask[..., None], features, 0.0)[..., None]  # [batch, frames, bins, 1]
+    x = jax.nn.relu(self.conv1(x))
+    x = jax.nn.relu(self.conv2(x))  # [batch, frames', bins', channels]
+    b, t, f, c = x.shape
+    x = self.out(x.reshape(b, t, f * c))  # [batch, frames', d_model]
+    out_mask = jnp.arange(t)[None, :] < subsampled_lengths(mask.sum(-1))[:, None]
+    return jnp.where(out_mask[..., None], x, 0.0), out_mask
+
+
+def relative_position_encoding(length: int, d_model: int) -> jax.Array:
+  """Sinusoidal encodings of relative positions `length - 1, ..., -(length - 1)`.
+
+  Row k encodes relative position r = length - 1 - k (query index minus key
+  index) as interleaved sin(r w_i), cos(r w_i), like ESPnet's
+  RelPositionalEncoding. The value for a given r does not depend on `length`.
+
+  Returns:
+    float32 [2 * length - 1, d_model].
+  """
+  rel = np.arange(length - 1, -length, -1, dtype=np.float64)[:, None]
+  freqs = np.exp(np.arange(0, d_model, 2) * -(math.log(10000.0) / d_model))
+  pe = np.zeros((2 * length - 1, d_model))
+  pe[:, 0::2] = np.sin(rel * freqs)
+  pe[:, 1::2] = np.cos(rel * freqs)
+  return jnp.asarray(pe, jnp.float32)
+
+
+def rel_shift(x: jax.Array) -> jax.Array:
+  """Transformer-XL shift: [..., T, 2T - 1] by relative index -> [..., T, T] by key.
+
+  `out[..., i, j] = x[..., i, T - 1 - i + j]`, i.e. the score of relative
+  position i - j, done with a pad and two reshapes instead of a gather.
+  """
+  *lead, t, p = x.shape
+  x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, 0), (1, 0)])  # [..., T, 2T]
+  x = x.reshape(*lead, p + 1, t)[..., 1:, :]  # [..., 2T - 1, T]
+  return x.reshape(*lead, t, p)[..., :t]
+
+
+class RelPositionMultiHeadAttention(nnx.Module):
+  """Multi-head self-attention with Transformer-XL relative positions.
+
+  scores[i, j] = ((q_i + u) . k_j + (q_i + v) . W_pos r_{i-j}) / sqrt(d_k), with
+  learned per-head biases u, v (`pos_bias_u`, `pos_bias_v`) as in ESPnet's
+  RelPositionMultiHeadedAttention.
+  """
+
+  def __init__(
+    self,
+    d_model: int,
+    num_heads: int,
+    dropout: float = 0.0,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if d_model % num_heads:
+      raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+    self.num_heads = num_heads
+    self.head_dim = d_model // num_heads
+    self.dtype = dtype
+
+    def dense(axes, use_bias=True):
+      return partitioning.dense(
+        d_model, d_model, axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+      )
+
+    self.linear_q = dense(("embed", "heads"))
+    self.linear_k = dense(("embed", "heads"))
+    self.linear_v = dense(("embed", "heads"))
+    self.linear_pos = dense(("embed", "heads"), use_bias=False)
+    self.linear_out = dense(("heads", "embed"))
+    shape, axes = (num_heads, self.head_dim), ("heads", "kv")
+    init = nnx.initializers.xavier_uniform()
+    self.pos_bias_u = partitioning.param(rngs, init, shape, axes, param_dtype)
+    self.pos_bias_v = partitioning.param(rngs, init, shape, axes, param_dtype)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array, pos_emb: jax.Array) -> jax.Array:
+    """Self-attention over valid keys.
+
+    Args:
+      x: [batch, frames, d_model].
+      mask: bool [batch, frames], True on valid frames (padded keys are masked).
+      pos_emb: [2 * frames - 1, d_model] from `relative_position_encoding`.
+
+    Returns:
+      [batch, frames, d_model].
+    """
+    b, t, _ = x.shape
+    h, dk = self.num_heads, self.head_dim
+    q = self.linear_q(x).reshape(b, t, h, dk)
+    k = self.linear_k(x).reshape(b, t, h, dk)
+    v = self.linear_v(x).reshape(b, t, h, dk)
+    p = self.linear_pos(pos_emb).reshape(2 * t - 1, h, dk)
+    q_u = q + self.pos_bias_u[...].astype(q.dtype)
+    q_v = q + self.pos_bias_v[...].astype(q.dtype)
+    content = _einsum("bihd,bjhd->bhij", q_u, k, self.dtype)  # [batch, heads, T, T]
+    position = rel_shift(_einsum("bihd,khd->bhik", q_v, p, self.dtype))  # [batch, heads, T, T]
+    scores = (content + position) * dk**-0.5
+    key_mask = mask[:, None, None, :]
+    scores = jnp.where(key_mask, scores, _NEG_INF)
+    # Zeroing after the softmax keeps rows with no valid key (empty utterances) at 0.
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1) * key_mask
+    probs = self.dropout(probs)
+    out = _einsum("bhij,bjhd->bihd", probs, v, self.dtype).reshape(b, t, h * dk)
+    return self.linear_out(out)
+
+
+class ConvolutionModule(nnx.Module):
+  """Pointwise conv + GLU -> depthwise conv -> LayerNorm -> swish -> pointwise conv.
+
+  LayerNorm, not BatchNorm: batch statistics would mix padded frames and other
+  utterances into each frame's output (so padding or batch composition would
+  change valid outputs) and need running averages that differ between training
+  and evaluation; LayerNorm normalises each frame on its own.
+  """
+
+  def __init__(
+    self,
+    d_model: int,
+    kernel_size: int,
+    dropout: float = 0.0,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if kernel_size % 2 != 1:
+      raise ValueError(f"conv kernel_size={kernel_size} must be odd (centred 'SAME' padding)")
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.pointwise1 = partitioning.dense(d_model, 2 * d_model, ("embed", "mlp"), **kw)
+    self.depthwise = nnx.Conv(
+      d_model,
+      d_model,
+      kernel_size=(kernel_size,),
+      padding="SAME",
+      feature_group_count=d_model,
+      preferred_element_type=jnp.float32 if dtype != jnp.float32 else None,
+      kernel_init=partitioning.with_axes(nnx.initializers.lecun_normal(), ("conv", None, "mlp")),
+      bias_init=partitioning.with_axes(nnx.initializers.zeros_init(), ("mlp",)),
+      **kw,
+    )
+    self.norm = lid_lib.layer_norm(d_model, **kw)
+    self.pointwise2 = partitioning.dense(d_model, d_model, ("mlp", "embed"), **kw)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Convolution over valid frames.
+
+    Args:
+      x: [batch, frames, d_model].
+      mask: bool [batch, frames], True on valid frames.
+
+    Returns:
+      [batch, frames, d_model]; valid frames do not depend on padded ones.
+    """
+    h = jax.nn.glu(self.pointwise1(x), axis=-1)  # [batch, frames, d_model]
+    # Padded frames read as zeros, exactly like the conv's own 'SAME' padding,
+    # so valid outputs do not depend on what (or how much) padding follows.
+    h = jnp.where(mask[..., None], h, 0.0)
+    h = jax.nn.swish(self.norm(self.depthwise(h)))
+    return self.dropout(self.pointwise2(h))
+
+
+class FeedForward(nnx.Module):
+  """Linear -> swish -> dropout -> Linear (the dense Conformer FFN)."""
+
+  def __init__(
+    self,
+    d_model: int,
+    d_ff: int,
+    dropout: float = 0.0,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.up = partitioning.dense(d_model, d_ff, ("embed", "mlp"), **kw)
+    self.down = partitioning.dense(d_ff, d_model, ("mlp", "embed"), **kw)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down(self.dropout(jax.nn.swish(self.up(x))))
+
+
+class ConformerBlock(nnx.Module):
+  """Macaron Conformer block.
+
+  x + 0.5 FFN1(x) -> x + MHSA(x) -> x + Conv(x) -> x + 0.5 FFN2(x) -> LayerNorm,
+  each sub-module pre-normalised. With `use_moe` only FFN2 is routed experts:
+  it sees the context gathered by attention and convolution (a better input
+  for a learned router than FFN1's purely local one), one routing per block
+  keeps dispatch cost at one MoE layer, and FFN1 stays a dense path shared by
+  all languages.
+  """
+
+  def __init__(
+    self,
+    d_model: int,
+    num_heads: int,
+    d_ff: int,
+    conv_kernel: int,
+    dropout: float = 0.0,
+    *,
+    use_moe: bool = False,
+    num_experts: int = 0,
+    router: str = "learned",
+    top_k: int = 2,
+    capacity_factor: float | None = None,
+    shared_expert: bool = False,
+    language_soft: bool = False,
+    num_languages: int = len(langs_lib.LANGUAGE_CODES),
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.use_moe = use_moe
+    self.num_experts = num_experts
+    self.norm_ff1 = lid_lib.layer_norm(d_model, **kw)
+    self.ff1 = FeedForward(d_model, d_ff, dropout, **kw)
+    self.norm_mha = lid_lib.layer_norm(d_model, **kw)
+    self.mha = RelPositionMultiHeadAttention(d_model, num_heads, dropout, **kw)
+    self.norm_conv = lid_lib.layer_norm(d_model, **kw)
+    self.conv = ConvolutionModule(d_model, conv_kernel, dropout, **kw)
+    self.norm_ff2 = lid_lib.layer_norm(d_model, **kw)
+    if use_moe:
+      self.ff2 = MoeFeedForward(
+        d_model,
+        d_ff,
+        num_experts,
+        router=router,
+        top_k=top_k,
+        num_languages=num_languages,
+        capacity_factor=capacity_factor,
+        shared_expert=shared_expert,
+        activation="swish",
+        dropout=0.0,  # The block applies its own residual dropout.
+        language_soft=language_soft,
+        **kw,
+      )
+    else:
+      self.ff2 = FeedForward(d_model, d_ff, dropout, **kw)
+    self.norm_out = lid_lib.layer_norm(d_model, **kw)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(
+    self,
+    x: jax.Array,
+    mask: jax.Array,
+    pos_emb: jax.Array,
+    *,
+    lang_probs: jax.Array | None = None,
+  ) -> tuple[jax.Array, MoeAux]:
+    """Applies the block.
+
+    Args:
+      x: [batch, frames, d_model].
+      mask: bool [batch, frames], True on valid frames.
+      pos_emb: [2 * frames - 1, d_model] relative position encodings.
+      lang_probs: [batch, frames, L] language posteriors for the routed experts
+        (required by the language and hybrid routers).
+
+    Returns:
+      (x [batch, frames, d_model], 0 on padded frames; MoeAux, zeros for a
+      dense block).
+    """
+    x = x + 0.5 * self.dropout(self.ff1(self.norm_ff1(x)))
+    x = x + self.dropout(self.mha(self.norm_mha(x), mask, pos_emb))
+    x = x + self.dropout(self.conv(self.norm_conv(x), mask))
+    h = self.norm_ff2(x)
+    if self.use_moe:
+      y, aux = self.ff2(h, mask, lang_probs=lang_probs)
+    else:
+      y, aux = self.ff2(h), MoeAux.zeros(self.num_experts)
+    x = self.norm_out(x + 0.5 * self.dropout(y))
+    x = jnp.where(mask[..., None], x, 0.0)
+    return partitioning.constrain(x, ("batch", "length", "embed")), aux
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+  """Encoder outputs (frames are encoder frames, 4x subsampled)."""
+
+  x: jax.Array  # [batch, frames, d_model], 0 on padded frames.
+  mask: jax.Array  # bool [batch, frames].
+  frame_lid_logits: jax.Array  # float32 [batch, frames, L].
+  lid_ctc_logits: jax.Array  # float32 [batch, frames, L + 1], blank at 0.
+  utt_lid_logits: jax.Array  # float32 [batch, L].
+  lid_probs: jax.Array  # float32 [batch, frames, L] that conditioned the upper blocks.
+  moe_aux: MoeAux  # Averaged over MoE blocks (zeros without any).
+  expert_load: jax.Array  # float32 [num_moe_layers, num_experts].
+
+
+class ConformerEncoder(nnx.Module):
+  """Conv subsampling + Conformer blocks, LID after `lid_layer`, experts above.
+
+  Block indices are 0-based: the LID heads read the output of block
+  `lid_layer`; every later block is conditioned on the LID posteriors (unless
+  `conditioning="none"`) and, if it is in `moe_layers`, routes its FFN2 by
+  them. Posteriors are passed with `stop_gradient` by default, so the LID head
+  is trained only by its own loss and not pulled towards whatever posterior
+  helps the transcript (which would make it a worse language identifier).
+  """
+
+  def __init__(
+    self,
+    num_layers: int,
+    d_model: int,
+    num_heads: int,
+    d_ff: int,
+    conv_kernel: int = 15,
+    dropout: float = 0.1,
+    num_mel_bins: int = 80,
+    lid_layer: int = 0,
+    moe_layers: Sequence[int] = (),
+    num_experts: int = 0,
+    router: str = "learned",
+    top_k: int = 2,
+    capacity_factor: float | None = None,
+    shared_expert: bool = False,
+    num_languages: int = len(langs_lib.LANGUAGE_CODES),
+    conditioning: str = "film",
+    language_soft: bool = False,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    moe_layers = tuple(sorted({int(i) for i in moe_layers}))
+    if not 0 <= lid_layer < num_layers:
+      raise ValueError(f"lid_layer={lid_layer} outside [0, num_layers={num_layers})")
+    if any(not 0 <= i < num_layers for i in moe_layers):
+      raise ValueError(f"moe_layers {moe_layers} outside [0, num_layers={num_layers})")
+    if moe_layers and num_experts < 1:
+      raise ValueError("moe_layers need num_experts >= 1")
+    if router not in ROUTERS:
+      raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+    if router != "learned" and any(i <= lid_layer for i in moe_layers):
+      raise ValueError(
+        f"router={router!r} needs LID posteriors: moe_layers {moe_layers} must be > lid_layer"
+      )
+    if conditioning not in CONDITIONING:
+      raise ValueError(f"conditioning must be one of {CONDITIONING}, got {conditioning!r}")
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.d_model = d_model
+    self.num_layers = num_layers
+    self.lid_layer = lid_layer
+    self.moe_layers = moe_layers
+    self.num_experts = max(num_experts, 1)
+    self.num_languages = num_languages
+    self.conditioning = conditioning
+    self.dtype = dtype
+
+    self.subsampling = ConvSubsampling(num_mel_bins, d_model, **kw)
+    self.input_dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.blocks = nnx.List(
+      [
+        ConformerBlock(
+          d_model,
+          num_heads,
+          d_ff,
+          conv_kernel,
+          dropout,
+          use_moe=i in moe_layers,
+          num_experts=self.num_experts,
+          router=router,
+          top_k=top_k,
+          capacity_factor=capacity_factor,
+          shared_expert=shared_expert,
+          language_soft=language_soft,
+          num_languages=num_languages,
+          **kw,
+        )
+        for i in range(num_layers)
+      ]
+    )
+    self.frame_lid = lid_lib.FrameLidHead(d_model, num_languages, **kw)
+    self.utt_lid = lid_lib.UtteranceLid(d_model, num_languages, **kw)
+    # One conditioner per block above lid_layer (conditioners[i] feeds block lid_layer + 1 + i).
+    self.conditioners = nnx.List(
+      [
+        lid_lib.LanguageConditioner(conditioning, d_model, num_languages, **kw)
+        for _ in range(num_layers - lid_layer - 1)
+      ]
+      if conditioning != "none"
+      else []
+    )
+    self.condition_rng = rngs["condition"].fork() if "condition" in rngs else nnx.data(None)
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> ConformerEncoder:
+    """Builds the encoder from a config section (e.g. `config.model.encoder`).
+
+    Fields: num_layers, d_model, num_heads, d_ff (also the width of each
+    expert), conv_kernel (odd depthwise kernel), dropout, lid_layer (0-based
+    block the LID heads read), moe_layers (0-based blocks whose FFN2 is routed
+    experts; must be > lid_layer unless router is "learned"), num_experts,
+    router ("learned" | "language" | "hybrid"), top_k, capacity_factor (None =
+    dropless), shared_expert, conditioning ("none" | "add" | "film"),
+    num_languages, dtype ("float32" | "bfloat16", compute dtype; params stay
+    float32). Optional: num_mel_bins (default 80), language_soft (default False).
+    """
+    dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
+    return cls(
+      cfg.num_layers,
+      cfg.d_model,
+      cfg.num_heads,
+      cfg.d_ff,
+      conv_kernel=cfg.conv_kernel,
+      dropout=cfg.dropout,
+      num_mel_bins=cfg.get("num_mel_bins", 80),
+      lid_layer=cfg.lid_layer,
+      moe_layers=tuple(cfg.moe_layers),
+      num_experts=cfg.num_experts,
+      router=cfg.router,
+      top_k=cfg.top_k,
+      capacity_factor=cfg.capacity_factor,
+      shared_expert=cfg.shared_expert,
+      num_languages=cfg.get("num_languages", len(langs_lib.LANGUAGE_CODES)),
+      conditioning=cfg.conditioning,
+      language_soft=cfg.get("language_soft", False),
+      dtype=dtype or jnp.float32,
+      rngs=rngs,
+    )
+
+  def _choose_lang_probs(self, predicted, oracle, oracle_mix):
+    """Per utterance: oracle posteriors with probability `oracle_mix`, else predicted."""
+    if oracle is None:
+      return predicted
+    if isinstance(oracle_mix, int | float):
+      if oracle_mix <= 0.0:
+        return predicted
+      if oracle_mix >= 1.0:
+        return oracle.astype(jnp.float32)
+    if self.condition_rng is None:
+      raise ValueError("oracle_mix in (0, 1) needs a 'condition' stream in the encoder's rngs")
+    use_oracle = jax.random.bernoulli(self.condition_rng(), oracle_mix, predicted.shape[:1])
+    return jnp.where(use_oracle[:, None, None], oracle.astype(jnp.float32), predicted)
+
+  def __call__(
+    self,
+    features: jax.Array,
+    feature_mask: jax.Array,
+    *,
+    oracle_lang_probs: jax.Array | None = None,
+    oracle_mix: float | jax.Array = 0.0,
+    stop_lid_gradient: bool = True,
+  ) -> EncoderOutput:
+    """Encodes log-mel features.
+
+    Args:
+      features: [batch, frames, num_mel_bins].
+      feature_mask: bool [batch, frames], True on valid frames (a prefix).
+      oracle_lang_probs: optional [batch, frames', L] posteriors at encoder
+        frame rate (`lid.oracle_lang_probs`) to condition on instead of the
+        predicted ones.
+      oracle_mix: probability per utterance of using the oracle posteriors
+        (a Python float 0 or 1 needs no randomness; otherwise the `condition`
+        stream is used).
+      stop_lid_gradient: condition (and route) on stop_gradient(posteriors), so
+        losses on the encoder output do not train the LID heads.
+
+    Returns:
+      An `EncoderOutput`.
+    """
+    x, mask = self.subsampling(features, feature_mask)  # [batch, frames', d_model]
+    t = x.shape[1]
+    # Input scaling as in ESPnet's RelPositionalEncoding.
+    x = self.input_dropout(x * math.sqrt(self.d_model))
+    x = partitioning.constrain(x, ("batch", "length", "embed"))
+    pos_emb = relative_position_encoding(t, self.d_model)  # [2 frames' - 1, d_model]
+
+    auxes, lang_probs, cond_probs = [], None, None
+    frame_logits = ctc_logits = utt_logits = None
+    for i, block in enumerate(self.blocks):
+      if cond_probs is not None and self.conditioners:
+        x = self.conditioners[i - self.lid_layer - 1](x, cond_probs, mask)
+      x, aux = block(x, mask, pos_emb, lang_probs=cond_probs)
+      if block.use_moe:
+        auxes.append(aux)
+      if i == self.lid_layer:
+        frame_logits, ctc_logits = self.frame_lid(x)  # [batch, frames', L], [.., L + 1]
+        utt_logits = self.utt_lid(x, mask)  # [batch, L]
+        predicted = jax.nn.softmax(frame_logits, axis=-1)
+        lang_probs = self._choose_lang_probs(predicted, oracle_lang_probs, oracle_mix)
+        cond_probs = jax.lax.stop_gradient(lang_probs) if stop_lid_gradient else lang_probs
+
+    if auxes:
+      moe_aux = MoeAux.mean(auxes)
+      expert_load = jnp.stack([a.expert_load for a in auxes])  # [num_moe_layers, E]
+    else:
+      moe_aux = MoeAux.zeros(self.num_experts)
+      expert_load = jnp.zeros((0, self.num_experts), jnp.float32)
+    return EncoderOutput(
+      x=x,
+      mask=mask,
+      frame_lid_logits=frame_logits,
+      lid_ctc_logits=ctc_logits,
+      utt_lid_logits=utt_logits,
+      lid_probs=lang_probs,
+      moe_aux=moe_aux,
+      expert_load=expert_load,
+    )

@@ -1,0 +1,796 @@
+"""Attention decoder whose feed-forward layers are routed experts, with a KV cache.
+
+A pre-norm Transformer decoder: causal self-attention, cross-attention over the
+encoder states, and a feed-forward layer that is a `MoeFeedForward` in the
+blocks listed in `moe_layers` and a plain FFN elsewhere. The same blocks, built
+without cross-attention and with plain FFNs, make the text LM (`lm.py`).
+
+Routing by language. With the `language` (or `hybrid`) router every token needs
+language posteriors:
+- `token_lang_probs` [batch, length, num_languages], when given, is used as is:
+  during teacher forcing, the one-hot language of the token being predicted.
+- Otherwise each MoE block uses its *LID context*: its own cross-attention
+  probabilities (mean over heads) times the encoder's frame LID posteriors
+  `enc_lang_probs`. A token is routed by the language of the acoustic region it
+  attends to, which follows code-switches inside an utterance without any
+  token-level language labels at inference. The context is a routing signal,
+  not a learned path: it is gradient-stopped, so router losses do not reshape
+  the attention or the LID head.
+
+Positions are sinusoidal (default) or learned. The output projection is tied
+to the token embedding by default (logits = states @ embedding^T / sqrt(d_model),
+as in the Flax WMT example), which saves vocab x d_model parameters and suits
+small corpora; `tie_embeddings=False` gives a separate projection.
+
+Incremental decoding keeps its state in a `DecoderCache`, a plain pytree of
+arrays with an int32 position index, so `decode_step` runs inside
+`jax.lax.while_loop` / `scan` (beam search reorders it with `take`). With a
+dropless MoE (`capacity_factor=None`) step-by-step decoding gives the logits of
+the full forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from moe_asr.data.languages import LANGUAGE_CODES
+from moe_asr.models import partitioning
+from moe_asr.models.moe import MoeAux, MoeFeedForward
+
+_ACTIVATIONS = {"swish": jax.nn.silu, "gelu": jax.nn.gelu, "relu": jax.nn.relu}
+_LANGUAGE_ROUTERS = ("language", "hybrid")
+
+
+def layer_norm(d_model: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """`nnx.LayerNorm` with logically named scale and bias."""
+  return nnx.LayerNorm(
+    d_model,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scale_init=partitioning.with_axes(nnx.initializers.ones_init(), ("norm",)),
+    bias_init=partitioning.with_axes(nnx.initializers.zeros_init(), ("norm",)),
+    rngs=rngs,
+  )
+
+
+def sinusoidal_positions(positions: jax.Array, d_model: int) -> jax.Array:
+  """Sinusoidal position encodings (sines in the first half, cosines in the second).
+
+  Args:
+    positions: integer positions of any shape.
+    d_model: encoding width (even).
+
+  Returns:
+    float32 [*positions.shape, d_model].
+  """
+  half = d_model // 2
+  inv_freq = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer."""
+
+  k: jax.Array  # [batch, max_len, heads, head_dim]
+  v: jax.Array  # [batch, max_len, heads, head_dim]
+
+
+@flax.struct.dataclass
+class DecoderCache:
+  """State of incremental decoding: a plain pytree, usable as a loop carry.
+
+  Attributes:
+    self_kv: per block, self-attention keys/values of positions < `index`.
+    cross_kv: per block, cross-attention keys/values of the encoder states, when
+      `init_cache` was given them (else None and they are computed each step).
+    index: int32 scalar, the position of the next token.
+  """
+
+  self_kv: tuple[KVCache, ...]
+  cross_kv: tuple[KVCache, ...] | None
+  index: jax.Array
+
+  def take(self, indices: jax.Array) -> DecoderCache:
+    """The cache of batch rows `indices` (e.g. surviving beams), same index."""
+    gather = lambda x: jnp.take(x, indices, axis=0)
+    return self.replace(
+      self_kv=jax.tree.map(gather, self.self_kv), cross_kv=jax.tree.map(gather, self.cross_kv)
+    )
+
+
+class MultiHeadAttention(nnx.Module):
+  """Scaled dot-product attention with separate q/k/v/o projections.
+
+  Scores and softmax are float32 whatever the compute dtype. Masked keys get
+  exactly zero probability, and their values are zeroed, so padding (even
+  non-finite) never reaches valid outputs.
+  """
+
+  def __init__(
+    self,
+    d_model: int,
+    num_heads: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if d_model % num_heads:
+      raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+    self.num_heads = num_heads
+    self.head_dim = d_model // num_heads
+    self.dtype = dtype
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.query = partitioning.dense(d_model, d_model, ("embed", "heads"), **kw)
+    self.key = partitioning.dense(d_model, d_model, ("embed", "heads"), **kw)
+    self.value = partitioning.dense(d_model, d_model, ("embed", "heads"), **kw)
+    self.out = partitioning.dense(d_model, d_model, ("heads", "embed"), **kw)
+
+  def _split_heads(self, x: jax.Array) -> jax.Array:
+    return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim).astype(self.dtype)
+
+  def project_kv(self, key_value: jax.Array) -> KVCache:
+    """Keys and values [batch, length, heads, head_dim] of `key_value` [batch, length, d_model]."""
+    return KVCache(
+      k=self._split_heads(self.key(key_value)), v=self._split_heads(self.value(key_value))
+    )
+
+  def attend(
+    self,
+    query: jax.Array,
+    kv: KVCache,
+    allowed: jax.Array,
+    *,
+    return_probs: bool = False,
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """Attention of `query` over projected keys/values.
+
+    Args:
+      query: [batch, q_len, d_model].
+      kv: keys/values [batch, k_len, heads, head_dim].
+      allowed: bool, broadcastable to [batch, heads, q_len, k_len].
+      return_probs: also return the attention probabilities.
+
+    Returns:
+      Output [batch, q_len, d_model] and float32 probabilities
+      [batch, heads, q_len, k_len] (or None).
+    """
+    q = self._split_heads(self.query(query)) / jnp.sqrt(self.head_dim).astype(self.dtype)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, kv.k, preferred_element_type=jnp.float32)
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, q_len, k_len]
+    probs = jnp.where(allowed, probs, 0.0)
+    # A key masked for every query (padding) has its value zeroed, so that a
+    # non-finite padded frame cannot turn 0 * value into NaN.
+    key_valid = jnp.any(allowed, axis=(1, 2))[:, :, None, None]  # [batch, k_len, 1, 1]
+    v = jnp.where(key_valid, kv.v, 0)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    out = self.out(out.reshape(*out.shape[:2], -1))  # [batch, q_len, d_model]
+    return out, (probs if return_probs else None)
+
+  def __call__(
+    self,
+    query: jax.Array,
+    key_value: jax.Array,
+    *,
+    key_mask: jax.Array | None = None,
+    causal: bool = False,
+    return_probs: bool = False,
+  ) -> tuple[jax.Array, jax.Array | None]:
+    """Full-sequence attention.
+
+    Args:
+      query: [batch, q_len, d_model].
+      key_value: [batch, k_len, d_model].
+      key_mask: bool [batch, k_len], True = valid key.
+      causal: query i sees keys <= i (self-attention).
+      return_probs: also return the attention probabilities.
+
+    Returns:
+      Output [batch, q_len, d_model] and probabilities [batch, heads, q_len, k_len] or None.
+    """
+    batch, q_len, k_len = query.shape[0], query.shape[1], key_value.shape[1]
+    allowed = jnp.ones((batch, 1, q_len, k_len), bool)
+    if key_mask is not None:
+      allowed = allowed & key_mask[:, None, None, :]
+    if causal:
+      allowed = allowed & (jnp.arange(k_len)[None, :] <= jnp.arange(q_len)[:, None])
+    return self.attend(query, self.project_kv(key_value), allowed, return_probs=return_probs)
+
+  def decode(self, query: jax.Array, cache: KVCache, index: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Causal self-attention of new positions `index..index+q_len-1` with a cache.
+
+    Args:
+      query: [batch, q_len, d_model], the new positions.
+      cache: keys/values [batch, max_len, heads, head_dim] of positions < index.
+      index: int32 scalar, position of the first new token.
+
+    Returns:
+      Output [batch, q_len, d_model] and the cache with the new keys/values written.
+    """
+    new = self.project_kv(query)
+    start = (0, index, 0, 0)
+    cache = KVCache(
+      k=jax.lax.dynamic_update_slice(cache.k, new.k.astype(cache.k.dtype), start),
+      v=jax.lax.dynamic_update_slice(cache.v, new.v.astype(cache.v.dtype), start),
+    )
+    q_pos = index + jnp.arange(query.shape[1])
+    allowed = jnp.arange(cache.k.shape[1])[None, :] <= q_pos[:, None]  # [q_len, max_len]
+    out, _ = self.attend(
+      query, cache, jnp.broadcast_to(allowed, (query.shape[0], 1, *allowed.shape))
+    )
+    return out, cache
+
+
+class FeedForward(nnx.Module):
+  """Position-wise feed-forward layer: dense -> activation -> dropout -> dense."""
+
+  def __init__(
+    self,
+    d_model: int,
+    d_ff: int,
+    *,
+    activation: str = "swish",
+    dropout: float = 0.0,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wi = partitioning.dense(d_model, d_ff, ("embed", "mlp"), **kw)
+    self.wo = partitioning.dense(d_ff, d_model, ("mlp", "embed"), **kw)
+    self.activation = _ACTIVATIONS[activation]
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.wo(self.dropout(self.activation(self.wi(x))))
+
+
+class DecoderBlock(nnx.Module):
+  """Pre-norm block: causal self-attention, cross-attention (optional), FFN or MoE.
+
+  Returns `(x, aux)` where `aux` is the block's `MoeAux`, or None when its FFN
+  is plain.
+  """
+
+  def __init__(
+    self,
+    d_model: int,
+    num_heads: int,
+    d_ff: int,
+    *,
+    dropout: float = 0.0,
+    cross_attention: bool = True,
+    moe: bool = False,
+    num_experts: int = 8,
+    router: str = "language",
+    top_k: int = 1,
+    capacity_factor: float | None = None,
+    shared_expert: bool = False,
+    num_languages: int = len(LANGUAGE_CODES),
+    language_soft: bool = False,
+    activation: str = "swish",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.moe = moe
+    self.router = router
+    self.self_norm = layer_norm(d_model, **kw)
+    self.self_attention = MultiHeadAttention(d_model, num_heads, **kw)
+    if cross_attention:
+      self.cross_norm = layer_norm(d_model, **kw)
+      self.cross_attention = MultiHeadAttention(d_model, num_heads, **kw)
+    else:
+      self.cross_norm = self.cross_attention = None
+    self.ffn_norm = layer_norm(d_model, **kw)
+    if moe:
+      self.ffn = MoeFeedForward(
+        d_model,
+        d_ff,
+        num_experts,
+        router=router,
+        top_k=top_k,
+        num_languages=num_languages,
+        capacity_factor=capacity_factor,
+        shared_expert=shared_expert,
+        activation=activation,
+        dropout=dropout,
+        language_soft=language_soft,
+        **kw,
+      )
+    else:
+      self.ffn = FeedForward(d_model, d_ff, activation=activation, dropout=dropout, **kw)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  @property
+  def needs_lang_probs(self) -> bool:
+    return self.moe and self.router in _LANGUAGE_ROUTERS
+
+  def __call__(
+    self,
+    x: jax.Array,
+    mask: jax.Array,
+    enc: jax.Array | None = None,
+    enc_mask: jax.Array | None = None,
+    *,
+    lang_probs: jax.Array | None = None,
+    enc_lang_probs: jax.Array | None = None,
+  ) -> tuple[jax.Array, MoeAux | None]:
+    """Full-sequence block.
+
+    Args:
+      x: [batch, length, d_model].
+      mask: bool [batch, length].
+      enc: encoder states [batch, frames, d_model] (cross-attention blocks).
+      enc_mask: bool [batch, frames].
+      lang_probs: routing posteriors [batch, length, num_languages], if known.
+      enc_lang_probs: frame LID posteriors [batch, frames, num_languages], for
+        routing by LID context when `lang_probs` is None.
+
+    Returns:
+      New x [batch, length, d_model] and the block's MoeAux (None if plain FFN).
+    """
+    h = self.self_norm(x)
+    h, _ = self.self_attention(h, h, key_mask=mask, causal=True)
+    x = x + self.dropout(h)
+    cross_kv = None if self.cross_attention is None else self.cross_attention.project_kv(enc)
+    return self._cross_and_ffn(x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs)
+
+  def decode(
+    self,
+    x: jax.Array,
+    cache: KVCache,
+    index: jax.Array,
+    enc: jax.Array | None,
+    enc_mask: jax.Array | None,
+    *,
+    cross_kv: KVCache | None = None,
+    lang_probs: jax.Array | None = None,
+    enc_lang_probs: jax.Array | None = None,
+  ) -> tuple[jax.Array, MoeAux | None, KVCache]:
+    """Incremental block on new positions `index..`; as `__call__` plus caches.
+
+    Args:
+      x: [batch, q_len, d_model], the new positions.
+      cache: self-attention keys/values of earlier positions.
+      index: int32 scalar, position of x[:, 0].
+      enc: encoder states (unused when `cross_kv` is given).
+      enc_mask: bool [batch, frames].
+      cross_kv: precomputed cross-attention keys/values of `enc`.
+      lang_probs: as in `__call__`, [batch, q_len, num_languages].
+      enc_lang_probs: as in `__call__`.
+
+    Returns:
+      New x, the block's MoeAux (or None) and the updated self-attention cache.
+    """
+    h, cache = self.self_attention.decode(self.self_norm(x), cache, index)
+    x = x + self.dropout(h)
+    if self.cross_attention is not None and cross_kv is None:
+      cross_kv = self.cross_attention.project_kv(enc)
+    mask = jnp.ones(x.shape[:2], bool)
+    x, aux = self._cross_and_ffn(x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs)
+    return x, aux, cache
+
+  def _cross_and_ffn(self, x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs):
+    cross_probs = None
+    if self.cross_attention is not None:
+      want_probs = self.needs_lang_probs and lang_probs is None
+      allowed = enc_mask[:, None, None, :]  # [batch, 1, 1, frames]
+      h, cross_probs = self.cross_attention.attend(
+        self.cross_norm(x), cross_kv, allowed, return_probs=want_probs
+      )
+      x = x + self.dropout(h)
+    h = self.ffn_norm(x)
+    aux = None
+    if self.moe:
+      if self.needs_lang_probs and lang_probs is None:
+        lang_probs = self._lid_context(cross_probs, enc_lang_probs, enc_mask)
+      h, aux = self.ffn(h, mask, lang_probs=lang_probs)
+    else:
+      h = self.ffn(h)
+    x = x + self.dropout(h)
+    return partitioning.constrain(x, ("batch", "length", "embed")), aux
+
+  def _lid_context(self, cross_probs, enc_lang_probs, enc_mask) -> jax.Array:
+    """Language posteriors of the attended acoustic region [batch, length, num_languages]."""
+    if cross_probs is None or enc_lang_probs is None:
+      raise ValueError(
+        f"The {self.router!r} router needs token_lang_probs, or enc_lang_probs in a "
+        "block with cross-attention."
+      )
+    enc_lang = jnp.where(enc_mask[..., None], enc_lang_probs.astype(jnp.float32), 0.0)
+    context = jnp.einsum("blt,btn->bln", cross_probs.mean(axis=1), enc_lang)
+    return jax.lax.stop_gradient(context)
+
+
+class TokenEmbedder(nnx.Module):
+  """Token embedding + positions on the way in; output projection on the way out."""
+
+  def __init__(
+    self,
+    vocab_size: int,
+    d_model: int,
+    max_len: int,
+    *,
+    positions: str = "sinusoidal",
+    tie_embeddings: bool = True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if positions not in ("sinusoidal", "learned"):
+      raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {positions!r}")
+    self.d_model = d_model
+    self.max_len = max_len
+    self.dtype = dtype
+    self.tie_embeddings = tie_embeddings
+    self.embedding = partitioning.param(
+      rngs, nnx.initializers.normal(1.0), (vocab_size, d_model), ("vocab", "embed"), param_dtype
+    )
+    self.positions = positions
+    if positions == "learned":
+      self.position_embedding = partitioning.param(
+        rngs, nnx.initializers.normal(0.02), (max_len, d_model), ("length", "embed"), param_dtype
+      )
+    self.output = (
+      None
+      if tie_embeddings
+      else partitioning.dense(
+        d_model, vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+      )
+    )
+
+  def check_length(self, length: int) -> None:
+    """Raises if learned positions cannot cover `length` tokens."""
+    if self.positions == "learned" and length > self.max_len:
+      raise ValueError(f"{length} positions exceed max_len={self.max_len} (learned positions)")
+
+  def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """Embeddings [*tokens.shape, d_model] in the compute dtype of tokens at `positions`."""
+    x = jnp.take(self.embedding[...], tokens, axis=0)
+    if self.positions == "sinusoidal":
+      x = x + sinusoidal_positions(positions, self.d_model)
+    else:
+      x = x + jnp.take(self.position_embedding[...], positions, axis=0, mode="clip")
+    return x.astype(self.dtype)
+
+  def logits(self, states: jax.Array) -> jax.Array:
+    """float32 logits [..., vocab] of hidden `states` [..., d_model]."""
+    if self.output is not None:
+      return self.output(states).astype(jnp.float32)
+    table = self.embedding[...].astype(self.dtype)
+    logits = jnp.einsum(
+      "...d,vd->...v", states.astype(self.dtype), table, preferred_element_type=jnp.float32
+    )
+    return logits / jnp.sqrt(jnp.float32(self.d_model))
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+  """Outputs of `TransformerDecoder.__call__`."""
+
+  logits: jax.Array  # [batch, length, vocab] float32
+  states: jax.Array  # [batch, length, d_model] after the final norm, compute dtype
+  moe_aux: MoeAux  # mean over MoE blocks (zeros without any)
+  expert_load: jax.Array  # [num_moe_layers, num_experts]
+
+
+class TransformerDecoder(nnx.Module):
+  """Attention decoder over encoder states with routed-expert FFNs (module docstring)."""
+
+  def __init__(
+    self,
+    vocab_size: int,
+    d_model: int,
+    num_heads: int,
+    num_layers: int,
+    d_ff: int,
+    dropout: float = 0.1,
+    max_len: int = 256,
+    moe_layers: Sequence[int] = (),
+    num_experts: int = 8,
+    router: str = "language",
+    top_k: int = 1,
+    capacity_factor: float | None = None,
+    shared_expert: bool = False,
+    num_languages: int = len(LANGUAGE_CODES),
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    *,
+    positions: str = "sinusoidal",
+    tie_embeddings: bool = True,
+    language_soft: bool = False,
+    activation: str = "swish",
+    rngs: nnx.Rngs,
+  ):
+    """Builds the decoder.
+
+    Args:
+      vocab_size: output vocabulary (the tokenizer's `vocab_size`).
+      d_model: model width.
+      num_heads: attention heads.
+      num_layers: decoder blocks.
+      d_ff: feed-forward width (of each expert in MoE blocks).
+      dropout: residual/FFN dropout rate.
+      max_len: longest token sequence (learned positions; cache default).
+      moe_layers: indices of the blocks whose FFN is a `MoeFeedForward`.
+      num_experts: experts per MoE block.
+      router: "language" | "learned" | "hybrid".
+      top_k: experts per token (learned/hybrid routers).
+      capacity_factor: expert capacity factor, None = dropless.
+      shared_expert: add an always-on shared expert.
+      num_languages: language posteriors' width.
+      dtype: compute dtype (float32 or bfloat16).
+      param_dtype: parameter dtype.
+      positions: "sinusoidal" or "learned".
+      tie_embeddings: output projection = token embedding transposed.
+      language_soft: language router mixes experts by posterior instead of top-1.
+      activation: FFN activation ("swish", "gelu", "relu").
+      rngs: parameter and dropout keys.
+    """
+    moe_layers = tuple(sorted(set(int(i) for i in moe_layers)))
+    if any(not 0 <= i < num_layers for i in moe_layers):
+      raise ValueError(f"moe_layers {moe_layers} outside [0, {num_layers})")
+    self.vocab_size = vocab_size
+    self.d_model = d_model
+    self.num_heads = num_heads
+    self.max_len = max_len
+    self.moe_layers = moe_layers
+    self.num_experts = num_experts
+    self.num_languages = num_languages
+    self.dtype = dtype
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.embedder = TokenEmbedder(
+      vocab_size, d_model, max_len, positions=positions, tie_embeddings=tie_embeddings, **kw
+    )
+    self.embed_dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.blocks = nnx.List(
+      [
+        DecoderBlock(
+          d_model,
+          num_heads,
+          d_ff,
+          dropout=dropout,
+          cross_attention=True,
+          moe=i in moe_layers,
+          num_experts=num_experts,
+          router=router,
+          top_k=top_k,
+          capacity_factor=capacity_factor,
+          shared_expert=shared_expert,
+          num_languages=num_languages,
+          language_soft=language_soft,
+          activation=activation,
+          **kw,
+        )
+        for i in range(num_layers)
+      ]
+    )
+    self.final_norm = layer_norm(d_model, **kw)
+
+  @classmethod
+  def from_config(
+    cls, cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None, rngs: nnx.Rngs
+  ) -> TransformerDecoder:
+    """Builds the decoder from a config section.
+
+    Fields (defaults in brackets): vocab_size (unless passed as an
+    argument), d_model, num_heads, num_layers, d_ff, dropout [0.1],
+    max_len [256], moe_layers [()], num_experts [8], router ["language"],
+    top_k [1], capacity_factor [None], shared_expert [False],
+    num_languages [7], dtype ["float32" | "bfloat16"], param_dtype
+    ["float32"], positions ["sinusoidal"], tie_embeddings [True],
+    language_soft [False], activation ["swish"].
+    """
+    get = cfg.get
+    if vocab_size is None:
+      vocab_size = cfg.vocab_size
+    return cls(
+      vocab_size,
+      cfg.d_model,
+      cfg.num_heads,
+      cfg.num_layers,
+      cfg.d_ff,
+      get("dropout", 0.1),
+      get("max_len", 256),
+      tuple(get("moe_layers", ())),
+      get("num_experts", 8),
+      get("router", "language"),
+      get("top_k", 1),
+      get("capacity_factor", None),
+      get("shared_expert", False),
+      get("num_languages", len(LANGUAGE_CODES)),
+      jnp.dtype(get("dtype", "float32")),
+      jnp.dtype(get("param_dtype", "float32")),
+      positions=get("positions", "sinusoidal"),
+      tie_embeddings=get("tie_embeddings", True),
+      language_soft=get("language_soft", False),
+      activation=get("activation", "swish"),
+      rngs=rngs,
+    )
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    token_mask: jax.Array,
+    enc: jax.Array,
+    enc_mask: jax.Array,
+    *,
+    token_lang_probs: jax.Array | None = None,
+    enc_lang_probs: jax.Array | None = None,
+  ) -> DecoderOutput:
+    """Teacher-forced forward pass.
+
+    Args:
+      tokens: int [batch, length], inputs (bos + labels[:-1], see `shift_right`).
+      token_mask: bool [batch, length].
+      enc: encoder states [batch, frames, d_model].
+      enc_mask: bool [batch, frames].
+      token_lang_probs: [batch, length, num_languages], language of each token
+        being predicted (routing); None routes by LID context.
+      enc_lang_probs: frame LID posteriors [batch, frames, num_languages].
+
+    Returns:
+      A `DecoderOutput`.
+    """
+    self.embedder.check_length(tokens.shape[1])
+    positions = jnp.arange(tokens.shape[1])[None, :]
+    x = self.embed_dropout(self.embedder.embed(tokens, positions))  # [batch, length, d_model]
+    x = partitioning.constrain(x, ("batch", "length", "embed"))
+    auxes = []
+    for block in self.blocks:
+      x, aux = block(
+        x,
+        token_mask,
+        enc,
+        enc_mask,
+        lang_probs=token_lang_probs,
+        enc_lang_probs=enc_lang_probs,
+      )
+      if aux is not None:
+        auxes.append(aux)
+    states = self.final_norm(x)
+    return DecoderOutput(
+      logits=self.embedder.logits(states),
+      states=states,
+      moe_aux=MoeAux.mean(auxes) if auxes else MoeAux.zeros(self.num_experts),
+      expert_load=self._expert_load(auxes),
+    )
+
+  def _expert_load(self, auxes: list[MoeAux]) -> jax.Array:
+    if not auxes:
+      return jnp.zeros((0, self.num_experts), jnp.float32)
+    return jnp.stack([a.expert_load for a in auxes])
+
+  def init_cache(
+    self, batch_size: int, max_len: int | None = None, dtype=None, *, enc: jax.Array | None = None
+  ) -> DecoderCache:
+    """Empty cache for `decode_step`.
+
+    Args:
+      batch_size: rows decoded together (e.g. batch x beams).
+      max_len: longest decoded sequence (default: the model's `max_len`).
+      dtype: cache dtype (default: the compute dtype).
+      enc: encoder states [batch_size, frames, d_model]; when given, their
+        cross-attention keys/values are computed once here instead of per step.
+
+    Returns:
+      A `DecoderCache` at index 0.
+    """
+    max_len = max_len or self.max_len
+    self.embedder.check_length(max_len)
+    dtype = dtype or self.dtype
+    shape = (batch_size, max_len, self.num_heads, self.d_model // self.num_heads)
+    self_kv = tuple(
+      KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)) for _ in self.blocks
+    )
+    cross_kv = None
+    if enc is not None:
+      cross_kv = tuple(block.cross_attention.project_kv(enc) for block in self.blocks)
+    return DecoderCache(self_kv=self_kv, cross_kv=cross_kv, index=jnp.zeros((), jnp.int32))
+
+  def decode_step(
+    self,
+    token: jax.Array,
+    cache: DecoderCache,
+    enc: jax.Array | None,
+    enc_mask: jax.Array,
+    *,
+    token_lang_probs: jax.Array | None = None,
+    enc_lang_probs: jax.Array | None = None,
+  ) -> tuple[jax.Array, jax.Array, DecoderCache]:
+    """One decoding step at position `cache.index`.
+
+    Args:
+      token: int [batch], the previous token (bos at the first step).
+      cache: from `init_cache` or the previous step.
+      enc: encoder states [batch, frames, d_model] (may be None when the cache
+        holds their keys/values).
+      enc_mask: bool [batch, frames].
+      token_lang_probs: [batch, num_languages] routing posteriors of the token
+        being predicted; None routes by LID context.
+      enc_lang_probs: frame LID posteriors [batch, frames, num_languages].
+
+    Returns:
+      float32 logits [batch, vocab] of the next token, final state
+      [batch, d_model], and the advanced cache.
+    """
+    if enc is None and cache.cross_kv is None:
+      raise ValueError("decode_step needs enc unless init_cache was given enc")
+    index = cache.index
+    x = self.embed_dropout(self.embedder.embed(token[:, None], index[None, None]))
+    lang_probs = None if token_lang_probs is None else token_lang_probs[:, None, :]
+    new_kv = []
+    for i, block in enumerate(self.blocks):
+      x, _, kv = block.decode(
+        x,
+        cache.self_kv[i],
+        index,
+        enc,
+        enc_mask,
+        cross_kv=None if cache.cross_kv is None else cache.cross_kv[i],
+        lang_probs=lang_probs,
+        enc_lang_probs=enc_lang_probs,
+      )
+      new_kv.append(kv)
+    state = self.final_norm(x)[:, 0]  # [batch, d_model]
+    cache = cache.replace(self_kv=tuple(new_kv), index=index + 1)
+    return self.embedder.logits(state), state, cache
+
+
+def shift_right(
+  labels: jax.Array, label_mask: jax.Array, bos_id: int
+) -> tuple[jax.Array, jax.Array]:
+  """Teacher-forcing inputs: bos followed by labels[:-1].
+
+  Args:
+    labels: int [batch, length], targets (typically ending with eos).
+    label_mask: bool [batch, length].
+    bos_id: id of the start token.
+
+  Returns:
+    inputs int [batch, length] and their mask (= label_mask: input i predicts
+    label i, so it is valid exactly when label i is).
+  """
+  bos = jnp.full_like(labels[:, :1], bos_id)
+  inputs = jnp.concatenate([bos, labels[:, :-1]], axis=1)
+  return jnp.where(label_mask, inputs, 0), label_mask
+
+
+def attention_loss(
+  logits: jax.Array,
+  labels: jax.Array,
+  label_mask: jax.Array,
+  label_smoothing: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+  """Cross-entropy averaged over valid tokens, in float32.
+
+  With smoothing eps the target is (1 - eps) * one_hot + eps / vocab.
+
+  Args:
+    logits: [batch, length, vocab].
+    labels: int [batch, length].
+    label_mask: bool [batch, length].
+    label_smoothing: eps in [0, 1).
+
+  Returns:
+    (mean loss over valid tokens, number of valid tokens), both float32 scalars.
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(axis=-1)
+  mask = label_mask.astype(jnp.float32)
+  num_tokens = mask.sum()
+  return (nll * mask).sum() / jnp.maximum(num_tokens, 1.0), num_tokens

@@ -1,0 +1,204 @@
+"""MoeAsr: the whole model (DESIGN §5), composed from its parts.
+
+```
+wave -> log-mel -> SpecAugment -> Conformer (shared; frame LID mid-encoder;
+        LID-conditioned upper blocks with routed experts) -> CTC head
+     -> attention decoder (routed-expert FFNs per token)
+     -> bridge (attention pooling over decoder + encoder states)
+     -> per-language intent + slot heads, mixed by the utterance LID posteriors
+```
+
+`MoeAsr.__call__(batch)` takes a pipeline batch (`moe_asr.data.pipeline`) and
+returns one `MoeAsrOutput`; the losses live in `training/losses.py`.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from moe_asr.data import features as features_lib
+from moe_asr.models import conformer, lid, partitioning, task_heads
+from moe_asr.models import decoder as decoder_lib
+from moe_asr.models.moe import MoeAux
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class MoeAsrOutput:
+  """Everything the losses, decoding and evaluation read."""
+
+  ctc_logits: jax.Array  # [batch, frames, vocab] float32
+  enc_mask: jax.Array  # [batch, frames] bool
+  enc_states: jax.Array  # [batch, frames, d_model]
+  decoder_logits: jax.Array | None  # [batch, tokens, vocab] float32 (None without a decoder)
+  decoder_states: jax.Array | None  # [batch, tokens, d_model]
+  token_mask: jax.Array  # [batch, tokens] bool (labels)
+  frame_lid_logits: jax.Array  # [batch, frames, languages]
+  lid_ctc_logits: jax.Array  # [batch, frames, languages + 1] (blank = 0)
+  utt_lid_logits: jax.Array  # [batch, languages]
+  lid_probs: jax.Array  # [batch, frames, languages]: what conditioned the upper encoder
+  frame_lang: jax.Array  # [batch, frames] int: frame language targets at encoder rate (-1 unknown)
+  intent_log_probs: jax.Array | None  # [batch, intents]
+  slot_log_probs: jax.Array | None  # [batch, tokens, slot tags]
+  encoder_moe: MoeAux
+  decoder_moe: MoeAux
+  encoder_expert_load: jax.Array  # [encoder MoE layers, experts]
+  decoder_expert_load: jax.Array  # [decoder MoE layers, experts]
+
+
+def _section(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  for k, v in extra.items():
+    out[k] = v
+  return out
+
+
+class MoeAsr(nnx.Module):
+  """The multilingual, code-switching ASR model with task heads."""
+
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    vocab_size: int,
+    num_intents: int,
+    num_slot_tags: int,
+    bos_id: int = 2,
+    rngs: nnx.Rngs,
+  ):
+    """Builds the model from `config.model` (contract in configs/models/common.py).
+
+    Args:
+      cfg: the model config.
+      vocab_size: tokenizer vocabulary size (CTC blank = pad = 0).
+      num_intents: intent classes (0 disables the task heads).
+      num_slot_tags: BIO slot tags.
+      bos_id: decoder start token.
+      rngs: `nnx.Rngs` with `params`, `dropout`, `specaug` and `condition` streams.
+    """
+    self.dtype = DTYPES[cfg.dtype]
+    self.bos_id = bos_id
+    self.vocab_size = vocab_size
+    self.feature_cfg = features_lib.FeatureConfig.from_config(cfg.features)
+    self.specaug_cfg = features_lib.SpecAugmentConfig.from_config(cfg.specaug)
+    self.rngs = rngs
+    # Toggled by `model.train()` / `model.eval()` (like nnx.Dropout): SpecAugment
+    # runs only in training.
+    self.deterministic = False
+    self.encoder = conformer.ConformerEncoder.from_config(
+      _section(cfg.encoder, dtype=cfg.dtype, num_mel_bins=self.feature_cfg.num_mel_bins), rngs=rngs
+    )
+    d_model = cfg.encoder.d_model
+    self.ctc_head = partitioning.dense(
+      d_model, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=self.dtype
+    )
+    decoder = None
+    if cfg.decoder.num_layers > 0:
+      decoder = decoder_lib.TransformerDecoder.from_config(
+        _section(cfg.decoder, dtype=cfg.dtype, vocab_size=vocab_size), rngs=rngs
+      )
+    self.decoder = nnx.data(decoder)  # None for a CTC-only model.
+    heads = None
+    if num_intents > 0 and decoder is not None:
+      heads = task_heads.TaskHeads.from_config(
+        _section(cfg.task, dtype=cfg.dtype, num_intents=num_intents, num_slot_tags=num_slot_tags),
+        rngs=rngs,
+      )
+    self.task_heads = nnx.data(heads)  # None without intents (a corpus with no task labels).
+    self.stop_task_gradient = cfg.task.stop_gradient
+
+  def __call__(
+    self,
+    batch: dict[str, jax.Array],
+    *,
+    oracle_mix: float | jax.Array = 0.0,
+    oracle_token_lang: bool = True,
+  ) -> MoeAsrOutput:
+    """Runs the model on a pipeline batch.
+
+    Args:
+      batch: `audio` [B,S] int16, `audio_mask` [B,S], `tokens` [B,L], `token_mask` [B,L],
+        `token_lang` [B,L], `frame_lang` [B,F] (10 ms frames; -1 unknown).
+      oracle_mix: probability per utterance of conditioning the upper encoder on
+        oracle (frame-target) language posteriors instead of predicted ones.
+      oracle_token_lang: route decoder tokens by the known language of the
+        token being predicted (teacher forcing) where it is known; otherwise
+        by their LID context.
+
+    Returns:
+      A `MoeAsrOutput`.
+    """
+    feats, frame_mask = features_lib.log_mel(batch["audio"], batch["audio_mask"], self.feature_cfg)
+    feats = features_lib.normalize_features(feats, frame_mask)
+    if not self.deterministic:
+      feats = features_lib.spec_augment(self.rngs.specaug(), feats, frame_mask, self.specaug_cfg)
+
+    num_languages = self.encoder.num_languages
+    enc_frames = conformer.subsampled_lengths(np.asarray(feats.shape[1]))  # Static.
+    frame_lang = conformer.subsample_frame_targets(
+      batch["frame_lang"][:, : feats.shape[1]], int(enc_frames)
+    )
+    oracle = lid.oracle_lang_probs(frame_lang, frame_lang >= 0, num_languages)
+    enc = self.encoder(feats, frame_mask, oracle_lang_probs=oracle, oracle_mix=oracle_mix)
+    frame_lang = jnp.where(enc.mask, frame_lang, -1)
+    ctc_logits = self.ctc_head(enc.x).astype(jnp.float32)
+
+    token_mask = batch["token_mask"]
+    dec_logits = dec_states = intent = slots = None
+    dec_moe = MoeAux.zeros(1)
+    dec_load = jnp.zeros((0, 1), jnp.float32)
+    utt_probs = jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1)
+    if self.decoder is not None:
+      inputs, input_mask = decoder_lib.shift_right(batch["tokens"], token_mask, self.bos_id)
+      token_lang_probs = None
+      if oracle_token_lang:
+        token_lang = batch["token_lang"]
+        known = (token_lang >= 0)[..., None]
+        # Tokens of unknown language fall back to the utterance LID posterior.
+        token_lang_probs = jnp.where(
+          known, jax.nn.one_hot(jnp.maximum(token_lang, 0), num_languages), utt_probs[:, None, :]
+        )
+      dec = self.decoder(
+        inputs,
+        input_mask,
+        enc.x,
+        enc.mask,
+        token_lang_probs=token_lang_probs,
+        enc_lang_probs=enc.lid_probs,
+      )
+      dec_logits, dec_states, dec_moe, dec_load = (
+        dec.logits,
+        dec.states,
+        dec.moe_aux,
+        dec.expert_load,
+      )
+      if self.task_heads is not None:
+        task = self.task_heads(
+          dec.states, token_mask, enc.x, enc.mask, utt_probs, stop_gradient=self.stop_task_gradient
+        )
+        intent, slots = task.intent_log_probs, task.slot_log_probs
+    return MoeAsrOutput(
+      ctc_logits=ctc_logits,
+      enc_mask=enc.mask,
+      enc_states=enc.x,
+      decoder_logits=dec_logits,
+      decoder_states=dec_states,
+      token_mask=token_mask,
+      frame_lid_logits=enc.frame_lid_logits,
+      lid_ctc_logits=enc.lid_ctc_logits,
+      utt_lid_logits=enc.utt_lid_logits,
+      lid_probs=enc.lid_probs,
+      frame_lang=frame_lang,
+      intent_log_probs=intent,
+      slot_log_probs=slots,
+      encoder_moe=enc.moe_aux,
+      decoder_moe=dec_moe,
+      encoder_expert_load=enc.expert_load,
+      decoder_expert_load=dec_load,
+    )

@@ -1,0 +1,389 @@
+"""Tests of the MoE feed-forward block: routers, dispatch, aux losses, padding."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from moe_asr.models import moe
+
+D_MODEL, D_FF = 8, 16
+BATCH, LENGTH = 2, 6
+NUM_LANGUAGES = 7
+# float32 sparse vs dense: the same products summed in a different order.
+ATOL_F32 = 1e-5
+
+
+def _inputs(seed: int = 0, length: int = LENGTH, lengths=(6, 4)):
+  """x [batch, length, d_model], mask [batch, length], lang_probs [batch, length, 7]."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(BATCH, length, D_MODEL)).astype(np.float32)
+  mask = np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+  logits = 3.0 * rng.normal(size=(BATCH, length, NUM_LANGUAGES))
+  lang_probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  return jnp.asarray(x), jnp.asarray(mask), jnp.asarray(lang_probs, jnp.float32)
+
+
+def _layer(num_experts: int = 4, **kwargs) -> moe.MoeFeedForward:
+  return moe.MoeFeedForward(
+    D_MODEL, D_FF, num_experts, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **kwargs
+  )
+
+
+@nnx.jit(static_argnames="dense")
+def _apply(layer, x, mask, lang_probs=None, dense=False):
+  """One compiled call per layer configuration keeps the tests fast."""
+  return layer(x, mask, lang_probs=lang_probs, dense=dense)
+
+
+@nnx.jit
+def _sparse_and_dense(layer, x, mask, lang_probs=None):
+  """Both paths in one compiled call: ((y, aux) sparse, (y, aux) dense)."""
+  return (
+    layer(x, mask, lang_probs=lang_probs),
+    layer(x, mask, lang_probs=lang_probs, dense=True),
+  )
+
+
+def _expert_ffn(layer: moe.MoeFeedForward, e: int, x) -> np.ndarray:
+  """Expert e applied directly (SwiGLU), written out independently in numpy."""
+  x = np.asarray(x, np.float64)
+  w_gate, w_up, w_down = (
+    np.asarray(w[...][e], np.float64) for w in (layer.w_gate, layer.w_up, layer.w_down)
+  )
+  gate = x @ w_gate
+  return (gate / (1.0 + np.exp(-gate)) * (x @ w_up)) @ w_down
+
+
+def _assert_aux_close(a: moe.MoeAux, b: moe.MoeAux, atol: float = 1e-6):
+  for name in ("load_balance_loss", "router_z_loss", "lid_alignment_loss", "expert_load"):
+    np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=atol, err_msg=name)
+  np.testing.assert_allclose(a.dropped_fraction, b.dropped_fraction, atol=atol)
+
+
+@pytest.mark.parametrize("shared_expert", [False, True])
+@pytest.mark.parametrize(
+  "router,top_k,language_soft",
+  [
+    ("learned", 1, False),
+    ("learned", 2, False),
+    ("hybrid", 1, False),
+    ("hybrid", 2, False),
+    # The language router ignores top_k: 1 expert when hard, all with mass when soft.
+    ("language", 1, False),
+    ("language", 1, True),
+  ],
+)
+def test_sparse_matches_dense(router, top_k, language_soft, shared_expert):
+  layer = _layer(
+    router=router, top_k=top_k, shared_expert=shared_expert, language_soft=language_soft
+  )
+  x, mask, lang_probs = _inputs()
+  (y_sparse, aux_sparse), (y_dense, aux_dense) = _sparse_and_dense(layer, x, mask, lang_probs)
+  assert y_sparse.shape == x.shape
+  np.testing.assert_allclose(y_sparse, y_dense, atol=ATOL_F32)
+  assert float(jnp.abs(y_sparse).max()) > 0.1  # the comparison is not between zeros
+  _assert_aux_close(aux_sparse, aux_dense)
+  assert float(aux_sparse.dropped_fraction) == 0.0
+  np.testing.assert_allclose(aux_sparse.expert_load.sum(), 1.0, atol=1e-6)
+
+
+def test_sparse_matches_dense_plain_ffn_and_many_experts():
+  # More experts than assignments per expert, so most blocks are padding.
+  layer = _layer(num_experts=16, top_k=2, gated=False, activation="gelu")
+  x, mask, _ = _inputs(seed=3)
+  (y_sparse, _), (y_dense, _) = _sparse_and_dense(layer, x, mask)
+  np.testing.assert_allclose(y_sparse, y_dense, atol=ATOL_F32)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_load_balance_loss_uniform_and_collapsed(top_k):
+  # LB = E * sum_e f_e * P_e. Zero router weights give P_e = 1/E for every
+  # expert, so LB = sum_e f_e = 1 whatever the top-k choice; z-loss is log(E)^2.
+  e = 4
+  layer = _layer(num_experts=e, top_k=top_k)
+  layer.w_router[...] = jnp.zeros_like(layer.w_router[...])
+  x, mask, _ = _inputs()
+  _, aux = _apply(layer, x, mask)
+  np.testing.assert_allclose(aux.load_balance_loss, 1.0, atol=1e-6)
+  np.testing.assert_allclose(aux.router_z_loss, math.log(e) ** 2, rtol=1e-6)
+  assert float(aux.lid_alignment_loss) == 0.0
+
+  # Collapsed: every token strongly prefers expert 0, so P_0 ~ 1 and f_0 = 1/top_k.
+  layer.w_router[...] = jnp.zeros_like(layer.w_router[...]).at[0, 0].set(50.0)
+  x_pos = jnp.abs(x).at[..., 0].set(1.0)
+  _, aux = _apply(layer, x_pos, mask)
+  np.testing.assert_allclose(aux.load_balance_loss, e / top_k, rtol=1e-3)
+  assert float(aux.load_balance_loss) > 1.5
+  np.testing.assert_allclose(aux.expert_load[0], 1.0 / top_k, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_experts", [7, 4])
+def test_language_router_hard_sends_language_to_its_expert(num_experts):
+  layer = _layer(num_experts=num_experts, router="language")
+  x, _, _ = _inputs()
+  mask = jnp.ones((BATCH, LENGTH), bool)
+  for lang in (0, 5):
+    expert = lang % num_experts
+    # A confident but not exactly one-hot posterior: argmax decides.
+    lang_probs = jnp.full((BATCH, LENGTH, NUM_LANGUAGES), 0.02).at[..., lang].set(0.88)
+    y, aux = _apply(layer, x, mask, lang_probs=lang_probs)
+    expected_load = np.eye(num_experts)[expert]
+    np.testing.assert_allclose(aux.expert_load, expected_load, atol=1e-6)
+    np.testing.assert_allclose(y, _expert_ffn(layer, expert, x), atol=ATOL_F32)
+    assert float(aux.router_z_loss) == 0.0
+
+
+def test_language_router_soft_is_posterior_weighted_mixture():
+  # E = 4 < 7 languages: languages l and l + 4 share expert l % 4 and add up.
+  layer = _layer(num_experts=4, router="language", language_soft=True)
+  x, _, lang_probs = _inputs(seed=1)
+  mask = jnp.ones((BATCH, LENGTH), bool)
+  y, aux = _apply(layer, x, mask, lang_probs=lang_probs)
+  expected = sum(
+    lang_probs[..., lang : lang + 1] * _expert_ffn(layer, lang % 4, x) for lang in range(7)
+  )
+  np.testing.assert_allclose(y, expected, atol=ATOL_F32)
+  mapped = np.zeros(4)
+  for lang in range(7):
+    mapped[lang % 4] += float(lang_probs[..., lang].mean())
+  np.testing.assert_allclose(aux.expert_load, mapped, atol=1e-6)
+
+  # A one-language posterior dispatches that expert only.
+  one_hot = jax.nn.one_hot(jnp.full((BATCH, LENGTH), 2), NUM_LANGUAGES)
+  y, aux = _apply(layer, x, mask, lang_probs=one_hot)
+  np.testing.assert_allclose(y, _expert_ffn(layer, 2, x), atol=ATOL_F32)
+  np.testing.assert_allclose(aux.expert_load, np.eye(4)[2], atol=1e-6)
+
+
+def _two_expert_case(top_k: int, capacity_factor: float):
+  """8 valid tokens: 6 prefer expert 0 (feature 0 = +1), 2 prefer expert 1."""
+  layer = _layer(num_experts=2, top_k=top_k, capacity_factor=capacity_factor)
+  layer.w_router[...] = jnp.zeros((D_MODEL, 2)).at[0].set(jnp.array([3.0, -3.0]))
+  sign = jnp.array([[1, 1, -1, 1, 1, 0], [-1, 1, 1, 0, 0, 0]], jnp.float32)
+  x, _, _ = _inputs(seed=2)
+  x = x.at[..., 0].set(sign)
+  mask = sign != 0
+  return layer, x, mask
+
+
+def _gate(layer, x_token, e):
+  """Top-2 of 2 experts: the renormalised gate is the router probability itself."""
+  return jax.nn.softmax(x_token @ layer.w_router[...])[e]
+
+
+def test_capacity_factor_drops_top1_hand_count():
+  # Flat valid order: expert 0 gets tokens (0,0) (0,1) (0,3) (0,4) (1,1) (1,2), expert 1
+  # gets (0,2) (1,0). capacity = ceil(1.0 * 8 * 1 / 2) = 4, so (1,1) and (1,2) drop: 2/8.
+  layer, x, mask = _two_expert_case(top_k=1, capacity_factor=1.0)
+  (y, aux), (y_dense, aux_dense) = _sparse_and_dense(layer, x, mask)
+  np.testing.assert_allclose(aux.dropped_fraction, 2 / 8, atol=1e-7)
+  np.testing.assert_allclose(aux.expert_load, [6 / 8, 2 / 8], atol=1e-7)
+  dropped = np.zeros((BATCH, LENGTH), bool)
+  dropped[1, 1] = dropped[1, 2] = True
+  np.testing.assert_array_equal(np.abs(np.asarray(y)).max(-1) == 0, dropped | ~np.asarray(mask))
+  np.testing.assert_allclose(y, y_dense, atol=ATOL_F32)
+  _assert_aux_close(aux, aux_dense)
+
+  # Without a capacity factor nothing drops.
+  layer.capacity_factor = None
+  y_free, aux_free = _apply(layer, x, mask)
+  assert float(aux_free.dropped_fraction) == 0.0
+  assert (np.abs(np.asarray(y_free)).max(-1) > 0)[np.asarray(mask)].all()
+
+
+def test_capacity_factor_top2_first_choices_take_priority():
+  # 16 assignments, capacity = ceil(0.5 * 8 * 2 / 2) = 4 per expert. Expert 0: 6 first
+  # choices + 2 second -> keeps the first 4 first choices, drops (1,1) (1,2) and both
+  # second choices. Expert 1: 2 first + 6 second -> keeps 2 first + the second choices
+  # of (0,0) (0,1), drops 4. Dropped 8/16.
+  layer, x, mask = _two_expert_case(top_k=2, capacity_factor=0.5)
+  (y, aux), (y_dense, _) = _sparse_and_dense(layer, x, mask)
+  np.testing.assert_allclose(aux.dropped_fraction, 0.5, atol=1e-7)
+  np.testing.assert_allclose(y, y_dense, atol=ATOL_F32)
+  # Tokens (1,1) (1,2) lose both choices; (0,3) keeps only its first, (0,0) both.
+  lost = np.abs(np.asarray(y)).max(-1) == 0
+  np.testing.assert_array_equal(
+    lost, ~np.asarray(mask) | (np.arange(LENGTH) == [[9], [1]]) | (np.arange(LENGTH) == [[9], [2]])
+  )
+  np.testing.assert_allclose(
+    y[0, 3], _expert_ffn(layer, 0, x[0, 3]) * _gate(layer, x[0, 3], 0), atol=ATOL_F32
+  )
+  np.testing.assert_allclose(
+    y[0, 0],
+    _expert_ffn(layer, 0, x[0, 0]) * _gate(layer, x[0, 0], 0)
+    + _expert_ffn(layer, 1, x[0, 0]) * _gate(layer, x[0, 0], 1),
+    atol=ATOL_F32,
+  )
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    {"router": "learned", "top_k": 2, "capacity_factor": 0.75},
+    {"router": "hybrid", "top_k": 1, "shared_expert": True},
+    {"router": "language"},
+    {"router": "language", "language_soft": True},
+  ],
+)
+def test_padding_invariance(kwargs):
+  layer = _layer(**kwargs)
+  x, mask, lang_probs = _inputs(seed=4)
+  y, aux = _apply(layer, x, mask, lang_probs=lang_probs)
+  y, m = np.asarray(y), np.asarray(mask)
+  assert np.abs(y[~m]).max() == 0.0
+
+  # Three more positions of junk, all masked.
+  extra = 3
+  junk = 100.0 * np.random.default_rng(9).normal(size=(BATCH, extra, D_MODEL))
+  x_long = jnp.concatenate([x, jnp.asarray(junk, jnp.float32)], axis=1)
+  mask_long = jnp.concatenate([mask, jnp.zeros((BATCH, extra), bool)], axis=1)
+  lp_long = jnp.concatenate([lang_probs, jnp.full((BATCH, extra, NUM_LANGUAGES), 1 / 7)], axis=1)
+  y_long, aux_long = _apply(layer, x_long, mask_long, lang_probs=lp_long)
+  y_long = np.asarray(y_long)
+  np.testing.assert_allclose(y_long[:, :LENGTH][m], y[m], atol=ATOL_F32)
+  assert np.abs(y_long[:, LENGTH:]).max() == 0.0
+  _assert_aux_close(aux, aux_long)
+
+
+@pytest.mark.parametrize("router", ["learned", "hybrid"])
+def test_gradients_reach_router_and_experts(router):
+  layer = _layer(router=router, top_k=2, shared_expert=True)
+  x, mask, lang_probs = _inputs()
+
+  def loss(model):
+    y, aux = model(x, mask, lang_probs=lang_probs)
+    return (
+      jnp.mean(y**2)
+      + 0.01 * aux.load_balance_loss
+      + 0.001 * aux.router_z_loss
+      + 0.1 * aux.lid_alignment_loss
+    )
+
+  grads = nnx.jit(nnx.grad(loss))(layer)
+  for name in ("w_router", "w_gate", "w_up", "w_down", "shared_w_up"):
+    g = np.asarray(getattr(grads, name)[...])
+    assert np.isfinite(g).all(), name
+    assert np.abs(g).max() > 0, name
+
+
+def test_soft_language_router_passes_gradient_to_posteriors():
+  layer = _layer(router="language", language_soft=True)
+  x, mask, lang_probs = _inputs()
+
+  @nnx.jit
+  def grad_lang_probs(layer, lp):
+    return jax.grad(lambda lp: jnp.sum(layer(x, mask, lang_probs=lp)[0] ** 2))(lp)
+
+  g = grad_lang_probs(layer, lang_probs)
+  assert np.isfinite(np.asarray(g)).all()
+  assert float(jnp.abs(g).max()) > 0
+
+
+def test_expert_params_carry_expert_axis():
+  layer = _layer(router="hybrid", shared_expert=True)
+  specs = nnx.get_partition_spec(nnx.state(layer, nnx.Param))
+  P = jax.sharding.PartitionSpec
+  assert specs["w_gate"].get_value() == P("expert", "embed", "mlp")
+  assert specs["w_up"].get_value() == P("expert", "embed", "mlp")
+  assert specs["w_down"].get_value() == P("expert", "mlp", "embed")
+  assert specs["w_router"].get_value() == P("embed", None)
+  assert specs["shared_w_down"].get_value() == P("mlp", "embed")
+
+
+def test_jit_forms_agree():
+  # The training step jits a pure function of the split state; nnx.jit wraps the module.
+  layer = _layer(router="hybrid", top_k=2)
+  x, mask, lang_probs = _inputs()
+  graphdef, state = nnx.split(layer)
+
+  @jax.jit
+  def pure(state, x, mask, lang_probs):
+    return nnx.merge(graphdef, state)(x, mask, lang_probs=lang_probs)
+
+  y_pure, aux_pure = pure(state, x, mask, lang_probs)
+  y_nnx, aux_nnx = _apply(layer, x, mask, lang_probs=lang_probs)
+  np.testing.assert_allclose(y_pure, y_nnx, atol=1e-6)
+  _assert_aux_close(aux_pure, aux_nnx)
+  # Eager (op by op) on the cheap dense path against its jitted form.
+  y_eager, _ = layer(x, mask, lang_probs=lang_probs, dense=True)
+  y_dense, _ = _apply(layer, x, mask, lang_probs=lang_probs, dense=True)
+  np.testing.assert_allclose(y_eager, y_dense, atol=1e-6)
+  np.testing.assert_allclose(y_pure, y_dense, atol=ATOL_F32)
+
+
+def test_bfloat16_close_to_float32():
+  x, mask, _ = _inputs()
+  layer32 = _layer(top_k=2)
+  layer16 = _layer(top_k=2, dtype=jnp.bfloat16)  # same seed -> same float32 params
+  scale = float(jnp.abs(_apply(layer32, x, mask)[0]).max())
+  for (y32, aux32), (y16, aux16) in zip(
+    _sparse_and_dense(layer32, x, mask), _sparse_and_dense(layer16, x, mask), strict=True
+  ):
+    assert y16.dtype == jnp.bfloat16
+    # bfloat16 keeps 8 significant bits (relative step 2^-8 ~ 0.4%); through three
+    # matmuls with float32 accumulation the error stays within 3% of the output scale.
+    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.03 * scale)
+    # The router runs in float32 either way, so routing and losses agree closely.
+    _assert_aux_close(aux16, aux32, atol=1e-5)
+
+
+def test_hybrid_lid_alignment_lower_when_router_matches_lid():
+  layer = _layer(num_experts=7, router="hybrid", top_k=2)
+  w = np.asarray(layer.w_router[...])
+  layer.w_router[...] = jnp.asarray(2.0 * w / np.abs(w).max())
+  x, mask, _ = _inputs()
+  logits = np.asarray(x, np.float64) @ np.asarray(layer.w_router[...], np.float64)
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # language l = expert l
+  m = np.asarray(mask)
+
+  _, aux_match = _apply(layer, x, mask, lang_probs=jnp.asarray(probs, jnp.float32))
+  least = np.eye(7, dtype=np.float32)[probs.argmin(-1)]
+  _, aux_miss = _apply(layer, x, mask, lang_probs=jnp.asarray(least))
+  # CE(t, p) = -sum t log p: the entropy of p when t = p, -log min(p) for the one-hot.
+  entropy = -(probs * np.log(probs)).sum(-1)[m].mean()
+  np.testing.assert_allclose(aux_match.lid_alignment_loss, entropy, rtol=1e-5)
+  np.testing.assert_allclose(
+    aux_miss.lid_alignment_loss, -np.log(probs.min(-1))[m].mean(), rtol=1e-5
+  )
+  assert float(aux_match.lid_alignment_loss) < float(aux_miss.lid_alignment_loss) - 0.1
+
+
+def test_routers_need_lang_probs():
+  layer = _layer(router="language")
+  x, mask, _ = _inputs()
+  with pytest.raises(ValueError, match="lang_probs"):
+    layer(x, mask)
+
+
+def test_dropout_only_in_train_mode():
+  layer = _layer(dropout=0.5)
+  x, mask, _ = _inputs()
+  layer.eval()
+  # Dropout acts on the block output, the same after either path; dense compiles faster.
+  y1, _ = _apply(layer, x, mask, dense=True)
+  y2, _ = _apply(layer, x, mask, dense=True)
+  np.testing.assert_array_equal(y1, y2)
+  layer.train()
+  y3, _ = _apply(layer, x, mask, dense=True)
+  dropped = (y3 == 0) & mask[..., None]
+  assert 0.2 < float(dropped.mean() / mask.mean()) < 0.8
+
+
+def test_aux_zeros_and_mean():
+  a = moe.MoeAux.zeros(4)
+  assert a.expert_load.shape == (4,)
+  b = moe.MoeAux(
+    load_balance_loss=jnp.float32(2.0),
+    router_z_loss=jnp.float32(1.0),
+    lid_alignment_loss=jnp.float32(0.5),
+    expert_load=jnp.array([1.0, 0.0, 0.0, 0.0]),
+    dropped_fraction=jnp.float32(0.25),
+  )
+  m = moe.MoeAux.mean([a, b])
+  np.testing.assert_allclose(m.load_balance_loss, 1.0)
+  np.testing.assert_allclose(m.expert_load, [0.5, 0, 0, 0])
+  np.testing.assert_allclose(m.dropped_fraction, 0.125)
