@@ -147,26 +147,34 @@ def _grouped_ffn(x_blocks, weights, block_expert, used_blocks, activation, dtype
   Returns:
     [blocks, rows, d_model] float32 (zeros in skipped blocks).
   """
-  return _grouped_ffn_fwd(x_blocks, weights, block_expert, used_blocks, activation, dtype)[0]
+  return _scan_blocks(x_blocks, weights, block_expert, used_blocks, activation, dtype, False)[0]
 
 
-def _grouped_ffn_fwd(x_blocks, weights, block_expert, used_blocks, activation, dtype):
+def _scan_blocks(x_blocks, weights, block_expert, used_blocks, activation, dtype, keep_pre):
+  """The forward scan; keeps the pre-activations only when a backward pass needs them."""
   rows, d = x_blocks.shape[1:]
-  n_in = len(weights) - 1
+  n_in = len(weights) - 1 if keep_pre else 0
   d_ff = weights[0].shape[-1]
 
   def block(_, inputs):
     xb, e, i = inputs
 
+    def compute():
+      y, pre = _block_forward(xb, weights, e, activation, dtype)
+      return y, pre[:n_in]
+
     def skip():
       return jnp.zeros((rows, d), jnp.float32), (jnp.zeros((rows, d_ff), jnp.float32),) * n_in
 
-    return None, jax.lax.cond(
-      i < used_blocks, lambda: _block_forward(xb, weights, e, activation, dtype), skip
-    )
+    return None, jax.lax.cond(i < used_blocks, compute, skip)
 
   steps = jnp.arange(x_blocks.shape[0])
   _, (y, pre) = jax.lax.scan(block, None, (x_blocks, block_expert, steps))
+  return y, pre
+
+
+def _grouped_ffn_fwd(x_blocks, weights, block_expert, used_blocks, activation, dtype):
+  y, pre = _scan_blocks(x_blocks, weights, block_expert, used_blocks, activation, dtype, True)
   return y, (x_blocks, weights, block_expert, used_blocks, pre)
 
 
