@@ -188,19 +188,22 @@ def _grouped_ffn_bwd(activation, dtype, residuals, dy):
   def block(grads, inputs):
     xb, e, i, pre_b, dyb = inputs
 
-    def compute(grads):
+    def compute():
       h, hidden_vjp = jax.vjp(lambda *p: _hidden(p, activation), *pre_b)
       dh = _matmul(dyb, w_down[e].T, dtype)
       dpre = hidden_vjp(dh)
       dx = sum(_matmul(dp, w[e].T, dtype) for dp, w in zip(dpre, w_in, strict=True))
-      updates = [_matmul(xb.T, dp, dtype) for dp in dpre] + [_matmul(h.T, dyb, dtype)]
-      grads = tuple(g.at[e].add(u.astype(g.dtype)) for g, u in zip(grads, updates, strict=True))
-      return grads, dx
+      updates = tuple(_matmul(xb.T, dp, dtype) for dp in dpre) + (_matmul(h.T, dyb, dtype),)
+      return dx, updates
 
-    def skip(grads):
-      return grads, jnp.zeros(xb.shape, jnp.float32)
+    def skip():
+      return jnp.zeros(xb.shape, jnp.float32), tuple(
+        jnp.zeros(w.shape[1:], jnp.float32) for w in weights
+      )
 
-    grads, dx = jax.lax.cond(i < used_blocks, compute, skip, grads)
+    # The carry stays outside the cond so XLA updates it in place.
+    dx, updates = jax.lax.cond(i < used_blocks, compute, skip)
+    grads = tuple(g.at[e].add(u.astype(g.dtype)) for g, u in zip(grads, updates, strict=True))
     return grads, dx.astype(xb.dtype)
 
   zeros = tuple(jnp.zeros(w.shape, w.dtype) for w in weights)

@@ -1,0 +1,184 @@
+"""MoeAsr end to end: presets build, padding is invisible, the task loss trains the ASR."""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import run_cli
+from flax import nnx
+
+from moe_asr import config_lib
+from moe_asr.data import features
+from moe_asr.models import info, task_heads
+from moe_asr.models import model as model_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+VOCAB, INTENTS, SLOT_TAGS = 60, 5, 7
+
+
+def _model(overrides=(), seed=0):
+  cfg = config_lib.load_config(CONFIGS / "tiny.py", overrides)
+  model = model_lib.MoeAsr(
+    cfg.model,
+    vocab_size=VOCAB,
+    num_intents=INTENTS,
+    num_slot_tags=SLOT_TAGS,
+    rngs=nnx.Rngs(seed, specaug=1, condition=2, dropout=3),
+  )
+  model.eval()
+  return model
+
+
+def _batch(samples, tokens, *, valid_samples=(12000, 9000), valid_tokens=(9, 6), garbage=False):
+  """A batch whose valid part is the same whatever the padded sizes."""
+  rng = np.random.default_rng(0)
+  b = len(valid_samples)
+  audio = (
+    rng.integers(-2000, 2000, (b, samples)).astype(np.int16)
+    if garbage
+    else np.zeros((b, samples), np.int16)
+  )
+  valid_audio = np.random.default_rng(1).integers(-3000, 3000, (b, max(valid_samples)))
+  toks = (
+    rng.integers(4, VOCAB, (b, tokens)).astype(np.int32)
+    if garbage
+    else np.zeros((b, tokens), np.int32)
+  )
+  valid_toks = np.random.default_rng(2).integers(4, VOCAB, (b, max(valid_tokens)))
+  audio_mask = np.zeros((b, samples), bool)
+  token_mask = np.zeros((b, tokens), bool)
+  for i, (n, t) in enumerate(zip(valid_samples, valid_tokens, strict=True)):
+    audio[i, :n] = valid_audio[i, :n]
+    audio_mask[i, :n] = True
+    toks[i, :t] = valid_toks[i, :t]
+    token_mask[i, :t] = True
+  frames = int(features.num_frames(samples))
+  frame_lang = np.full((b, frames), -1, np.int32)
+  frame_lang[0, : int(features.num_frames(valid_samples[0]))] = 1
+  token_lang = np.where(token_mask, np.array([[1], [4]]), -1).astype(np.int32)
+  return {
+    "audio": audio,
+    "audio_mask": audio_mask,
+    "tokens": toks,
+    "token_mask": token_mask,
+    "token_lang": token_lang,
+    "frame_lang": frame_lang,
+    "intent": np.array([1, 3], np.int32),
+    "slot_tags": np.where(token_mask, 0, -1).astype(np.int32),
+  }
+
+
+@nnx.jit
+def _forward(model, batch):
+  return model(batch)
+
+
+def test_tiny_forward_shapes():
+  model = _model()
+  batch = _batch(16000, 12)
+  out = _forward(model, batch)
+  frames = out.enc_mask.shape[1]
+  assert out.ctc_logits.shape == (2, frames, VOCAB) and out.ctc_logits.dtype == jnp.float32
+  assert out.decoder_logits.shape == (2, 12, VOCAB)
+  assert out.intent_log_probs.shape == (2, INTENTS)
+  assert out.slot_log_probs.shape == (2, 12, SLOT_TAGS)
+  assert out.utt_lid_logits.shape == (2, 7) and out.lid_probs.shape == (2, frames, 7)
+  np.testing.assert_allclose(jnp.exp(out.intent_log_probs).sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(out.encoder_expert_load.sum(-1), 1.0, atol=1e-5)
+  # Encoder frames: 12000 valid samples -> 73 feature frames -> 17 encoder frames.
+  assert int(out.enc_mask[0].sum()) == 17
+
+
+def test_padding_does_not_change_valid_outputs():
+  model = _model()
+  small = _forward(model, _batch(16000, 12))
+  big = _forward(model, _batch(32000, 20, garbage=True))
+  for i in range(2):
+    f = int(small.enc_mask[i].sum())
+    assert int(big.enc_mask[i].sum()) == f
+    t = int(_batch(16000, 12)["token_mask"][i].sum())
+    # Float32 throughout: differences come only from summation order (stated tolerance 1e-4).
+    np.testing.assert_allclose(big.ctc_logits[i, :f], small.ctc_logits[i, :f], atol=1e-4)
+    np.testing.assert_allclose(big.lid_probs[i, :f], small.lid_probs[i, :f], atol=1e-4)
+    np.testing.assert_allclose(big.decoder_logits[i, :t], small.decoder_logits[i, :t], atol=1e-4)
+    np.testing.assert_allclose(big.slot_log_probs[i, :t], small.slot_log_probs[i, :t], atol=1e-4)
+  np.testing.assert_allclose(big.utt_lid_logits, small.utt_lid_logits, atol=1e-4)
+  np.testing.assert_allclose(big.intent_log_probs, small.intent_log_probs, atol=1e-4)
+  np.testing.assert_allclose(big.encoder_expert_load, small.encoder_expert_load, atol=1e-5)
+
+
+def _task_grads(model, batch):
+  def loss_fn(model):
+    out = model(batch)
+    intent, _ = task_heads.intent_loss(out.intent_log_probs, batch["intent"])
+    slots, _ = task_heads.slot_loss(out.slot_log_probs, batch["slot_tags"], batch["token_mask"])
+    return intent + slots
+
+  return nnx.grad(loss_fn)(model)
+
+
+def _max_abs(tree) -> float:
+  return max(float(jnp.abs(x).max()) for x in jax.tree.leaves(tree))
+
+
+def test_task_loss_trains_the_encoder_unless_cascade():
+  batch = _batch(16000, 12)
+  joint = _task_grads(_model(), batch)
+  assert _max_abs(joint["encoder"]["subsampling"]) > 1e-6
+  assert _max_abs(joint["decoder"]) > 1e-6
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(joint))
+
+  cascade = _task_grads(_model(["model.task.stop_gradient=True"]), batch)
+  assert _max_abs(cascade["encoder"]) == 0.0  # Exactly zero: stop_gradient at the bridge.
+  assert _max_abs(cascade["decoder"]) == 0.0
+  assert _max_abs(cascade["task_heads"]) > 1e-6
+
+
+def test_specaugment_only_in_training():
+  model = _model()
+  batch = _batch(16000, 12)
+  eval_out = _forward(model, batch)
+  np.testing.assert_array_equal(_forward(model, batch).ctc_logits, eval_out.ctc_logits)
+  model.train()
+  train_out = _forward(model, batch)
+  assert not np.allclose(train_out.ctc_logits, eval_out.ctc_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["demo", "small", "large"])
+def test_presets_build_abstractly(preset):
+  cfg = config_lib.load_config(CONFIGS / f"{preset}.py")
+  sizes = info.model_info(cfg)
+  assert sizes["params_active"] < sizes["params_total"]  # Routed experts are sparse.
+  minimum = {"demo": 2e6, "small": 2e7, "large": 3e8}[preset]
+  assert sizes["params_total"] > minimum
+
+
+def test_active_params_follow_the_router():
+  cfg = config_lib.load_config(
+    CONFIGS / "tiny.py", ["model.encoder.router=learned", "model.encoder.top_k=1"]
+  )
+  top1 = info.model_info(cfg)["components"]["encoder"]
+  cfg2 = config_lib.load_config(
+    CONFIGS / "tiny.py", ["model.encoder.router=learned", "model.encoder.top_k=2"]
+  )
+  top2 = info.model_info(cfg2)["components"]["encoder"]
+  assert top1["total"] == top2["total"]
+  d, ff, layers = (
+    cfg.model.encoder.d_model,
+    cfg.model.encoder.d_ff,
+    len(cfg.model.encoder.moe_layers),
+  )
+  # One more SwiGLU expert (3 matrices) per MoE layer is active with top-2.
+  assert top2["active"] - top1["active"] == layers * 3 * d * ff
+
+
+def test_model_info_cli(tmp_path):
+  out = tmp_path / "info.json"
+  proc = run_cli("model-info", "--config", str(CONFIGS / "large.py"), "--json", str(out))
+  assert proc.returncode == 0, proc.stderr
+  assert "active/token" in proc.stdout and "encoder" in proc.stdout
+  sizes = json.loads(out.read_text())
+  assert sizes["params_total"] > 3e8
