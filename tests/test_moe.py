@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -92,7 +93,8 @@ def test_sparse_matches_dense(router, top_k, language_soft, shared_expert):
 
 
 def test_sparse_matches_dense_plain_ffn_and_many_experts():
-  # More experts than assignments per expert, so most blocks are padding.
+  # 16 experts for 20 valid assignments: many experts get no block at all (empty
+  # inner loops), the others one partly filled block.
   layer = _layer(num_experts=16, top_k=2, gated=False, activation="gelu")
   x, mask, _ = _inputs(seed=3)
   (y_sparse, _), (y_dense, _) = _sparse_and_dense(layer, x, mask)
@@ -249,13 +251,22 @@ def test_padding_invariance(kwargs):
   _assert_aux_close(aux, aux_long)
 
 
-@pytest.mark.parametrize("router", ["learned", "hybrid"])
-def test_gradients_reach_router_and_experts(router):
-  layer = _layer(router=router, top_k=2, shared_expert=True)
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    {"router": "learned", "top_k": 2, "shared_expert": True},
+    {"router": "hybrid", "top_k": 1, "gated": False, "activation": "gelu"},
+    {"router": "learned", "top_k": 2, "capacity_factor": 0.75},
+  ],
+)
+def test_gradients_reach_router_and_experts_and_match_dense(kwargs):
+  # The sparse path has a hand-written backward pass; autodiff of the dense
+  # einsum path is the reference.
+  layer = _layer(**kwargs)
   x, mask, lang_probs = _inputs()
 
-  def loss(model):
-    y, aux = model(x, mask, lang_probs=lang_probs)
+  def loss(model, x, dense):
+    y, aux = model(x, mask, lang_probs=lang_probs, dense=dense)
     return (
       jnp.mean(y**2)
       + 0.01 * aux.load_balance_loss
@@ -263,11 +274,21 @@ def test_gradients_reach_router_and_experts(router):
       + 0.1 * aux.lid_alignment_loss
     )
 
-  grads = nnx.jit(nnx.grad(loss))(layer)
-  for name in ("w_router", "w_gate", "w_up", "w_down", "shared_w_up"):
-    g = np.asarray(getattr(grads, name)[...])
+  @nnx.jit
+  def grads(model, x):
+    return tuple(nnx.grad(loss, argnums=(0, 1))(model, x, dense) for dense in (False, True))
+
+  (g_model, g_x), (g_model_dense, g_x_dense) = grads(layer, x)
+  names = ["w_router", "w_up", "w_down"] + (["w_gate"] if layer.gated else [])
+  names += ["shared_w_up"] if layer.shared_expert else []
+  for name in names:
+    g = np.asarray(getattr(g_model, name)[...])
     assert np.isfinite(g).all(), name
     assert np.abs(g).max() > 0, name
+    # float32, gradients of order 0.1: same products, different summation order.
+    np.testing.assert_allclose(g, getattr(g_model_dense, name)[...], atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(g_x, g_x_dense, atol=1e-6)
+  assert float(jnp.abs(g_x[~mask]).max()) == 0.0  # padding gets no gradient
 
 
 def test_soft_language_router_passes_gradient_to_posteriors():
@@ -387,3 +408,16 @@ def test_aux_zeros_and_mean():
   np.testing.assert_allclose(m.load_balance_loss, 1.0)
   np.testing.assert_allclose(m.expert_load, [0.5, 0, 0, 0])
   np.testing.assert_allclose(m.dropped_fraction, 0.125)
+
+
+def test_from_config_and_param_counts():
+  cfg = ml_collections.ConfigDict(
+    {"num_experts": 4, "router": "hybrid", "top_k": 1, "shared_expert": True}
+  )
+  layer = moe.MoeFeedForward.from_config(cfg, d_model=D_MODEL, d_ff=D_FF, rngs=nnx.Rngs(0))
+  assert (layer.router, layer.top_k, layer.num_experts) == ("hybrid", 1, 4)
+  router, expert = D_MODEL * 4, 3 * D_MODEL * D_FF  # SwiGLU: w_gate, w_up, w_down
+  # Total: router + 4 experts + shared; active: router + 1 expert + shared.
+  assert layer.param_counts() == (router + 5 * expert, router + 2 * expert)
+  hard = _layer(num_experts=4, router="language")
+  assert hard.param_counts() == (4 * expert, expert)
