@@ -110,6 +110,7 @@ def test_padding_does_not_change_valid_outputs():
   np.testing.assert_allclose(big.encoder_expert_load, small.encoder_expert_load, atol=1e-5)
 
 
+@nnx.jit
 def _task_grads(model, batch):
   def loss_fn(model):
     out = model(batch)
