@@ -183,3 +183,55 @@ def test_model_info_cli(tmp_path):
   assert "active/token" in proc.stdout and "encoder" in proc.stdout
   sizes = json.loads(out.read_text())
   assert sizes["params_total"] > 3e8
+
+
+def test_adapters_on_the_model_start_as_identity_and_train_alone():
+  import optax
+
+  from moe_asr.models import adapters
+
+  model = _model()
+  batch = _batch(16000, 12)
+  before = _forward(model, batch)
+  rngs = nnx.Rngs(7)
+  n_lora = adapters.add_lora(
+    model, rank=4, alpha=8.0, target=r"(encoder|decoder)/.*/(linear_[qv]|query|value)$", rngs=rngs
+  )
+  cfg = config_lib.load_config(CONFIGS / "tiny.py")
+  n_res = adapters.add_residual_adapters(
+    model,
+    target=r"encoder/blocks/\d+$",
+    bottleneck=8,
+    d_model=cfg.model.encoder.d_model,
+    rngs=rngs,
+  )
+  assert n_lora >= 2 * cfg.model.encoder.num_layers  # q and v of every encoder block at least.
+  assert n_res == cfg.model.encoder.num_layers
+  after = _forward(model, batch)
+  # The same function at initialisation (B and up-projections are zero); the
+  # wrapped model compiles to a different XLA program, so float32 results agree
+  # to rounding (stated tolerance 1e-5 on logits of order 1), not bit for bit.
+  np.testing.assert_allclose(after.ctc_logits, before.ctc_logits, atol=1e-5)
+  np.testing.assert_allclose(after.intent_log_probs, before.intent_log_probs, atol=1e-5)
+
+  trainable = adapters.trainable_filter()
+  n_train, n_frozen = adapters.freeze_report(model, trainable)
+  assert 0 < n_train < n_frozen
+  frozen_before = nnx.state(model, nnx.All(nnx.Param, nnx.Not(trainable)))
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=trainable)
+
+  @nnx.jit
+  def step(model, optimizer, batch):
+    def loss_fn(model):
+      out = model(batch)
+      return task_heads.intent_loss(out.intent_log_probs, batch["intent"])[0]
+
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  step(model, optimizer, batch)
+  frozen_after = nnx.state(model, nnx.All(nnx.Param, nnx.Not(trainable)))
+  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen_after), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert not np.allclose(_forward(model, batch).intent_log_probs, before.intent_log_probs)

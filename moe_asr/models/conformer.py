@@ -619,7 +619,7 @@ class ConformerEncoder(nnx.Module):
       if cond_probs is not None and self.conditioners:
         x = self.conditioners[i - self.lid_layer - 1](x, cond_probs, mask)
       x, aux = block(x, mask, pos_emb, lang_probs=cond_probs)
-      if block.use_moe:
+      if i in self.moe_layers:  # (Not `block.use_moe`: adapters may wrap the block.)
         auxes.append(aux)
       if i == self.lid_layer:
         frame_logits, ctc_logits = self.frame_lid(x)  # [batch, frames', L], [.., L + 1]
