@@ -59,6 +59,10 @@ def _corpus_stats(args, overrides) -> int:
       return 2
     name = "/".join(found[0].split("/")[:2])
   builder = tfds.builder(name, data_dir=str(args.data_dir))
+  if hasattr(builder.builder_config, "digest"):
+    from moe_asr.data.builders import synth
+
+    synth.check_built(builder)  # Refuse to describe data built from another config.
   stats = stats_lib.dataset_stats(builder)
   print(stats_lib.format_stats(stats))
   if args.json:
