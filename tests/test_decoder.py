@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moe_asr.models.decoder import (
-  MultiHeadAttention,
-  TransformerDecoder,
-  attention_loss,
-  shift_right,
-)
+from moe_asr.models.decoder import TransformerDecoder, attention_loss, shift_right
+from moe_asr.models.layers import MultiHeadAttention
 
 VOCAB, D, HEADS, LAYERS, D_FF = 40, 16, 2, 2, 32
 NUM_LANG, NUM_EXPERTS = 3, 4

@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 
 from moe_asr.data import languages as langs_lib
+from moe_asr.models import layers, partitioning
 from moe_asr.models import lid as lid_lib
-from moe_asr.models import partitioning
 from moe_asr.models.moe import ROUTERS, MoeAux, MoeFeedForward
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -281,7 +281,7 @@ class ConvolutionModule(nnx.Module):
       bias_init=partitioning.with_axes(nnx.initializers.zeros_init(), ("mlp",)),
       **kw,
     )
-    self.norm = lid_lib.layer_norm(d_model, **kw)
+    self.norm = layers.layer_norm(d_model, **kw)
     self.pointwise2 = partitioning.dense(d_model, d_model, ("mlp", "embed"), **kw)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
@@ -301,28 +301,6 @@ class ConvolutionModule(nnx.Module):
     h = jnp.where(mask[..., None], h, 0.0)
     h = jax.nn.swish(self.norm(self.depthwise(h)))
     return self.dropout(self.pointwise2(h))
-
-
-class FeedForward(nnx.Module):
-  """Linear -> swish -> dropout -> Linear (the dense Conformer FFN)."""
-
-  def __init__(
-    self,
-    d_model: int,
-    d_ff: int,
-    dropout: float = 0.0,
-    *,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs: nnx.Rngs,
-  ):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.up = partitioning.dense(d_model, d_ff, ("embed", "mlp"), **kw)
-    self.down = partitioning.dense(d_ff, d_model, ("mlp", "embed"), **kw)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(self.dropout(jax.nn.swish(self.up(x))))
 
 
 class ConformerBlock(nnx.Module):
@@ -359,13 +337,13 @@ class ConformerBlock(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.use_moe = use_moe
     self.num_experts = num_experts
-    self.norm_ff1 = lid_lib.layer_norm(d_model, **kw)
-    self.ff1 = FeedForward(d_model, d_ff, dropout, **kw)
-    self.norm_mha = lid_lib.layer_norm(d_model, **kw)
+    self.norm_ff1 = layers.layer_norm(d_model, **kw)
+    self.ff1 = layers.FeedForward(d_model, d_ff, dropout=dropout, **kw)
+    self.norm_mha = layers.layer_norm(d_model, **kw)
     self.mha = RelPositionMultiHeadAttention(d_model, num_heads, dropout, **kw)
-    self.norm_conv = lid_lib.layer_norm(d_model, **kw)
+    self.norm_conv = layers.layer_norm(d_model, **kw)
     self.conv = ConvolutionModule(d_model, conv_kernel, dropout, **kw)
-    self.norm_ff2 = lid_lib.layer_norm(d_model, **kw)
+    self.norm_ff2 = layers.layer_norm(d_model, **kw)
     if use_moe:
       self.ff2 = MoeFeedForward(
         d_model,
@@ -382,8 +360,8 @@ class ConformerBlock(nnx.Module):
         **kw,
       )
     else:
-      self.ff2 = FeedForward(d_model, d_ff, dropout, **kw)
-    self.norm_out = lid_lib.layer_norm(d_model, **kw)
+      self.ff2 = layers.FeedForward(d_model, d_ff, dropout=dropout, **kw)
+    self.norm_out = layers.layer_norm(d_model, **kw)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
   def __call__(

@@ -26,6 +26,7 @@ from flax import nnx
 
 from moe_asr.data import languages as langs_lib
 from moe_asr.models import partitioning
+from moe_asr.models.layers import layer_norm
 
 NO_LABEL = -1  # Ignore index used by the data pipeline.
 
@@ -36,18 +37,6 @@ SUPERVISION_CTC = 2
 SUPERVISION_UTTERANCE = 3
 
 _NEG_INF = -1e30  # Finite "minus infinity": keeps fully masked rows NaN-free.
-
-
-def layer_norm(features: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  """`nnx.LayerNorm` with logically named scale and bias."""
-  return nnx.LayerNorm(
-    features,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    scale_init=partitioning.with_axes(nnx.initializers.ones_init(), ("norm",)),
-    bias_init=partitioning.with_axes(nnx.initializers.zeros_init(), ("norm",)),
-    rngs=rngs,
-  )
 
 
 class FrameLidHead(nnx.Module):

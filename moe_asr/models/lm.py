@@ -29,12 +29,11 @@ from moe_asr.models import partitioning
 from moe_asr.models.decoder import (
   DecoderBlock,
   DecoderCache,
-  KVCache,
   TokenEmbedder,
   attention_loss,
-  layer_norm,
   shift_right,
 )
+from moe_asr.models.layers import KVCache, layer_norm
 
 BOS_ID = 2  # The tokenizer's `<s>`.
 

@@ -43,7 +43,7 @@ and produce zero output.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import flax
 import jax
@@ -53,15 +53,11 @@ from flax import nnx
 
 from moe_asr.data import languages
 from moe_asr.models import partitioning
+from moe_asr.models.layers import ACTIVATIONS
 
 ROUTERS = ("learned", "language", "hybrid")
 
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-  "swish": jax.nn.silu,
-  "silu": jax.nn.silu,
-  "gelu": jax.nn.gelu,
-  "relu": jax.nn.relu,
-}
+_ACTIVATIONS = ACTIVATIONS
 
 
 @flax.struct.dataclass

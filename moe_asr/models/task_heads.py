@@ -17,8 +17,6 @@ existing heads untouched.
 
 from __future__ import annotations
 
-import math
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -26,77 +24,12 @@ import ml_collections
 from flax import nnx
 
 from moe_asr.data import languages
-from moe_asr.models import partitioning
-
-# Finite so fully masked rows give uniform (not NaN) attention weights.
-_MASKED_SCORE = -1e30
-
-
-def _layer_norm(d_model: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(
-    d_model,
-    scale_init=partitioning.with_axes(nnx.initializers.ones_init(), ("norm",)),
-    bias_init=partitioning.with_axes(nnx.initializers.zeros_init(), ("norm",)),
-    rngs=rngs,
-  )
+from moe_asr.models import layers, partitioning
 
 
 def _config_dtype(value) -> jnp.dtype:
   """`"bfloat16"` / `jnp.bfloat16` / None -> a jnp dtype (float32 by default)."""
   return jnp.dtype(value if value is not None else jnp.float32)
-
-
-class Attention(nnx.Module):
-  """Multi-head attention of `x` over `memory` without a causal mask.
-
-  Used for self-attention (memory = x), cross-attention and pooling with
-  learned queries. Projections are named query/key/value/out so LoRA targets
-  match them like the encoder's and decoder's.
-  """
-
-  def __init__(self, d_model: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    if d_model % num_heads:
-      raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-    self.num_heads = num_heads
-    self.dtype = dtype
-    in_axes = ("embed", "heads")
-    self.query = partitioning.dense(d_model, d_model, in_axes, dtype=dtype, rngs=rngs)
-    self.key = partitioning.dense(d_model, d_model, in_axes, dtype=dtype, rngs=rngs)
-    self.value = partitioning.dense(d_model, d_model, in_axes, dtype=dtype, rngs=rngs)
-    self.out = partitioning.dense(d_model, d_model, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array, memory: jax.Array, memory_mask: jax.Array) -> jax.Array:
-    """Attends.
-
-    Args:
-      x: queries [batch, q_len, d_model].
-      memory: keys/values [batch, k_len, d_model].
-      memory_mask: [batch, k_len] bool, True = valid.
-
-    Returns:
-      [batch, q_len, d_model].
-    """
-    batch, q_len, d_model = x.shape
-    k_len = memory.shape[1]
-    head_dim = d_model // self.num_heads
-    q = self.query(x).reshape(batch, q_len, self.num_heads, head_dim)
-    k = self.key(memory).reshape(batch, k_len, self.num_heads, head_dim)
-    v = self.value(memory).reshape(batch, k_len, self.num_heads, head_dim)
-    scores = jnp.einsum(
-      "bqhd,bkhd->bhqk",
-      q.astype(self.dtype),
-      k.astype(self.dtype),
-      preferred_element_type=jnp.float32,
-    ) / math.sqrt(head_dim)  # [batch, heads, q_len, k_len]
-    scores = jnp.where(memory_mask[:, None, None, :], scores, _MASKED_SCORE)
-    weights = jax.nn.softmax(scores, axis=-1)
-    context = jnp.einsum(
-      "bhqk,bkhd->bqhd",
-      weights.astype(self.dtype),
-      v.astype(self.dtype),
-      preferred_element_type=jnp.float32,
-    )
-    return self.out(context.reshape(batch, q_len, d_model))
 
 
 class Bridge(nnx.Module):
@@ -123,11 +56,11 @@ class Bridge(nnx.Module):
     normal = nnx.initializers.normal(stddev=1.0)
     self.source_embedding = partitioning.param(rngs, normal, (2, d_model), (None, "embed"))
     self.queries = partitioning.param(rngs, normal, (num_queries, d_model), (None, "embed"))
-    self.memory_norm = _layer_norm(d_model, rngs)
-    self.pool_attention = Attention(d_model, num_heads, dtype=dtype, rngs=rngs)
-    self.token_attention = Attention(d_model, num_heads, dtype=dtype, rngs=rngs)
-    self.pooled_norm = _layer_norm(d_model, rngs)
-    self.token_norm = _layer_norm(d_model, rngs)
+    self.memory_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+    self.pool_attention = layers.MultiHeadAttention(d_model, num_heads, dtype=dtype, rngs=rngs)
+    self.token_attention = layers.MultiHeadAttention(d_model, num_heads, dtype=dtype, rngs=rngs)
+    self.pooled_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+    self.token_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
 
   def __call__(
     self,
@@ -166,11 +99,11 @@ class Bridge(nnx.Module):
     memory_mask = jnp.concatenate([token_mask, enc_mask], axis=1)
 
     queries = jnp.broadcast_to(self.queries[...], (memory.shape[0], *self.queries.shape))
-    pooled = self.pool_attention(queries, memory, memory_mask).mean(axis=1)
+    pooled = self.pool_attention(queries, memory, key_mask=memory_mask)[0].mean(axis=1)
     pooled = partitioning.constrain(self.pooled_norm(pooled), ("batch", "embed"))
 
     dec_normed, enc_normed = memory[:, :num_tokens], memory[:, num_tokens:]
-    token_states = dec_normed + self.token_attention(dec_normed, enc_normed, enc_mask)
+    token_states = dec_normed + self.token_attention(dec_normed, enc_normed, key_mask=enc_mask)[0]
     token_states = self.token_norm(token_states)  # [batch, tokens, d_model]
     token_states = partitioning.constrain(token_states, ("batch", "length", "embed"))
     return pooled, token_states
@@ -375,32 +308,21 @@ def slot_loss(
   return _masked_nll(slot_log_probs, slot_tags, token_mask)
 
 
-class FeedForward(nnx.Module):
-  """Position-wise GELU feed-forward."""
-
-  def __init__(self, d_model: int, d_ff: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.up = partitioning.dense(d_model, d_ff, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.down = partitioning.dense(d_ff, d_model, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(jax.nn.gelu(self.up(x)))
-
-
 class TextEncoderLayer(nnx.Module):
   """Pre-norm bidirectional Transformer layer."""
 
   def __init__(
     self, d_model: int, num_heads: int, d_ff: int, dropout: float, *, dtype, rngs: nnx.Rngs
   ):
-    self.attention_norm = _layer_norm(d_model, rngs)
-    self.attention = Attention(d_model, num_heads, dtype=dtype, rngs=rngs)
-    self.ffn_norm = _layer_norm(d_model, rngs)
-    self.ffn = FeedForward(d_model, d_ff, dtype=dtype, rngs=rngs)
+    self.attention_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+    self.attention = layers.MultiHeadAttention(d_model, num_heads, dtype=dtype, rngs=rngs)
+    self.ffn_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+    self.ffn = layers.FeedForward(d_model, d_ff, activation="gelu", dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     h = self.attention_norm(x)
-    x = x + self.dropout(self.attention(h, h, mask))
+    x = x + self.dropout(self.attention(h, h, key_mask=mask)[0])
     x = x + self.dropout(self.ffn(self.ffn_norm(x)))
     return partitioning.constrain(x, ("batch", "length", "embed"))
 
@@ -445,7 +367,7 @@ class TextTaskClassifier(nnx.Module):
         for _ in range(num_layers)
       ]
     )
-    self.final_norm = _layer_norm(d_model, rngs)
+    self.final_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
     self.intent_head = partitioning.dense(
       d_model, num_intents, ("embed", "classes"), dtype=dtype, rngs=rngs
     )
