@@ -9,8 +9,15 @@ Required sections:
            `configs/models/common.py`)
   data     dataset, splits and the input pipeline (length buckets, batch sizes)
   mesh     device mesh axes/shape and the logical-to-mesh axis rules
-Commonly overridden: `data.data_dir`, `data.buckets`, `model.encoder.router`,
-`model.task.stop_gradient`, `mesh.shape`.
+  train    steps, optimizer, joint-loss weights, logging/eval/checkpoint intervals
+  eval     splits and settings of `moe-asr eval`
+Optional: `resume` (continue another run's checkpoints: state and data
+position), `init_from` (start from another run's parameters: a staged recipe).
+Commonly overridden: `data.data_dir`, `data.buckets`, `train.steps`,
+`train.loss.task`, `model.encoder.router`, `model.task.stop_gradient`,
+`mesh.shape`.
+
+  moe-asr train --config configs/tiny.py --workdir W --config.train.steps=200
 """
 
 import importlib
@@ -18,6 +25,7 @@ import importlib
 import ml_collections
 
 from moe_asr.models import partitioning
+from moe_asr.training import losses
 
 
 def get_config(model: str = "tiny", corpus: str = "tiny"):
@@ -47,4 +55,39 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   m.axes = ("data", "fsdp", "expert", "tensor")  # DESIGN §6 mesh axes.
   m.shape = (-1, 1, 1, 1)  # -1 fills with the remaining devices.
   m.rules = partitioning.DEFAULT_RULES  # Logical axis -> mesh axes.
+
+  t = c.train = ml_collections.ConfigDict()
+  t.steps = 2000  # Optimizer steps (the run ends there).
+  t.learning_rate = 1e-3  # Peak learning rate.
+  t.warmup_steps = 200  # Linear warm-up, then cosine decay.
+  t.end_lr_ratio = 0.05  # Final learning rate / peak.
+  t.b1 = 0.9
+  t.b2 = 0.98
+  t.weight_decay = 1e-3  # AdamW, on matrices only (not biases, norms, embeddings' scales).
+  t.clip_norm = 5.0  # Global gradient-norm clipping (0 disables).
+  # ((regex over parameter paths, learning-rate multiplier), ...); first match wins;
+  # a multiplier of 0 freezes (e.g. (("encoder/.*", 0.0),) trains only what follows it).
+  t.lr_multipliers = ()
+  t.trainable = ""  # Regex: only matching parameters train ("" = all), e.g. ".*lora.*".
+  t.loss = losses.loss_config()  # Joint-loss weights and warm-ups.
+  t.oracle_mix = 0.5  # Start probability of conditioning on oracle LID (teacher forcing).
+  t.oracle_mix_steps = 1000  # ... decayed linearly to 0 over these steps.
+  t.nonfinite = "skip"  # Non-finite loss/gradients: "skip" (keep state, count) or "stop".
+  t.max_nonfinite = 20  # Consecutive skipped steps that stop the run anyway.
+  t.log_every = 25  # Steps between logged training metrics.
+  t.eval_every = 500  # Steps between validation passes (0: only at the end).
+  t.eval_max_batches = 0  # Validation batches per pass (0 = the whole split).
+  t.checkpoint_every = 500  # Steps between checkpoints (and always at the end).
+  t.keep_checkpoints = 3
+  t.async_checkpoints = True
+  t.preemption_sync_every = 10  # Multi-process: steps between agreeing on a SIGTERM.
+  t.profile = False  # Write a jax profiler trace of a few steps after warm-up.
+
+  e = c.eval = ml_collections.ConfigDict()
+  e.splits = ("test",)  # Splits `moe-asr eval` scores by default.
+  e.bootstrap_samples = 1000  # Confidence intervals of the report.
+  e.plots = True
+
+  c.resume = ""  # Checkpoint directory of a run to continue when the workdir has none.
+  c.init_from = ""  # Checkpoint directory whose parameters (matching names) start this run.
   return c

@@ -2,12 +2,14 @@
 
 moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA [--config.seed=1]
 moe-asr corpus stats --data-dir DATA [--name moe_asr_synth/tiny]
+moe-asr devices [--json PATH]        # join the job's processes, check an all-reduce
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -86,6 +88,85 @@ def _model_info(args, overrides) -> int:
   return 0
 
 
+def _devices(args, overrides) -> int:
+  from moe_asr.training import distributed
+
+  index, count = distributed.initialize()
+  try:
+    result = distributed.check_collectives()
+  except RuntimeError as e:
+    print(f"process {index}/{count}: {e}", file=sys.stderr, flush=True)
+    return 1
+  print(
+    f"process {index}/{count}: {result['local_devices']} local / {result['global_devices']} "
+    f"global {result['platform']} devices, all-reduce {result['allreduce']} == "
+    f"{result['expected']} ok",
+    flush=True,
+  )
+  # Every process writes its own file when the path names it; otherwise only process 0 writes.
+  if args.json and ("{process}" in args.json or distributed.is_primary()):
+    path = pathlib.Path(args.json.replace("{process}", str(index)))
+    path.write_text(json.dumps(result, indent=2))
+  return 0
+
+
+def _logging(verbose: bool = False) -> None:
+  import logging
+
+  logging.basicConfig(
+    level=logging.INFO if verbose else logging.WARNING,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+  )
+  if not verbose:
+    logging.getLogger("moe_asr").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def _train(args, overrides) -> int:
+  from moe_asr import config_lib
+  from moe_asr.training import distributed, train
+
+  _logging(args.verbose)
+  distributed.initialize()
+  cfg = config_lib.load_config(args.config, overrides)
+  summary = train.train_and_evaluate(cfg, args.workdir)
+  keys = (
+    "step",
+    "train/loss",
+    "train/steps_per_second",
+    "val/cer",
+    "val/wer",
+    "val/lid_acc",
+    "val/intent_acc",
+    "compiles",
+  )
+  print("  ".join(f"{k}={summary[k]:.4g}" for k in keys if isinstance(summary.get(k), int | float)))
+  return 0
+
+
+def _eval(args, overrides) -> int:
+  from moe_asr.evaluation import report as report_lib
+  from moe_asr.training import distributed, score
+
+  _logging(args.verbose)
+  distributed.initialize()
+  report = score.evaluate_workdir(
+    args.workdir, splits=args.split or None, overrides=[o.removeprefix("--") for o in overrides]
+  )
+  if distributed.is_primary():
+    print(report_lib.format_table(report))
+    print(f"Report: {pathlib.Path(args.workdir) / 'eval' / 'report.md'}")
+  return 0
+
+
+def _demo(args, overrides) -> int:
+  from moe_asr import demo
+
+  _logging(args.verbose)
+  demo.run_demo(args.workdir, data_dir=args.data_dir, config=args.config, overrides=overrides)
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -113,10 +194,38 @@ def build_parser() -> argparse.ArgumentParser:
   model_info.add_argument("--num-slot-tags", type=int, default=39, help="BIO tags (2 x types + 1)")
   model_info.add_argument("--json", default=None, help="also write the counts to this JSON file")
   model_info.set_defaults(func=_model_info)
+
+  devices = sub.add_parser(
+    "devices", help="join the job's processes and check an all-reduce over every device"
+  )
+  devices.add_argument(
+    "--json", default=None, help="write the check to this JSON file ({process}: process index)"
+  )
+  devices.set_defaults(func=_devices)
+
+  train = sub.add_parser("train", help="train a config in a workdir (resumes what is there)")
+  train.add_argument("--config", required=True, help="experiment config (configs/*.py)")
+  train.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, config.json")
+  train.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
+  train.set_defaults(func=_train)
+
+  ev = sub.add_parser("eval", help="score a workdir's newest checkpoint; writes W/eval/report.*")
+  ev.add_argument("--workdir", required=True, help="a training workdir")
+  ev.add_argument("--split", action="append", help="split to score (repeatable)")
+  ev.add_argument("-v", "--verbose", action="store_true")
+  ev.set_defaults(func=_eval)
+
+  demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
+  demo.add_argument("--workdir", default="runs/demo", help="where the run goes")
+  demo.add_argument("--data-dir", default="data", help="TFDS data directory of the corpus")
+  demo.add_argument("--config", default=None, help="experiment config (default configs/demo.py)")
+  demo.add_argument("-v", "--verbose", action="store_true")
+  demo.set_defaults(func=_demo)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (dataset builds) is quiet.
   argv = sys.argv[1:] if argv is None else list(argv)
   rest, overrides = _split_overrides(argv)
   args = parser_args = build_parser().parse_args(rest)

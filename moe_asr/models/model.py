@@ -52,6 +52,16 @@ class MoeAsrOutput:
   decoder_expert_load: jax.Array  # [decoder MoE layers, experts]
 
 
+@flax.struct.dataclass
+class Encoded:
+  """What `MoeAsr.encode` computes once per utterance (decoding reuses it)."""
+
+  enc: conformer.EncoderOutput
+  ctc_logits: jax.Array  # [batch, frames, vocab] float32
+  frame_lang: jax.Array  # [batch, frames] frame language targets at encoder rate (-1 unknown)
+  utt_probs: jax.Array  # [batch, languages] utterance LID posterior
+
+
 def _section(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
   out = ml_collections.ConfigDict(cfg.to_dict())
   for k, v in extra.items():
@@ -113,6 +123,89 @@ class MoeAsr(nnx.Module):
     self.task_heads = nnx.data(heads)  # None without intents (a corpus with no task labels).
     self.stop_task_gradient = cfg.task.stop_gradient
 
+  def encode(self, batch: dict[str, jax.Array], *, oracle_mix: float | jax.Array = 0.0) -> Encoded:
+    """Runs features, the encoder, the CTC head and utterance LID.
+
+    Args:
+      batch: `audio` [B,S] int16 (or float), `audio_mask` [B,S] and `frame_lang` [B,F]
+        (10 ms frames; -1 unknown; only read when `oracle_mix > 0` and for targets).
+      oracle_mix: probability per utterance of conditioning the upper encoder on
+        oracle (frame-target) language posteriors instead of predicted ones.
+    """
+    feats, frame_mask = features_lib.log_mel(batch["audio"], batch["audio_mask"], self.feature_cfg)
+    feats = features_lib.normalize_features(feats, frame_mask)
+    if not self.deterministic:
+      feats = features_lib.spec_augment(self.rngs.specaug(), feats, frame_mask, self.specaug_cfg)
+
+    num_languages = self.encoder.num_languages
+    enc_frames = conformer.subsampled_lengths(np.asarray(feats.shape[1]))  # Static.
+    frame_lang = batch.get("frame_lang")
+    if frame_lang is None:
+      frame_lang = jnp.full(feats.shape[:2], -1, jnp.int32)
+    frame_lang = conformer.subsample_frame_targets(frame_lang[:, : feats.shape[1]], int(enc_frames))
+    oracle = lid.oracle_lang_probs(frame_lang, frame_lang >= 0, num_languages)
+    enc = self.encoder(feats, frame_mask, oracle_lang_probs=oracle, oracle_mix=oracle_mix)
+    return Encoded(
+      enc=enc,
+      ctc_logits=self.ctc_head(enc.x).astype(jnp.float32),
+      frame_lang=jnp.where(enc.mask, frame_lang, -1),
+      utt_probs=jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1),
+    )
+
+  def decode_tokens(
+    self,
+    encoded: Encoded,
+    tokens: jax.Array,
+    token_mask: jax.Array,
+    token_lang: jax.Array | None = None,
+  ):
+    """Runs the attention decoder (teacher forcing) and the task heads on `tokens`.
+
+    Args:
+      encoded: `encode`'s output.
+      tokens: int [B, L] label (training) or hypothesis (inference) tokens.
+      token_mask: bool [B, L].
+      token_lang: int [B, L] known language of each token (-1 unknown) routes
+        decoder tokens to their language's expert; None (inference) routes every
+        token by the LID context.
+
+    Returns:
+      (DecoderOutput, TaskOutput or None); (None, None) without a decoder.
+    """
+    if self.decoder is None:
+      return None, None
+    num_languages = self.encoder.num_languages
+    enc = encoded.enc
+    inputs, input_mask = decoder_lib.shift_right(tokens, token_mask, self.bos_id)
+    token_lang_probs = None
+    if token_lang is not None:
+      known = (token_lang >= 0)[..., None]
+      # Tokens of unknown language fall back to the utterance LID posterior.
+      token_lang_probs = jnp.where(
+        known,
+        jax.nn.one_hot(jnp.maximum(token_lang, 0), num_languages),
+        encoded.utt_probs[:, None, :],
+      )
+    dec = self.decoder(
+      inputs,
+      input_mask,
+      enc.x,
+      enc.mask,
+      token_lang_probs=token_lang_probs,
+      enc_lang_probs=enc.lid_probs,
+    )
+    task = None
+    if self.task_heads is not None:
+      task = self.task_heads(
+        dec.states,
+        token_mask,
+        enc.x,
+        enc.mask,
+        encoded.utt_probs,
+        stop_gradient=self.stop_task_gradient,
+      )
+    return dec, task
+
   def __call__(
     self,
     batch: dict[str, jax.Array],
@@ -134,71 +227,31 @@ class MoeAsr(nnx.Module):
     Returns:
       A `MoeAsrOutput`.
     """
-    feats, frame_mask = features_lib.log_mel(batch["audio"], batch["audio_mask"], self.feature_cfg)
-    feats = features_lib.normalize_features(feats, frame_mask)
-    if not self.deterministic:
-      feats = features_lib.spec_augment(self.rngs.specaug(), feats, frame_mask, self.specaug_cfg)
-
-    num_languages = self.encoder.num_languages
-    enc_frames = conformer.subsampled_lengths(np.asarray(feats.shape[1]))  # Static.
-    frame_lang = conformer.subsample_frame_targets(
-      batch["frame_lang"][:, : feats.shape[1]], int(enc_frames)
-    )
-    oracle = lid.oracle_lang_probs(frame_lang, frame_lang >= 0, num_languages)
-    enc = self.encoder(feats, frame_mask, oracle_lang_probs=oracle, oracle_mix=oracle_mix)
-    frame_lang = jnp.where(enc.mask, frame_lang, -1)
-    ctc_logits = self.ctc_head(enc.x).astype(jnp.float32)
-
+    encoded = self.encode(batch, oracle_mix=oracle_mix)
+    enc = encoded.enc
     token_mask = batch["token_mask"]
-    dec_logits = dec_states = intent = slots = None
-    dec_moe = MoeAux.zeros(1)
-    dec_load = jnp.zeros((0, 1), jnp.float32)
-    utt_probs = jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1)
-    if self.decoder is not None:
-      inputs, input_mask = decoder_lib.shift_right(batch["tokens"], token_mask, self.bos_id)
-      token_lang_probs = None
-      if oracle_token_lang:
-        token_lang = batch["token_lang"]
-        known = (token_lang >= 0)[..., None]
-        # Tokens of unknown language fall back to the utterance LID posterior.
-        token_lang_probs = jnp.where(
-          known, jax.nn.one_hot(jnp.maximum(token_lang, 0), num_languages), utt_probs[:, None, :]
-        )
-      dec = self.decoder(
-        inputs,
-        input_mask,
-        enc.x,
-        enc.mask,
-        token_lang_probs=token_lang_probs,
-        enc_lang_probs=enc.lid_probs,
-      )
-      dec_logits, dec_states, dec_moe, dec_load = (
-        dec.logits,
-        dec.states,
-        dec.moe_aux,
-        dec.expert_load,
-      )
-      if self.task_heads is not None:
-        task = self.task_heads(
-          dec.states, token_mask, enc.x, enc.mask, utt_probs, stop_gradient=self.stop_task_gradient
-        )
-        intent, slots = task.intent_log_probs, task.slot_log_probs
+    dec, task = self.decode_tokens(
+      encoded,
+      batch["tokens"],
+      token_mask,
+      batch["token_lang"] if oracle_token_lang else None,
+    )
     return MoeAsrOutput(
-      ctc_logits=ctc_logits,
+      ctc_logits=encoded.ctc_logits,
       enc_mask=enc.mask,
       enc_states=enc.x,
-      decoder_logits=dec_logits,
-      decoder_states=dec_states,
+      decoder_logits=None if dec is None else dec.logits,
+      decoder_states=None if dec is None else dec.states,
       token_mask=token_mask,
       frame_lid_logits=enc.frame_lid_logits,
       lid_ctc_logits=enc.lid_ctc_logits,
       utt_lid_logits=enc.utt_lid_logits,
       lid_probs=enc.lid_probs,
-      frame_lang=frame_lang,
-      intent_log_probs=intent,
-      slot_log_probs=slots,
+      frame_lang=encoded.frame_lang,
+      intent_log_probs=None if task is None else task.intent_log_probs,
+      slot_log_probs=None if task is None else task.slot_log_probs,
       encoder_moe=enc.moe_aux,
-      decoder_moe=dec_moe,
+      decoder_moe=MoeAux.zeros(1) if dec is None else dec.moe_aux,
       encoder_expert_load=enc.expert_load,
-      decoder_expert_load=dec_load,
+      decoder_expert_load=jnp.zeros((0, 1), jnp.float32) if dec is None else dec.expert_load,
     )

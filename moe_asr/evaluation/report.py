@@ -1,0 +1,291 @@
+"""The evaluation report: per-split metrics with breakdowns and CIs, written as JSON, markdown, PNG.
+
+`W/eval/report.json` follows the contract in DESIGN §7:
+`{"model": {"params_total", "params_active", ...}, "decode": {...}, "splits": {name: {"n",
+"wer", ..., "rtf", "by_language": {...}, ...}}}`, error rates as fractions and None (JSON
+null) wherever a metric has no data. Every file is written to a temporary name in the same
+directory and renamed into place, so an interrupted run leaves either the old file or the new
+one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from moe_asr.evaluation import metrics as metrics_lib
+from moe_asr.evaluation import plots as plots_lib
+from moe_asr.evaluation.metrics import Utterance
+
+# Metrics that get a bootstrap interval in a split report.
+CI_METRICS = ("wer", "cer", "mer", "intent_acc", "lid_acc", "slot_f1")
+_RESERVED = ("model", "decode", "splits")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def split_report(
+  records: Sequence[Utterance], *, rtf: float | None = None, with_ci: bool = True
+) -> dict[str, Any]:
+  """Metrics of one evaluation split, overall and broken down.
+
+  Args:
+    records: the split's decoded utterances.
+    rtf: real-time factor of decoding (decode seconds / audio seconds), if measured.
+    with_ci: add 95% bootstrap intervals under "ci".
+
+  Returns:
+    `summarize(records)` plus "rtf", "by_language", "by_pair" (when any utterance switches
+    language), "by_speaker", "by_snr" (when any utterance is noisy) and "ci" ({metric:
+    [lo, hi] or None}).
+  """
+  out = metrics_lib.summarize(records)
+  out["rtf"] = None if rtf is None or not math.isfinite(rtf) else float(rtf)
+  out["by_language"] = metrics_lib.breakdown(records, "language")
+  if any(r.pair for r in records):
+    out["by_pair"] = metrics_lib.breakdown(records, "pair")
+  out["by_speaker"] = metrics_lib.breakdown(records, "speaker")
+  if any(math.isfinite(r.snr_db) for r in records):
+    out["by_snr"] = metrics_lib.breakdown(records, lambda r: metrics_lib.snr_bucket(r.snr_db))
+  if with_ci:
+    out["ci"] = {}
+    for metric in CI_METRICS:
+      lo, hi = metrics_lib.bootstrap_ci(records, metric)
+      out["ci"][metric] = None if math.isnan(lo) else [lo, hi]
+  return out
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+  """A copy of `obj` that `json.dumps(allow_nan=False)` accepts (non-finite floats -> None)."""
+  if obj is None or isinstance(obj, str):
+    return obj
+  if isinstance(obj, bool | np.bool_):
+    return bool(obj)
+  if isinstance(obj, int | np.integer):
+    return int(obj)
+  if isinstance(obj, float | np.floating):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist(), where)
+  if isinstance(obj, pathlib.PurePath):
+    return str(obj)
+  if isinstance(obj, Mapping):
+    return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
+  if isinstance(obj, list | tuple):
+    return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+  raise TypeError(f"Report value at {where} is a {type(obj).__name__}, which JSON cannot hold")
+
+
+def build_report(
+  *,
+  model: dict[str, Any],
+  decode: dict[str, Any],
+  splits: dict[str, dict[str, Any]],
+  extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Assembles the report of DESIGN §7.
+
+  Args:
+    model: model facts; must hold "params_total" and "params_active".
+    decode: the decoding configuration used.
+    splits: {split name: `split_report(...)`}.
+    extra: further top-level entries (e.g. the checkpoint step); must not reuse a reserved key.
+
+  Returns:
+    {"model": ..., "decode": ..., "splits": ..., **extra}, JSON-safe.
+  """
+  missing = [k for k in ("params_total", "params_active") if k not in model]
+  if missing:
+    raise ValueError(f"model is missing {', '.join(missing)}")
+  clash = sorted(set(extra or {}) & set(_RESERVED))
+  if clash:
+    raise ValueError(f"extra reuses reserved report keys: {', '.join(clash)}")
+  for name in splits:
+    if not _SAFE_NAME.match(name):
+      raise ValueError(f"Split name {name!r} must be letters, digits or _.+- (it names files)")
+  report = {"model": model, "decode": decode, "splits": splits, **(extra or {})}
+  return _jsonable(report, "report")
+
+
+# --- text renderings ----------------------------------------------------------------
+
+
+def _count(value: Any) -> str:
+  return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _pct(value: float | None) -> str:
+  return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _pct_ci(summary: Mapping[str, Any], key: str) -> str:
+  text = _pct(summary.get(key))
+  interval = (summary.get("ci") or {}).get(key)
+  if text != "-" and interval:
+    text += f" ({_pct(interval[0])}–{_pct(interval[1])})"
+  return text
+
+
+_MD_COLUMNS = (
+  ("WER", "wer"),
+  ("CER", "cer"),
+  ("MER", "mer"),
+  ("LID acc", "lid_acc"),
+  ("intent acc", "intent_acc"),
+  ("slot F1", "slot_f1"),
+  ("ECE", "ece_intent"),
+)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return lines
+
+
+def _md_breakdown(title: str, groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  header = [title, "n", *(name for name, _ in _MD_COLUMNS)]
+  rows = [
+    [group, str(s["n"]), *(_pct(s.get(key)) for _, key in _MD_COLUMNS)]
+    for group, s in groups.items()
+  ]
+  return _md_table(header, rows)
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+  """report.md: a summary table over splits (%, 95% CI in brackets), then breakdowns."""
+  lines = ["# Evaluation report", ""]
+  model = report.get("model", {})
+  if "params_total" in model:
+    total, active = (_count(model.get(k)) for k in ("params_total", "params_active"))
+    lines.append(f"Parameters: {total} total, {active} active per token.")
+  decode = report.get("decode")
+  if decode:
+    lines.append("Decoding: " + ", ".join(f"{k}={v}" for k, v in decode.items()) + ".")
+  lines += ["", "Error rates and accuracies in %, 95% bootstrap interval in brackets.", ""]
+  header = ["split", "n", *(name for name, _ in _MD_COLUMNS), "RTF"]
+  rows = []
+  for name, s in report["splits"].items():
+    rtf = "-" if s.get("rtf") is None else f"{s['rtf']:.3f}"
+    rows.append([name, str(s["n"]), *(_pct_ci(s, key) for _, key in _MD_COLUMNS), rtf])
+  lines += _md_table(header, rows)
+  sections = (("by_language", "language"), ("by_pair", "pair"), ("by_snr", "noise"))
+  for name, s in report["splits"].items():
+    for field, title in sections:
+      if s.get(field):
+        lines += ["", f"## {name} by {title}", ""]
+        lines += _md_breakdown(title, s[field])
+  return "\n".join(lines) + "\n"
+
+
+_TABLE_COLUMNS = (
+  ("CER", "cer"),
+  ("WER", "wer"),
+  ("MER", "mer"),
+  ("LID", "lid_acc"),
+  ("intent", "intent_acc"),
+  ("slot F1", "slot_f1"),
+)
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+  """The terminal summary: one row per split, metrics in % with one decimal, "-" for None.
+
+  Args:
+    report: a `build_report` result.
+
+  Returns:
+    Aligned plain-text table (no trailing newline).
+  """
+  header = ["split", "n", *(name for name, _ in _TABLE_COLUMNS)]
+  rows = [
+    [name, str(s["n"]), *(_pct(s.get(key)) for _, key in _TABLE_COLUMNS)]
+    for name, s in report["splits"].items()
+  ]
+  widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+  # The split name reads left-aligned, numbers right-aligned so decimals line up.
+  fmt = lambda row: "  ".join(
+    cell.ljust(w) if i == 0 else cell.rjust(w)
+    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+  )
+  return "\n".join(fmt(row) for row in [header, *rows])
+
+
+# --- files --------------------------------------------------------------------------
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> pathlib.Path:
+  """Writes `data` to `path` through a temporary file in the same directory and a rename."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # A unique name opened exclusively (not mkstemp, whose 0600 mode would outlive the rename).
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+  try:
+    with open(tmp, "xb") as f:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
+
+
+def write_report(
+  report: dict[str, Any],
+  out_dir: str | os.PathLike,
+  *,
+  records: Mapping[str, Sequence[Utterance]] | None = None,
+  plots: bool = True,
+  metrics_path: str | os.PathLike | None = None,
+) -> dict[str, pathlib.Path]:
+  """Writes report.json, report.md, hypotheses/<split>.jsonl and the plots.
+
+  Args:
+    report: a `build_report` result.
+    out_dir: directory to write into (created if needed), normally `W/eval`.
+    records: {split: utterances}; writes the hypotheses and the reliability diagrams.
+    plots: write PNG plots (per-language CER bars; reliability per split with intent
+      confidences; training curves when `metrics_path` is given).
+    metrics_path: the run's metrics.jsonl, for the training-curve plot.
+
+  Returns:
+    {name relative to out_dir: path} of every file written.
+  """
+  out_dir = pathlib.Path(out_dir)
+  report = _jsonable(report, "report")
+  written: dict[str, pathlib.Path] = {}
+
+  def put(name: str, data: str | bytes) -> None:
+    written[name] = write_atomic(out_dir / name, data)
+
+  put("report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+  put("report.md", format_markdown(report))
+  for split, recs in (records or {}).items():
+    if not _SAFE_NAME.match(split):
+      raise ValueError(f"Split name {split!r} must be letters, digits or _.+- (it names files)")
+    lines = [json.dumps(r.to_json(), allow_nan=False, ensure_ascii=False) for r in recs]
+    put(f"hypotheses/{split}.jsonl", "".join(line + "\n" for line in lines))
+  if not plots:
+    return written
+  splits = report["splits"]
+  if any(s.get("by_language") for s in splits.values()):
+    name = "per_language_cer.png"
+    plots_lib.per_language_bars(report, out_dir / name, metric="cer")
+    written[name] = out_dir / name
+  for split, recs in (records or {}).items():
+    if any(r.ref_intent and math.isfinite(r.intent_confidence) for r in recs):
+      name = f"reliability_{split}.png"
+      plots_lib.reliability_diagram(recs, out_dir / name)
+      written[name] = out_dir / name
+  if metrics_path is not None and pathlib.Path(metrics_path).exists():
+    name = "training_curves.png"
+    plots_lib.training_curves(metrics_path, out_dir / name)
+    written[name] = out_dir / name
+  return written

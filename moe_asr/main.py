@@ -1,0 +1,31 @@
+"""`python -m moe_asr.main --config=configs/tiny.py --workdir=W [--config.train.steps=200]`.
+
+Intentionally short (Flax-examples style): parse flags, call the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from moe_asr import cli, config_lib
+  from moe_asr.training import distributed, train
+
+  rest, overrides = cli._split_overrides(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="python -m moe_asr.main", description=__doc__)
+  parser.add_argument("--config", required=True, help="experiment config file (configs/*.py)")
+  parser.add_argument("--workdir", required=True, help="where checkpoints and metrics go")
+  args = parser.parse_args(rest)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  distributed.initialize()
+  cfg = config_lib.load_config(args.config, overrides)
+  train.train_and_evaluate(cfg, args.workdir)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

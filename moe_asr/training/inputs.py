@@ -1,0 +1,128 @@
+"""What a run reads: its dataset splits, tokenizer, label vocabularies and pipelines.
+
+`config.data` names a TFDS dataset of the common schema (the embedded
+`moe_asr_synth/<corpus>`, a `local_manifest/<name>`) or a catalog adapter
+(`librispeech`, `common_voice`, ...). The tokenizer comes from
+`config.data.tokenizer` when set, else from beside the embedded corpus, else it
+is trained on the train split's text and kept in the workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from collections.abc import Mapping
+
+import ml_collections
+
+from moe_asr.data import features as features_lib
+from moe_asr.data import pipeline as pipeline_lib
+from moe_asr.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass
+class RunData:
+  """The dataset side of a run."""
+
+  tokenizer: tokenizer_lib.Tokenizer
+  vocab: pipeline_lib.Vocabularies
+  metadata: dict  # Dataset metadata (bias phrases of the embedded corpus, ...).
+
+  @property
+  def num_intents(self) -> int:
+    return len(self.vocab.intents)
+
+  @property
+  def num_slot_tags(self) -> int:
+    return len(self.vocab.slot_tags) if self.vocab.intents else 0
+
+
+def _synth_builder(cfg: ml_collections.ConfigDict):
+  if not cfg.data.name.startswith("moe_asr_synth/"):
+    return None
+  import tensorflow_datasets as tfds
+
+  import moe_asr.data.builders  # noqa: F401
+  from moe_asr.data.builders import synth
+
+  builder = tfds.builder(cfg.data.name, data_dir=cfg.data.data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+      f"Dataset {cfg.data.name} is not built in {cfg.data.data_dir!r}; run `moe-asr corpus build "
+      f"--config configs/corpus/{cfg.data.name.split('/')[1]}.py --data-dir {cfg.data.data_dir}`"
+    )
+  synth.check_built(builder)
+  return builder
+
+
+def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> RunData:
+  """Tokenizer, label vocabularies and dataset metadata of a run config."""
+  builder = _synth_builder(cfg)
+  metadata = dict(builder.info.metadata or {}) if builder is not None else {}
+  if cfg.data.get("tokenizer"):
+    tokenizer = tokenizer_lib.Tokenizer.load(cfg.data.tokenizer)
+  elif builder is not None:
+    from moe_asr.data.builders import synth
+
+    tokenizer = tokenizer_lib.Tokenizer.load(synth.tokenizer_path(builder))
+  else:
+    path = pathlib.Path(workdir) / "tokenizer.model"
+    if path.exists():
+      tokenizer = tokenizer_lib.Tokenizer.load(path)
+    else:
+      logging.info("Training a tokenizer on %s:%s", cfg.data.name, cfg.data.train_split)
+      source = split_source(cfg, cfg.data.train_split)
+      texts = [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
+      tokenizer = tokenizer_lib.Tokenizer.train(texts, vocab_size=cfg.data.get("vocab_size", 1000))
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tokenizer.save(path)
+  intents = tuple(metadata.get("intents", ()))
+  slot_types = tuple(metadata.get("slot_types", ()))
+  return RunData(tokenizer, pipeline_lib.Vocabularies(intents, slot_types), metadata)
+
+
+def split_source(cfg: ml_collections.ConfigDict, split: str):
+  """The random-access source of one split."""
+  return pipeline_lib.data_source(
+    cfg.data.name, split, data_dir=cfg.data.data_dir, config=cfg.data.config or None
+  )
+
+
+def _length_cache(cfg: ml_collections.ConfigDict, split: str) -> str | None:
+  if not cfg.data.data_dir or "://" in str(cfg.data.data_dir):
+    return None
+  name = cfg.data.name.replace("/", "_") + (f"_{cfg.data.config}" if cfg.data.config else "")
+  return str(pathlib.Path(cfg.data.data_dir) / "lengths" / f"{name}_{split}.npy")
+
+
+def make_pipeline(
+  cfg: ml_collections.ConfigDict,
+  split: str,
+  data: RunData,
+  *,
+  train: bool,
+  process_index: int,
+  process_count: int,
+  seed: int | None = None,
+  overrides: Mapping | None = None,
+) -> pipeline_lib.Pipeline:
+  """A training pipeline (shuffled, repeating) or an evaluation one (one ordered pass)."""
+  pcfg = pipeline_lib.PipelineConfig.from_config(
+    cfg.data,
+    seed=cfg.seed if seed is None else seed,
+    shuffle=train,
+    drop_remainder=train,
+    num_epochs=None if train else 1,
+    **dict(overrides or {}),
+  )
+  return pipeline_lib.Pipeline(
+    split_source(cfg, split),
+    pcfg,
+    tokenizer=data.tokenizer,
+    vocab=data.vocab,
+    feature_cfg=features_lib.FeatureConfig.from_config(cfg.model.features),
+    length_cache=_length_cache(cfg, split),
+    process_index=process_index,
+    process_count=process_count,
+  )

@@ -1,0 +1,553 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, top to bottom.
+
+  processes -> mesh -> data -> state (eval_shape -> shardings -> jit init)
+  -> resume -> compile per bucket -> loop (log, validate, checkpoint, SIGTERM)
+  -> final checkpoint and validation
+
+Everything the run writes lives in the workdir: `config.json`,
+`metrics.jsonl` (one JSON object per logged step), TensorBoard events and
+`checkpoints/` (orbax). Only process 0 writes logs and reports; every process
+takes part in checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from clu import metric_writers
+from flax import nnx
+
+from moe_asr.evaluation import metrics as metrics_lib
+from moe_asr.models import partitioning
+from moe_asr.training import checkpoint as checkpoint_lib
+from moe_asr.training import distributed, evaluate, inputs, losses, sharding
+from moe_asr.training import state as state_lib
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradients stopped being finite and the config says stop."""
+
+
+@dataclasses.dataclass
+class Run:
+  """What `build_run` sets up: enough to train, evaluate or transcribe."""
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  data: inputs.RunData
+  graphdef: nnx.GraphDef
+  state: object  # nnx.State: parameters, optimizer state, counters (sharded)
+  rng_state: object  # nnx.State: RNG keys (replicated; reseeded every step)
+  state_shardings: object
+  checkpointer: checkpoint_lib.Checkpointer | None
+  start_step: int = 0
+  data_state: dict | None = None
+
+  def batch_shardings(self, batch: Mapping[str, np.ndarray]):
+    return sharding.batch_shardings(self.mesh, batch)
+
+
+# ---------------------------------------------------------------------------
+# Metrics files.
+# ---------------------------------------------------------------------------
+
+
+class MetricsLog:
+  """`metrics.jsonl` + clu writers (TensorBoard); no-ops outside process 0."""
+
+  def __init__(self, workdir: pathlib.Path, primary: bool, start_step: int):
+    self.primary = primary
+    self.path = workdir / "metrics.jsonl"
+    self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not primary)
+    if primary and self.path.exists():
+      # A resumed run rewrites what came after its checkpoint.
+      kept = [
+        line
+        for line in self.path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= start_step
+      ]
+      self.path.write_text("".join(line + "\n" for line in kept))
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    values = {k: float(v) for k, v in values.items()}
+    self.writer.write_scalars(step, values)
+    if self.primary:
+      clean = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+      with self.path.open("a") as f:
+        f.write(json.dumps({"step": step, **clean}) + "\n")
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+# ---------------------------------------------------------------------------
+# The step.
+# ---------------------------------------------------------------------------
+
+
+def _oracle_mix(cfg: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+  t = cfg.train
+  if t.oracle_mix_steps <= 0:
+    return jnp.float32(t.oracle_mix)
+  frac = jnp.clip(1.0 - step.astype(jnp.float32) / t.oracle_mix_steps, 0.0, 1.0)
+  return t.oracle_mix * frac
+
+
+def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> Callable:
+  """`train_step(state, rng_state, batch) -> (state, metrics)`.
+
+  The step's randomness (dropout, SpecAugment, oracle conditioning) is keyed by
+  `config.seed` and the step number only, so a resumed run, a run on another
+  mesh and an uninterrupted run draw the same numbers. A step whose loss or
+  gradients are not finite leaves the state as it was and is counted.
+  """
+  loss_cfg = cfg.train.loss.to_dict()
+  base_key = cfg.seed + 1000
+
+  def train_step(state, rng_state, batch):
+    ts = nnx.merge(graphdef, rng_state, state)
+    step = ts.step[...]
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(base_key), step), 3)
+    nnx.reseed(ts.model, dropout=keys[0], specaug=keys[1], condition=keys[2])
+
+    def loss_fn(model):
+      out = model(batch, oracle_mix=_oracle_mix(cfg, step))
+      loss, metrics = losses.joint_loss(out, batch, loss_cfg, ts.optimizer.step[...])
+      return loss, metrics
+
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ts.optimizer.update(ts.model, grads)
+    # A non-finite step keeps the old parameters and optimizer state.
+    _, _, updated = nnx.split(ts, nnx.RngState, ...)
+    nnx.update(ts, jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state))
+    ts.step[...] = step + 1
+    ts.nonfinite[...] = ts.nonfinite[...] + (~finite).astype(jnp.int32)
+    ts.nonfinite_run[...] = jnp.where(finite, 0, ts.nonfinite_run[...] + 1)
+    _, _, new_state = nnx.split(ts, nnx.RngState, ...)
+    metrics.update(
+      grad_norm=jnp.where(finite, grad_norm, jnp.nan),
+      finite=finite.astype(jnp.float32),
+      learning_rate=state_lib.learning_rate_schedule(cfg)(ts.optimizer.step[...]),
+      oracle_mix=jnp.asarray(_oracle_mix(cfg, step), jnp.float32),
+    )
+    return new_state, metrics
+
+  return train_step
+
+
+class CompiledSteps:
+  """Ahead-of-time compiled executables, one per batch shape, counted."""
+
+  def __init__(self, fn: Callable, in_shardings_for: Callable, out_shardings, donate: bool):
+    self.fn, self.in_shardings_for, self.out_shardings = fn, in_shardings_for, out_shardings
+    self.donate = donate
+    self.cache: dict = {}
+    self.compiles = 0
+    self.logged_memory = False
+
+  def __call__(self, batch: Mapping[str, jax.Array]) -> Callable:
+    key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+    if key not in self.cache:
+      start = time.perf_counter()
+      jitted = jax.jit(
+        self.fn,
+        in_shardings=self.in_shardings_for(batch),
+        out_shardings=self.out_shardings,
+        donate_argnums=(0,) if self.donate else (),
+      )
+      self.cache[key] = self._lower(jitted, batch).compile()
+      self.compiles += 1
+      if not self.logged_memory:
+        memory = self.cache[key].memory_analysis()
+        if memory is not None:
+          logging.info(
+            "Step memory (first shape): arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
+            getattr(memory, "argument_size_in_bytes", 0) / 2**20,
+            getattr(memory, "output_size_in_bytes", 0) / 2**20,
+            getattr(memory, "temp_size_in_bytes", 0) / 2**20,
+          )
+        self.logged_memory = True
+      logging.info(
+        "Compiled %s for batch %s in %.1f s (%d compiles)",
+        getattr(self.fn, "__name__", "step"),
+        batch["audio"].shape,
+        time.perf_counter() - start,
+        self.compiles,
+      )
+    return self.cache[key]
+
+  def _lower(self, jitted, batch):
+    raise NotImplementedError
+
+
+class _StateSteps(CompiledSteps):
+  def __init__(self, fn, run: Run, out_shardings, donate):
+    replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+    rng_shardings = jax.tree.map(lambda _: replicated, run.rng_state)
+    super().__init__(
+      fn,
+      lambda batch: (run.state_shardings, rng_shardings, run.batch_shardings(batch)),
+      out_shardings,
+      donate,
+    )
+    self.run = run
+
+  def _lower(self, jitted, batch):
+    return jitted.lower(self.run.state, self.run.rng_state, batch)
+
+
+# ---------------------------------------------------------------------------
+# Setting up a run (shared by train, eval and transcribe).
+# ---------------------------------------------------------------------------
+
+
+def _abstract(state, shardings):
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
+  )
+
+
+def build_run(
+  cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, for_training: bool = True
+) -> Run:
+  """Mesh, data side, sharded state and its restoration (resume order).
+
+  Resume order: the workdir's own checkpoints -> `config.resume` (another run's
+  checkpoints: state and data position) -> `config.init_from` (parameters of
+  matching names only) -> scratch.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh(cfg.mesh)
+  rules = sharding.rules(cfg.mesh)
+  data = inputs.load_run_data(cfg, workdir)
+  model_kwargs = dict(
+    vocab_size=data.tokenizer.vocab_size,
+    num_intents=data.num_intents,
+    num_slot_tags=data.num_slot_tags,
+    bos_id=data.tokenizer.bos_id,
+  )
+
+  def init():
+    ts = state_lib.make_train_state(cfg, **model_kwargs)
+    _, rng_state, state = nnx.split(ts, nnx.RngState, ...)
+    return state, rng_state
+
+  abstract_ts = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **model_kwargs))
+  graphdef, abstract_rng, abstract_state = nnx.split(abstract_ts, nnx.RngState, ...)
+  state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rng_shardings = jax.tree.map(lambda _: replicated, abstract_rng)
+  with mesh:
+    state, rng_state = jax.jit(init, out_shardings=(state_shardings, rng_shardings))()
+
+  ckpt_dir = workdir / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(
+    ckpt_dir,
+    max_to_keep=cfg.train.keep_checkpoints,
+    save_interval_steps=max(1, cfg.train.checkpoint_every),
+    async_save=cfg.train.async_checkpoints,
+  )
+  run = Run(cfg, mesh, rules, data, graphdef, state, rng_state, state_shardings, checkpointer)
+  target = _abstract(state, state_shardings)
+  source = None
+  if checkpointer.latest_step() is not None:
+    source = checkpointer
+  elif cfg.get("resume"):
+    source = checkpoint_lib.Checkpointer(cfg.resume, async_save=False)
+    if source.latest_step() is None:
+      raise FileNotFoundError(f"config.resume={cfg.resume!r} holds no checkpoint")
+  if source is not None:
+    restored = source.restore(target)
+    run.state, run.start_step, run.data_state = restored.state, restored.step, restored.data_state
+    logging.info("Resumed from %s at step %d", source.directory, restored.step)
+  elif cfg.get("init_from"):
+    run.state = _init_from(run, cfg.init_from, target)
+  elif not for_training:
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
+  return run
+
+
+def _saved_params(directory: str) -> dict[str, np.ndarray]:
+  """{'encoder/blocks/0/...': array} of the model parameters in a checkpoint directory."""
+  import orbax.checkpoint as ocp
+
+  source = checkpoint_lib.Checkpointer(directory, async_save=False)
+  step = source.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"config.init_from={directory!r} holds no checkpoint")
+  tree = ocp.StandardCheckpointer().restore(pathlib.Path(directory) / str(step) / "state")
+  flat = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree.get("model", {})):
+    flat[state_lib.path_name(path)] = np.asarray(leaf)
+  return flat
+
+
+def _init_from(run: Run, directory: str, target):
+  """Copies parameters of matching path and shape from another run's checkpoint.
+
+  Parameters the source lacks (a new language's expert, adapters) keep their
+  fresh initialisation; the optimizer state starts fresh.
+  """
+  saved = _saved_params(directory)
+  copied, fresh = 0, []
+
+  def take(path, leaf):
+    nonlocal copied
+    name = state_lib.path_name(path)
+    value = saved.get(name)
+    if value is not None and tuple(value.shape) == tuple(leaf.shape):
+      copied += 1
+      return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
+    fresh.append(name)
+    return leaf
+
+  state = run.state
+  state["model"] = jax.tree_util.tree_map_with_path(take, state["model"])
+  logging.info(
+    "init_from %s: %d parameters copied, %d kept fresh %s", directory, copied, len(fresh), fresh[:8]
+  )
+  if not copied:
+    raise ValueError(f"config.init_from={directory!r}: no parameter matches this model")
+  return state
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+# ---------------------------------------------------------------------------
+
+
+def validate(run: Run, eval_steps: CompiledSteps, split: str, max_batches: int = 0):
+  """Greedy-decodes a split; returns (summary dict, records, info)."""
+  pipe = inputs.make_pipeline(
+    run.config,
+    split,
+    run.data,
+    train=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  records, info = evaluate.evaluate_split(
+    pipe,
+    eval_steps,
+    run.state,
+    run.rng_state,
+    run.batch_shardings,
+    run.data,
+    max_batches=max_batches,
+  )
+  return metrics_lib.summarize(records), records, info
+
+
+def make_eval_steps(run: Run) -> CompiledSteps:
+  step = evaluate.make_eval_step(run.graphdef, run.config.model.decoder.max_len)
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  return _StateSteps(step, run, replicated, donate=False)
+
+
+# ---------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+  """Trains `cfg` in `workdir` (resuming what is there) and validates it.
+
+  Returns:
+    The last logged training metrics and validation summaries (`train/...`,
+    `val/...`), plus `steps_per_second` and `compiles`.
+  """
+  # --- Processes and workdir.
+  distributed.initialize()
+  primary = jax.process_index() == 0
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if primary:
+    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+
+  # --- Mesh, data side, state, resume.
+  run = build_run(cfg, workdir)
+  with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+    return _train_loop(run, workdir, primary)
+
+
+def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
+  cfg, t = run.config, run.config.train
+  for n in sorted({b for _, b in cfg.data.buckets}):
+    if n % sharding.batch_size_multiple(run.mesh):
+      raise ValueError(
+        f"Global batch size {n} is not divisible by the mesh's batch axes "
+        f"({sharding.batch_size_multiple(run.mesh)} devices)"
+      )
+  train_pipe = inputs.make_pipeline(
+    cfg,
+    cfg.data.train_split,
+    run.data,
+    train=True,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  train_iter = iter(train_pipe)
+  if run.data_state is not None:
+    train_iter.set_state(run.data_state)
+  if primary:
+    state_lib.trainable_report(_merged(run), cfg)
+  log = MetricsLog(workdir, primary, run.start_step)
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  train_steps = _StateSteps(
+    make_train_step(cfg, run.graphdef), run, (run.state_shardings, replicated), donate=True
+  )
+  eval_steps = make_eval_steps(run)
+  tokenizer_bytes = run.data.tokenizer.to_bytes()
+  summary: dict = {}
+
+  def save(step: int, force: bool = False) -> None:
+    if force or run.checkpointer.should_save(step):
+      run.checkpointer.save(
+        step,
+        run.state,
+        data_state=train_iter.get_state(),
+        tokenizer=tokenizer_bytes,
+        config=cfg.to_dict(),
+        force=force,
+      )
+
+  def run_validation(step: int) -> None:
+    for split in cfg.data.eval_splits:
+      val, _, info = validate(run, eval_steps, split, t.eval_max_batches)
+      values = {f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)}
+      values[f"val/{split}_rtf"] = info["rtf"]
+      if split != cfg.data.eval_splits[0]:
+        values = {k.replace("val/", f"val_{split}/"): v for k, v in values.items()}
+      log.write(step, values)
+      summary.update(values)
+
+  step = run.start_step
+  pending: list = []
+  audio_seconds = 0.0
+  window_start = time.perf_counter()
+  window_steps = 0
+  progress = tqdm.tqdm(
+    total=t.steps, initial=step, disable=not primary, desc="train", unit="step", dynamic_ncols=True
+  )
+  with checkpoint_lib.PreemptionGuard() as guard:
+    while step < t.steps:
+      host_batch = next(train_iter)
+      batch = sharding.put_batch(
+        pipeline_device_arrays(host_batch), run.batch_shardings(host_batch)
+      )
+      audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
+      run.state, metrics = train_steps(batch)(run.state, run.rng_state, batch)
+      step += 1
+      window_steps += 1
+      pending.append(metrics)
+      if t.nonfinite == "stop" or step % t.log_every == 0 or step == t.steps:
+        _check_finite(pending, step, host_batch, t, run.state)
+      if step % t.log_every == 0 or step == t.steps:
+        values = _mean_metrics(pending)
+        pending = []
+        elapsed = time.perf_counter() - window_start
+        values["steps_per_second"] = window_steps / elapsed
+        values["audio_hours_per_hour"] = audio_seconds / elapsed
+        values["compiles"] = train_steps.compiles
+        log.write(step, {f"train/{k}": v for k, v in values.items()})
+        summary.update({f"train/{k}": v for k, v in values.items()})
+        progress.set_postfix(
+          loss=f"{values['loss']:.3f}",
+          ctc=f"{values['ctc']:.3f}",
+          lr=f"{values['learning_rate']:.1e}",
+          audio_h_per_s=f"{audio_seconds / 3600 / elapsed:.4f}",
+          refresh=False,
+        )
+        window_start, window_steps, audio_seconds = time.perf_counter(), 0, 0.0
+      progress.update(1)
+      if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+        run_validation(step)
+      save(step)
+      if _preempted(guard, step, t):
+        logging.warning("Termination signal: saving step %d and stopping", step)
+        save(step, force=True)
+        run.checkpointer.wait()
+        progress.close()
+        summary["preempted"] = True
+        return summary
+  progress.close()
+  if run.start_step < t.steps or run.checkpointer.latest_step() != t.steps:
+    save(step, force=True)
+  run_validation(step)
+  run.checkpointer.wait()
+  log.close()
+  summary["compiles"] = train_steps.compiles
+  summary["step"] = step
+  return summary
+
+
+def pipeline_device_arrays(batch):
+  from moe_asr.data import pipeline as pipeline_lib
+
+  return pipeline_lib.device_arrays(batch)
+
+
+def _merged(run: Run):
+  return nnx.merge(run.graphdef, run.rng_state, run.state)
+
+
+def _mean_metrics(pending: list) -> dict[str, float]:
+  stacked = jax.device_get(pending)
+  keys = stacked[0].keys()
+  out = {}
+  for k in keys:
+    values = np.asarray([m[k] for m in stacked], np.float64)
+    finite = values[np.isfinite(values)]
+    out[k] = float(finite.mean()) if len(finite) else math.nan
+  out["nonfinite_steps"] = float(len(stacked) - np.sum([m["finite"] for m in stacked]))
+  return out
+
+
+def _check_finite(pending: list, step: int, host_batch: Mapping, t, state) -> None:
+  """Applies `train.nonfinite` to the steps since the last check."""
+  finite = np.asarray(jax.device_get([m["finite"] for m in pending]))
+  if finite.all():
+    return
+  bad = step - len(finite) + int(np.flatnonzero(finite == 0)[0]) + 1
+  ids = [str(x) for x in np.asarray(host_batch.get("id", []))[:8] if str(x)]
+  if t.nonfinite == "stop":
+    raise NonFiniteError(
+      f"Step {bad}: the loss or the gradients are not finite (batch ids {ids}); stopping "
+      "as config.train.nonfinite='stop' says. The last checkpoint is untouched."
+    )
+  run_length = int(jax.device_get(state["nonfinite_run"][...]))
+  if run_length >= t.max_nonfinite:
+    raise NonFiniteError(
+      f"Step {step}: {run_length} steps in a row had non-finite loss or gradients "
+      f"(train.max_nonfinite={t.max_nonfinite}); the last checkpoint is untouched."
+    )
+  logging.warning(
+    "Step %d: non-finite loss or gradients; the update was skipped (batch ids %s)", bad, ids
+  )
+
+
+def _preempted(guard, step: int, t) -> bool:
+  if jax.process_count() == 1:
+    return guard.requested
+  if step % max(1, t.preemption_sync_every):
+    return False
+  from jax.experimental import multihost_utils
+
+  flags = multihost_utils.process_allgather(np.asarray(guard.requested, np.int32))
+  return bool(np.asarray(flags).any())

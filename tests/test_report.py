@@ -1,0 +1,205 @@
+"""Tests for the evaluation report (report.json / report.md / hypotheses / plots).
+
+Numbers are hand-computed from four constructed utterances (see `_records`); rates compare
+at 1e-12.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from moe_asr.evaluation import plots, report
+from moe_asr.evaluation.metrics import Utterance
+
+TOL = 1e-12
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUMMARY_KEYS = {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "ece_intent"}
+
+
+def _records():
+  return [
+    Utterance(
+      "u1", "turn on the light", "turn on the light", language="en", hyp_language="en",
+      speaker="v1", ref_intent="on", hyp_intent="on", intent_confidence=0.9,
+      ref_slots=(("device", "light"),), hyp_slots=(("device", "light"),), duration_s=2.0,
+    ),
+    Utterance(
+      "u2", "turn off the fan", "turn of the fan", language="en", hyp_language="es",
+      speaker="v2", snr_db=5.0, ref_intent="off", hyp_intent="off", intent_confidence=0.6,
+      ref_slots=(("device", "fan"),), hyp_slots=(("device", "fan"),), duration_s=2.0,
+    ),
+    Utterance(
+      "u3", "打 开 灯", "打 开", language="cmn", hyp_language="cmn", speaker="v1",
+      ref_intent="on", hyp_intent="off", intent_confidence=0.8, ref_slots=(("device", "灯"),),
+      duration_s=1.0,
+    ),
+    Utterance(
+      "u4", "pon shape of you", "pon shape of you", language="es", hyp_language="es",
+      pair="en-es", speaker="v3", duration_s=1.0,
+    ),
+  ]  # fmt: skip
+
+
+def test_split_report_numbers_and_sections():
+  s = report.split_report(_records(), rtf=0.25)
+  # Words: 1 sub (u2) + 1 del (u3) of 4 + 4 + 3 + 4; characters: 1 + 1 of 14 + 13 + 3 + 13.
+  assert s["wer"] == pytest.approx(2 / 15, abs=TOL)
+  assert s["cer"] == pytest.approx(2 / 43, abs=TOL)
+  assert s["mer"] == pytest.approx(2 / 15, abs=TOL)
+  assert s["lid_acc"] == pytest.approx(3 / 4, abs=TOL)
+  assert s["intent_acc"] == pytest.approx(2 / 3, abs=TOL)
+  assert s["slot_f1"] == pytest.approx(2 * 2 / (3 + 2), abs=TOL)
+  assert s["rtf"] == 0.25 and s["n"] == 4
+  assert list(s["by_language"]) == ["cmn", "en", "es"]
+  assert s["by_language"]["en"]["wer"] == pytest.approx(1 / 8, abs=TOL)
+  assert list(s["by_pair"]) == ["en-es"] and s["by_pair"]["en-es"]["n"] == 1
+  assert list(s["by_speaker"]) == ["v1", "v2", "v3"] and s["by_speaker"]["v1"]["n"] == 2
+  assert list(s["by_snr"]) == ["5dB", "clean"] and s["by_snr"]["clean"]["n"] == 3
+  for metric in ("wer", "cer", "mer", "intent_acc", "lid_acc", "slot_f1"):
+    lo, hi = s["ci"][metric]
+    assert lo <= s[metric] <= hi, metric
+
+
+def test_split_report_omits_empty_sections():
+  clean = [Utterance("a", "x", "x", language="en"), Utterance("b", "x y", "x", language="en")]
+  s = report.split_report(clean, with_ci=True)
+  assert "by_pair" not in s and "by_snr" not in s and s["rtf"] is None
+  assert s["ci"]["intent_acc"] is None and s["ci"]["slot_f1"] is None
+  assert "ci" not in report.split_report(clean, with_ci=False)
+
+
+def _report(with_ci=True):
+  splits = {"test": report.split_report(_records(), rtf=0.125, with_ci=with_ci)}
+  return report.build_report(
+    model={"params_total": 1234567, "params_active": 456789},
+    decode={"method": "greedy", "lm_weight": math.nan},
+    splits=splits,
+    extra={"step": np.int64(200)},
+  )
+
+
+def test_build_report_schema_and_validation():
+  r = _report()
+  assert set(r) == {"model", "decode", "splits", "step"}
+  assert r["step"] == 200 and type(r["step"]) is int
+  assert r["decode"]["lm_weight"] is None  # nan is not JSON
+  test = r["splits"]["test"]
+  assert set(test) >= SUMMARY_KEYS | {"rtf", "by_language"}
+  for summary in test["by_language"].values():
+    assert set(summary) >= SUMMARY_KEYS
+  with pytest.raises(ValueError, match="params_active"):
+    report.build_report(model={"params_total": 1}, decode={}, splits={})
+  with pytest.raises(ValueError, match="splits"):
+    report.build_report(model={"params_total": 1, "params_active": 1}, decode={}, splits={},
+                        extra={"splits": 1})  # fmt: skip
+  with pytest.raises(ValueError, match="'a/b'"):
+    report.build_report(model={"params_total": 1, "params_active": 1}, decode={},
+                        splits={"a/b": {}})  # fmt: skip
+
+
+def _reject_constant(name):
+  raise AssertionError(f"report.json holds {name}")
+
+
+def test_write_report_files(tmp_path):
+  r = _report()
+  metrics_path = tmp_path / "metrics.jsonl"
+  metrics_path.write_text(
+    "\n".join(json.dumps({"step": s, "train/loss": 5.0 / s, "val/cer": 0.5}) for s in (1, 2, 3))
+  )
+  out = tmp_path / "eval"
+  paths = report.write_report(r, out, records={"test": _records()}, metrics_path=metrics_path)
+  assert set(paths) == {
+    "report.json",
+    "report.md",
+    "hypotheses/test.jsonl",
+    "per_language_cer.png",
+    "reliability_test.png",
+    "training_curves.png",
+  }
+  loaded = json.loads((out / "report.json").read_text(), parse_constant=_reject_constant)
+  assert loaded == r
+  assert loaded["splits"]["test"]["wer"] == pytest.approx(2 / 15, abs=TOL)
+
+  md = (out / "report.md").read_text()
+  lo, hi = r["splits"]["test"]["ci"]["wer"]
+  assert f"13.3 ({100 * lo:.1f}–{100 * hi:.1f})" in md  # WER 2/15 with its interval
+  assert "| test | 4 |" in md and "0.125" in md  # n and RTF
+  assert "66.7" in md and "80.0" in md and "75.0" in md  # intent, slot F1, LID
+  assert "1,234,567 total" in md
+  assert "## test by language" in md and "| cmn | 1 |" in md
+  assert "## test by pair" in md and "## test by noise" in md
+
+  lines = (out / "hypotheses/test.jsonl").read_text().splitlines()
+  back = [Utterance.from_json(json.loads(line)) for line in lines]
+  assert [u.id for u in back] == ["u1", "u2", "u3", "u4"]
+  assert back[2].ref_slots == (("device", "灯"),) and back[0].snr_db == math.inf
+
+  for name, path in paths.items():
+    assert path == out / name and path.exists()
+    if name.endswith(".png"):
+      data = path.read_bytes()
+      assert len(data) > 1000 and data.startswith(PNG_MAGIC), name
+  assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_write_report_without_plots_and_failed_write_keeps_old(tmp_path):
+  paths = report.write_report(_report(with_ci=False), tmp_path, plots=False)
+  assert set(paths) == {"report.json", "report.md"}
+  before = (tmp_path / "report.json").read_text()
+  assert "–" not in (tmp_path / "report.md").read_text()  # no CI brackets without intervals
+  bad = _report()
+  bad["decode"]["beam"] = object()
+  with pytest.raises(TypeError, match=r"report\.decode\.beam"):
+    report.write_report(bad, tmp_path)
+  assert (tmp_path / "report.json").read_text() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+
+
+def test_format_table_exact():
+  r = {
+    "splits": {
+      "test": {"n": 4, "cer": 2 / 43, "wer": 2 / 15, "mer": 2 / 15, "lid_acc": 0.75,
+               "intent_acc": 2 / 3, "slot_f1": 0.8},
+      "test_noisy": {"n": 120, "cer": 0.5, "wer": 1.0, "mer": None, "lid_acc": None,
+                     "intent_acc": None, "slot_f1": None},
+    }
+  }  # fmt: skip
+  expected = (
+    "split         n   CER    WER   MER   LID  intent  slot F1\n"
+    "test          4   4.7   13.3  13.3  75.0    66.7     80.0\n"
+    "test_noisy  120  50.0  100.0     -     -       -        -"
+  )
+  assert report.format_table(r) == expected
+
+
+# --- plots ------------------------------------------------------------------------------
+
+
+def test_expert_utilisation_and_shape_check(tmp_path):
+  load = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.4, 0.4]])
+  plots.expert_utilisation(load, ["en", "cmn"], tmp_path / "experts.png", title="decoder")
+  assert (tmp_path / "experts.png").read_bytes().startswith(PNG_MAGIC)
+  with pytest.raises(ValueError, match=r"3 rows, got shape \(2, 4\)"):
+    plots.expert_utilisation(load, ["en", "es", "cmn"], tmp_path / "bad.png")
+
+
+def test_plots_without_data_still_write(tmp_path):
+  plots.per_language_bars({"splits": {"test": {"by_language": {}}}}, tmp_path / "bars.png")
+  plots.reliability_diagram([Utterance("a", "x", "x")], tmp_path / "rel.png")
+  (tmp_path / "m.jsonl").write_text('{"step": 1, "other": 2}\n')
+  plots.training_curves(tmp_path / "m.jsonl", tmp_path / "curves.png")
+  for name in ("bars.png", "rel.png", "curves.png"):
+    assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_training_curves_names_bad_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": \n')
+  with pytest.raises(ValueError, match=r"metrics\.jsonl:2"):
+    plots.training_curves(path, tmp_path / "curves.png")
+  path.write_text('{"train/loss": 2.0}\n')
+  with pytest.raises(ValueError, match=r"metrics\.jsonl:1.*'step'"):
+    plots.training_curves(path, tmp_path / "curves.png")
