@@ -88,6 +88,9 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   e.bootstrap_samples = 1000  # Confidence intervals of the report.
   e.plots = True
 
+  # Persistent XLA compilation cache ("" disables): a re-run skips the minutes of
+  # compiling the step for each bucket shape.
+  c.compilation_cache = "~/.cache/moe_asr/xla"
   c.resume = ""  # Checkpoint directory of a run to continue when the workdir has none.
   c.init_from = ""  # Checkpoint directory whose parameters (matching names) start this run.
   return c

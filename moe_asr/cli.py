@@ -113,13 +113,13 @@ def _devices(args, overrides) -> int:
 def _logging(verbose: bool = False) -> None:
   import logging
 
+  # force: absl (imported by TensorFlow and clu) may already have configured the root logger.
   logging.basicConfig(
     level=logging.INFO if verbose else logging.WARNING,
     format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    force=True,
   )
-  if not verbose:
-    logging.getLogger("moe_asr").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("moe_asr").setLevel(logging.INFO)
 
 
 def _train(args, overrides) -> int:

@@ -17,6 +17,8 @@ from moe_asr import config_lib
 DEMO_CONFIG = "demo.py"
 TEST_SPLITS = ("test", "test_cs", "test_noisy", "test_bias")
 
+_LOG = logging.getLogger(__name__)
+
 
 def run_demo(
   workdir: str | pathlib.Path,
@@ -49,7 +51,7 @@ def run_demo(
   print("Scoring the test splits ...", flush=True)
   report = score.evaluate_workdir(workdir, splits=TEST_SPLITS, cfg=cfg)
   total_s = time.time() - start
-  logging.info("demo summary: %s", summary)
+  _LOG.info("demo summary: %s", summary)
   print(report_lib.format_table(report))
   print(
     f"\nWall time {total_s / 60:.1f} min (corpus {build_s / 60:.1f}, training "

@@ -20,6 +20,8 @@ from moe_asr.data import features as features_lib
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import tokenizer as tokenizer_lib
 
+_LOG = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class RunData:
@@ -71,7 +73,7 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     if path.exists():
       tokenizer = tokenizer_lib.Tokenizer.load(path)
     else:
-      logging.info("Training a tokenizer on %s:%s", cfg.data.name, cfg.data.train_split)
+      _LOG.info("Training a tokenizer on %s:%s", cfg.data.name, cfg.data.train_split)
       source = split_source(cfg, cfg.data.train_split)
       texts = [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
       tokenizer = tokenizer_lib.Tokenizer.train(texts, vocab_size=cfg.data.get("vocab_size", 1000))

@@ -20,6 +20,8 @@ from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
 from moe_asr.training import distributed, train
 
+_LOG = logging.getLogger(__name__)
+
 
 def workdir_config(
   workdir: str | pathlib.Path, overrides: Sequence[str] = ()
@@ -74,7 +76,7 @@ def evaluate_workdir(
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     eval_steps = train.make_eval_steps(run)
     for split in splits:
-      logging.info("Decoding %s", split)
+      _LOG.info("Decoding %s", split)
       _, recs, info = train.validate(run, eval_steps, split)
       records[split] = recs
       split_reports[split] = report_lib.split_report(recs, rtf=info["rtf"])

@@ -20,6 +20,8 @@ from flax import nnx
 
 from moe_asr.models import model as model_lib
 
+_LOG = logging.getLogger(__name__)
+
 
 class Counter(nnx.Variable):
   """An integer the step updates (not a parameter, not optimizer state)."""
@@ -132,5 +134,5 @@ def trainable_report(state: TrainState, cfg: ml_collections.ConfigDict) -> dict[
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     label = param_label(path_name(path), cfg)
     counts[label] = counts.get(label, 0) + int(leaf.size)
-  logging.info("Parameters per optimizer group: %s", counts)
+  _LOG.info("Parameters per optimizer group: %s", counts)
   return counts

@@ -12,11 +12,14 @@ takes part in checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -34,6 +37,8 @@ from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
 from moe_asr.training import distributed, evaluate, inputs, losses, sharding
 from moe_asr.training import state as state_lib
+
+_LOG = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -176,14 +181,14 @@ class CompiledSteps:
       if not self.logged_memory:
         memory = self.cache[key].memory_analysis()
         if memory is not None:
-          logging.info(
+          _LOG.info(
             "Step memory (first shape): arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
             getattr(memory, "argument_size_in_bytes", 0) / 2**20,
             getattr(memory, "output_size_in_bytes", 0) / 2**20,
             getattr(memory, "temp_size_in_bytes", 0) / 2**20,
           )
         self.logged_memory = True
-      logging.info(
+      _LOG.info(
         "Compiled %s for batch %s in %.1f s (%d compiles)",
         getattr(self.fn, "__name__", "step"),
         batch["audio"].shape,
@@ -233,6 +238,9 @@ def build_run(
   matching names only) -> scratch.
   """
   workdir = pathlib.Path(workdir)
+  if cfg.get("compilation_cache"):
+    cache = os.path.expanduser(cfg.compilation_cache)
+    jax.config.update("jax_compilation_cache_dir", cache)
   mesh = sharding.make_mesh(cfg.mesh)
   rules = sharding.rules(cfg.mesh)
   data = inputs.load_run_data(cfg, workdir)
@@ -275,7 +283,7 @@ def build_run(
   if source is not None:
     restored = source.restore(target)
     run.state, run.start_step, run.data_state = restored.state, restored.step, restored.data_state
-    logging.info("Resumed from %s at step %d", source.directory, restored.step)
+    _LOG.info("Resumed from %s at step %d", source.directory, restored.step)
   elif cfg.get("init_from"):
     run.state = _init_from(run, cfg.init_from, target)
   elif not for_training:
@@ -319,7 +327,7 @@ def _init_from(run: Run, directory: str, target):
 
   state = run.state
   state["model"] = jax.tree_util.tree_map_with_path(take, state["model"])
-  logging.info(
+  _LOG.info(
     "init_from %s: %d parameters copied, %d kept fresh %s", directory, copied, len(fresh), fresh[:8]
   )
   if not copied:
@@ -445,7 +453,10 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
   progress = tqdm.tqdm(
     total=t.steps, initial=step, disable=not primary, desc="train", unit="step", dynamic_ncols=True
   )
-  with checkpoint_lib.PreemptionGuard() as guard:
+  # Signal handlers exist only in the main thread (a notebook may train from another).
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  guard_context = checkpoint_lib.PreemptionGuard() if in_main_thread else contextlib.nullcontext()
+  with guard_context as guard:
     while step < t.steps:
       host_batch = next(train_iter)
       batch = sharding.put_batch(
@@ -471,7 +482,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
           loss=f"{values['loss']:.3f}",
           ctc=f"{values['ctc']:.3f}",
           lr=f"{values['learning_rate']:.1e}",
-          audio_h_per_s=f"{audio_seconds / 3600 / elapsed:.4f}",
+          x_realtime=f"{audio_seconds / elapsed:.1f}",
           refresh=False,
         )
         window_start, window_steps, audio_seconds = time.perf_counter(), 0, 0.0
@@ -480,7 +491,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
         run_validation(step)
       save(step)
       if _preempted(guard, step, t):
-        logging.warning("Termination signal: saving step %d and stopping", step)
+        _LOG.warning("Termination signal: saving step %d and stopping", step)
         save(step, force=True)
         run.checkpointer.wait()
         progress.close()
@@ -537,12 +548,14 @@ def _check_finite(pending: list, step: int, host_batch: Mapping, t, state) -> No
       f"Step {step}: {run_length} steps in a row had non-finite loss or gradients "
       f"(train.max_nonfinite={t.max_nonfinite}); the last checkpoint is untouched."
     )
-  logging.warning(
+  _LOG.warning(
     "Step %d: non-finite loss or gradients; the update was skipped (batch ids %s)", bad, ids
   )
 
 
 def _preempted(guard, step: int, t) -> bool:
+  if guard is None:
+    return False
   if jax.process_count() == 1:
     return guard.requested
   if step % max(1, t.preemption_sync_every):

@@ -1,0 +1,46 @@
+"""`moe-asr demo` end to end on the tiny corpus: build (already there) -> train -> score -> table."""
+
+import json
+
+import pytest
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_trains_scores_and_prints_the_table(tiny_corpus, tmp_path):
+  data_dir, _, _ = tiny_corpus
+  workdir = tmp_path / "demo"
+  proc = run_cli(
+    "demo",
+    "--workdir",
+    str(workdir),
+    "--data-dir",
+    str(data_dir),
+    "--config",
+    str(REPO / "configs" / "tiny.py"),
+    "--config.train.steps=3",
+    "--config.train.log_every=1",
+    "--config.data.buckets=((3.0,8),)",
+    "--config.compilation_cache=''",
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  report = json.loads((workdir / "eval" / "report.json").read_text())
+  splits = ("test", "test_cs", "test_noisy", "test_bias")
+  assert set(report["splits"]) == set(splits)
+  for name in splits:
+    split = report["splits"][name]
+    assert split["n"] > 0
+    for key in ("wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "rtf", "by_language"):
+      assert key in split, (name, key)
+    assert 0.0 <= split["lid_acc"] <= 1.0
+  assert report["model"]["params_total"] >= report["model"]["params_active"] > 0
+  # The printed table has a row per test split, and the wall-time line.
+  for name in splits:
+    assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), proc.stdout
+  assert "Wall time" in proc.stdout
+  assert (workdir / "eval" / "report.md").exists()
+  steps = [
+    json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert steps[:3] == [1, 2, 3]
