@@ -1,4 +1,4 @@
-"""`moe-asr demo` end to end on the tiny corpus: build (already there) -> train -> score -> table."""
+"""`moe-asr demo` end to end on the tiny corpus: build (found) -> train -> score -> table."""
 
 import json
 
