@@ -26,10 +26,6 @@ from moe_asr.models.moe import MoeAux
 
 # Terms of the joint loss, in the order they are logged.
 TERMS = ("ctc", "att", "lid", "task", "aux")
-# A per-utterance CTC loss at or above this means "no alignment exists" (labels
-# longer than the frames); such rows are zeroed and counted, as PyTorch's
-# `zero_infinity=True` does, instead of poisoning the step.
-_INFEASIBLE = 1e29
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -84,6 +80,11 @@ def ctc_loss(
   Returns:
     (sum NLL / number of label tokens of the rows that count, number of those
     tokens, number of rows dropped because no alignment exists).
+
+  A row needs at least `labels + repeated neighbours` frames (a blank must
+  separate repeats). Rows with fewer have no alignment; optax returns a huge
+  finite loss for them (its log-zero is -1e5) whose gradient would swamp the
+  step, so they are zeroed and counted, as PyTorch's `zero_infinity=True` does.
   """
   per_seq = optax.ctc_loss(
     logits,
@@ -93,7 +94,9 @@ def ctc_loss(
     blank_id=0,
   )  # [batch]
   has_labels = label_mask.any(-1) & example_mask
-  infeasible = has_labels & (per_seq >= _INFEASIBLE)
+  repeats = jnp.sum((labels[:, 1:] == labels[:, :-1]) & label_mask[:, 1:], axis=-1)
+  needed = label_mask.sum(-1) + repeats
+  infeasible = has_labels & (needed > mask.sum(-1))
   use = has_labels & ~infeasible
   tokens = jnp.sum(jnp.where(use[:, None], label_mask, False)).astype(jnp.float32)
   total = jnp.sum(jnp.where(use, per_seq, 0.0))
