@@ -414,13 +414,6 @@ def _nan_run(runs: Runs, workdir: pathlib.Path, logs: pathlib.Path, policy: str)
   return json.loads(result.read_text())
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="make_train_step's guard keeps nothing: nnx.merge(graphdef, rng_state, state) shares "
-  "its Variables with `state`, so after ts.optimizer.update `state` holds the new values too and "
-  "jnp.where(finite, new, old) returns the NaN update; Checkpointer.save then refuses the NaN "
-  "state (ValueError: Refusing to save step 3 ...) and the run dies.",
-)
 def test_a_nonfinite_step_is_skipped(runs, tmp_path):
   workdir = runs.root / "nan_skip"
   result = _nan_run(runs, workdir, tmp_path, "skip")
@@ -483,12 +476,6 @@ def test_a_nonfinite_step_stops_the_run_when_configured(nan_stop):
     run.checkpointer.close()
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="NonFiniteError leaves _train_loop without waiting for the asynchronous save it "
-  "started the step before: the process exits, orbax's commit fails ('cannot schedule new "
-  "futures after interpreter shutdown') and only '2.orbax-checkpoint-tmp' remains.",
-)
 def test_the_save_in_flight_when_a_run_stops_is_completed(nan_stop):
   workdir, _ = nan_stop
   ckpt = workdir / "checkpoints"

@@ -124,6 +124,8 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
   base_key = cfg.seed + 1000
 
   def train_step(state, rng_state, batch):
+    # merge shares arrays with `state`: keep the old values apart for the guard.
+    old_state = jax.tree.map(lambda x: x, state)
     ts = nnx.merge(graphdef, rng_state, state)
     step = ts.step[...]
     keys = jax.random.split(jax.random.fold_in(jax.random.key(base_key), step), 3)
@@ -140,7 +142,7 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
     ts.optimizer.update(ts.model, grads)
     # A non-finite step keeps the old parameters and optimizer state.
     _, _, updated = nnx.split(ts, nnx.RngState, ...)
-    nnx.update(ts, jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state))
+    nnx.update(ts, jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, old_state))
     ts.step[...] = step + 1
     ts.nonfinite[...] = ts.nonfinite[...] + (~finite).astype(jnp.int32)
     ts.nonfinite_run[...] = jnp.where(finite, 0, ts.nonfinite_run[...] + 1)
@@ -391,7 +393,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   # --- Mesh, data side, state, resume.
   run = build_run(cfg, workdir)
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-    return _train_loop(run, workdir, primary)
+    try:
+      return _train_loop(run, workdir, primary)
+    finally:
+      run.checkpointer.close()  # A save in flight completes even when the run stops on an error.
 
 
 def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
