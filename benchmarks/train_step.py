@@ -21,12 +21,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from moe_asr import config_lib
 from moe_asr.data import features
 from moe_asr.training import sharding, train
-from moe_asr.training import state as state_lib
 
 VOCAB, INTENTS, SLOT_TAGS = 1500, 24, 39
 
@@ -69,21 +67,14 @@ def synthetic_batch(batch: int, seconds: float, max_tokens: int, seed: int = 0) 
 
 def measure(cfg, batch: dict, repeats: int) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
-  rules = sharding.rules(cfg.mesh)
   kwargs = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
-
-  def init():
-    _, rng_state, state = nnx.split(state_lib.make_train_state(cfg, **kwargs), nnx.RngState, ...)
-    return state, rng_state
-
-  abstract = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **kwargs))
-  graphdef, abstract_rng, abstract_state = nnx.split(abstract, nnx.RngState, ...)
-  state_sh = sharding.state_shardings(abstract_state, mesh, rules)
+  graphdef, state, rng_state, state_sh = train.init_state(
+    cfg, mesh, sharding.rules(cfg.mesh), **kwargs
+  )
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rng_sh = jax.tree.map(lambda _: rep, abstract_rng)
+  rng_sh = jax.tree.map(lambda _: rep, rng_state)
   batch_sh = sharding.batch_shardings(mesh, batch)
   with mesh:
-    state, rng_state = jax.jit(init, out_shardings=(state_sh, rng_sh))()
     device_batch = sharding.put_batch(batch, batch_sh)
     step = jax.jit(
       train.make_train_step(cfg, graphdef),

@@ -36,7 +36,7 @@ def workdir_config(
   return cfg
 
 
-def decode_settings(cfg: ml_collections.ConfigDict) -> dict:
+def decode_settings() -> dict:
   """What the report records about decoding."""
   return {"method": "ctc_greedy", "task_heads_on": "ctc_hypothesis"}
 
@@ -87,7 +87,7 @@ def evaluate_workdir(
       "params_active": int(sizes["params_active"]),
       "step": int(run.start_step),
     },
-    decode=decode_settings(cfg),
+    decode=decode_settings(),
     splits=split_reports,
     extra={"compiles": eval_steps.compiles, "devices": jax.device_count()},
   )

@@ -32,6 +32,7 @@ import tqdm
 from clu import metric_writers
 from flax import nnx
 
+from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
@@ -159,14 +160,14 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
 
 
 class CompiledSteps:
-  """Ahead-of-time compiled executables, one per batch shape, counted."""
+  """`fn(state, rng_state, batch)` compiled ahead of time once per batch shape, counted."""
 
-  def __init__(self, fn: Callable, in_shardings_for: Callable, out_shardings, donate: bool):
-    self.fn, self.in_shardings_for, self.out_shardings = fn, in_shardings_for, out_shardings
-    self.donate = donate
+  def __init__(self, fn: Callable, run: Run, out_shardings, donate: bool):
+    self.fn, self.run, self.out_shardings, self.donate = fn, run, out_shardings, donate
+    replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+    self.rng_shardings = jax.tree.map(lambda _: replicated, run.rng_state)
     self.cache: dict = {}
     self.compiles = 0
-    self.logged_memory = False
 
   def __call__(self, batch: Mapping[str, jax.Array]) -> Callable:
     key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
@@ -174,22 +175,25 @@ class CompiledSteps:
       start = time.perf_counter()
       jitted = jax.jit(
         self.fn,
-        in_shardings=self.in_shardings_for(batch),
+        in_shardings=(
+          self.run.state_shardings,
+          self.rng_shardings,
+          self.run.batch_shardings(batch),
+        ),
         out_shardings=self.out_shardings,
         donate_argnums=(0,) if self.donate else (),
       )
-      self.cache[key] = self._lower(jitted, batch).compile()
+      compiled = jitted.lower(self.run.state, self.run.rng_state, batch).compile()
+      self.cache[key] = compiled
       self.compiles += 1
-      if not self.logged_memory:
-        memory = self.cache[key].memory_analysis()
-        if memory is not None:
-          _LOG.info(
-            "Step memory (first shape): arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
-            getattr(memory, "argument_size_in_bytes", 0) / 2**20,
-            getattr(memory, "output_size_in_bytes", 0) / 2**20,
-            getattr(memory, "temp_size_in_bytes", 0) / 2**20,
-          )
-        self.logged_memory = True
+      memory = compiled.memory_analysis() if self.compiles == 1 else None
+      if memory is not None:
+        _LOG.info(
+          "Step memory (first shape): arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
+          getattr(memory, "argument_size_in_bytes", 0) / 2**20,
+          getattr(memory, "output_size_in_bytes", 0) / 2**20,
+          getattr(memory, "temp_size_in_bytes", 0) / 2**20,
+        )
       _LOG.info(
         "Compiled %s for batch %s in %.1f s (%d compiles)",
         getattr(self.fn, "__name__", "step"),
@@ -198,25 +202,6 @@ class CompiledSteps:
         self.compiles,
       )
     return self.cache[key]
-
-  def _lower(self, jitted, batch):
-    raise NotImplementedError
-
-
-class _StateSteps(CompiledSteps):
-  def __init__(self, fn, run: Run, out_shardings, donate):
-    replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-    rng_shardings = jax.tree.map(lambda _: replicated, run.rng_state)
-    super().__init__(
-      fn,
-      lambda batch: (run.state_shardings, rng_shardings, run.batch_shardings(batch)),
-      out_shardings,
-      donate,
-    )
-    self.run = run
-
-  def _lower(self, jitted, batch):
-    return jitted.lower(self.run.state, self.run.rng_state, batch)
 
 
 # ---------------------------------------------------------------------------
@@ -228,6 +213,28 @@ def _abstract(state, shardings):
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
   )
+
+
+def init_state(cfg: ml_collections.ConfigDict, mesh, rules, **model_kwargs):
+  """A fresh sharded train state: eval_shape -> shardings -> jit(init, out_shardings).
+
+  Returns:
+    (graphdef, state, rng_state, state_shardings); the RNG state is replicated.
+  """
+
+  def init():
+    ts = state_lib.make_train_state(cfg, **model_kwargs)
+    _, rng_state, state = nnx.split(ts, nnx.RngState, ...)
+    return state, rng_state
+
+  abstract_ts = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **model_kwargs))
+  graphdef, abstract_rng, abstract_state = nnx.split(abstract_ts, nnx.RngState, ...)
+  state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rng_shardings = jax.tree.map(lambda _: replicated, abstract_rng)
+  with mesh:
+    state, rng_state = jax.jit(init, out_shardings=(state_shardings, rng_shardings))()
+  return graphdef, state, rng_state, state_shardings
 
 
 def build_run(
@@ -253,18 +260,7 @@ def build_run(
     bos_id=data.tokenizer.bos_id,
   )
 
-  def init():
-    ts = state_lib.make_train_state(cfg, **model_kwargs)
-    _, rng_state, state = nnx.split(ts, nnx.RngState, ...)
-    return state, rng_state
-
-  abstract_ts = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **model_kwargs))
-  graphdef, abstract_rng, abstract_state = nnx.split(abstract_ts, nnx.RngState, ...)
-  state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rng_shardings = jax.tree.map(lambda _: replicated, abstract_rng)
-  with mesh:
-    state, rng_state = jax.jit(init, out_shardings=(state_shardings, rng_shardings))()
+  graphdef, state, rng_state, state_shardings = init_state(cfg, mesh, rules, **model_kwargs)
 
   ckpt_dir = workdir / "checkpoints"
   checkpointer = checkpoint_lib.Checkpointer(
@@ -287,7 +283,7 @@ def build_run(
     run.state, run.start_step, run.data_state = restored.state, restored.step, restored.data_state
     _LOG.info("Resumed from %s at step %d", source.directory, restored.step)
   elif cfg.get("init_from"):
-    run.state = _init_from(run, cfg.init_from, target)
+    run.state = _init_from(run, cfg.init_from)
   elif not for_training:
     raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
   return run
@@ -308,7 +304,7 @@ def _saved_params(directory: str) -> dict[str, np.ndarray]:
   return flat
 
 
-def _init_from(run: Run, directory: str, target):
+def _init_from(run: Run, directory: str):
   """Copies parameters of matching path and shape from another run's checkpoint.
 
   Parameters the source lacks (a new language's expert, adapters) keep their
@@ -367,7 +363,7 @@ def validate(run: Run, eval_steps: CompiledSteps, split: str, max_batches: int =
 def make_eval_steps(run: Run) -> CompiledSteps:
   step = evaluate.make_eval_step(run.graphdef, run.config.model.decoder.max_len)
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-  return _StateSteps(step, run, replicated, donate=False)
+  return CompiledSteps(step, run, replicated, donate=False)
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +418,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
     state_lib.trainable_report(_merged(run), cfg)
   log = MetricsLog(workdir, primary, run.start_step)
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-  train_steps = _StateSteps(
+  train_steps = CompiledSteps(
     make_train_step(cfg, run.graphdef), run, (run.state_shardings, replicated), donate=True
   )
   eval_steps = make_eval_steps(run)
@@ -465,7 +461,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
     while step < t.steps:
       host_batch = next(train_iter)
       batch = sharding.put_batch(
-        pipeline_device_arrays(host_batch), run.batch_shardings(host_batch)
+        pipeline_lib.device_arrays(host_batch), run.batch_shardings(host_batch)
       )
       audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
       run.state, metrics = train_steps(batch)(run.state, run.rng_state, batch)
@@ -511,12 +507,6 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
   summary["compiles"] = train_steps.compiles
   summary["step"] = step
   return summary
-
-
-def pipeline_device_arrays(batch):
-  from moe_asr.data import pipeline as pipeline_lib
-
-  return pipeline_lib.device_arrays(batch)
 
 
 def _merged(run: Run):
