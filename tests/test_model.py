@@ -82,7 +82,9 @@ def test_tiny_forward_shapes():
   out = _forward(model, batch)
   frames = out.enc_mask.shape[1]
   assert out.ctc_logits.shape == (2, frames, VOCAB) and out.ctc_logits.dtype == jnp.float32
-  assert out.decoder_logits.shape == (2, 12, VOCAB)
+  # The decoder predicts the 12 tokens, then eos.
+  assert out.decoder_logits.shape == (2, 13, VOCAB)
+  assert out.decoder_labels.shape == (2, 13) and out.decoder_mask.shape == (2, 13)
   assert out.intent_log_probs.shape == (2, INTENTS)
   assert out.slot_log_probs.shape == (2, 12, SLOT_TAGS)
   assert out.utt_lid_logits.shape == (2, 7) and out.lid_probs.shape == (2, frames, 7)
@@ -103,7 +105,9 @@ def test_padding_does_not_change_valid_outputs():
     # Float32 throughout: differences come only from summation order (stated tolerance 1e-4).
     np.testing.assert_allclose(big.ctc_logits[i, :f], small.ctc_logits[i, :f], atol=1e-4)
     np.testing.assert_allclose(big.lid_probs[i, :f], small.lid_probs[i, :f], atol=1e-4)
-    np.testing.assert_allclose(big.decoder_logits[i, :t], small.decoder_logits[i, :t], atol=1e-4)
+    np.testing.assert_allclose(
+      big.decoder_logits[i, : t + 1], small.decoder_logits[i, : t + 1], atol=1e-4
+    )
     np.testing.assert_allclose(big.slot_log_probs[i, :t], small.slot_log_probs[i, :t], atol=1e-4)
   np.testing.assert_allclose(big.utt_lid_logits, small.utt_lid_logits, atol=1e-4)
   np.testing.assert_allclose(big.intent_log_probs, small.intent_log_probs, atol=1e-4)
@@ -235,3 +239,11 @@ def test_adapters_on_the_model_start_as_identity_and_train_alone():
   for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen_after), strict=True):
     np.testing.assert_array_equal(a, b)
   assert not np.allclose(_forward(model, batch).intent_log_probs, before.intent_log_probs)
+
+
+def test_with_eos_places_eos_after_the_last_token():
+  tokens = jnp.array([[5, 6, 7], [8, 0, 0], [0, 0, 0]])
+  mask = jnp.array([[True, True, True], [True, False, False], [False, False, False]])
+  labels, label_mask = model_lib.with_eos(tokens, mask, eos_id=3)
+  np.testing.assert_array_equal(labels, [[5, 6, 7, 3], [8, 3, 0, 0], [3, 0, 0, 0]])
+  np.testing.assert_array_equal(label_mask, [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])

@@ -36,8 +36,10 @@ class MoeAsrOutput:
   ctc_logits: jax.Array  # [batch, frames, vocab] float32
   enc_mask: jax.Array  # [batch, frames] bool
   enc_states: jax.Array  # [batch, frames, d_model]
-  decoder_logits: jax.Array | None  # [batch, tokens, vocab] float32 (None without a decoder)
-  decoder_states: jax.Array | None  # [batch, tokens, d_model]
+  decoder_logits: jax.Array | None  # [batch, tokens + 1, vocab] float32 (None without a decoder)
+  decoder_states: jax.Array | None  # [batch, tokens + 1, d_model]
+  decoder_labels: jax.Array | None  # [batch, tokens + 1] int: the tokens, then eos
+  decoder_mask: jax.Array | None  # [batch, tokens + 1] bool
   token_mask: jax.Array  # [batch, tokens] bool (labels)
   frame_lid_logits: jax.Array  # [batch, frames, languages]
   lid_ctc_logits: jax.Array  # [batch, frames, languages + 1] (blank = 0)
@@ -69,6 +71,24 @@ def _section(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDi
   return out
 
 
+def with_eos(tokens: jax.Array, mask: jax.Array, eos_id: int) -> tuple[jax.Array, jax.Array]:
+  """Decoder labels: `tokens` with eos after the last valid one.
+
+  Args:
+    tokens: int [B, L], left-aligned.
+    mask: bool [B, L].
+    eos_id: the end token.
+
+  Returns:
+    (labels int [B, L + 1], mask bool [B, L + 1]).
+  """
+  lengths = mask.sum(-1, keepdims=True)
+  positions = jnp.arange(tokens.shape[1] + 1)[None, :]
+  labels = jnp.pad(jnp.where(mask, tokens, 0), ((0, 0), (0, 1)))
+  labels = jnp.where(positions == lengths, eos_id, labels).astype(tokens.dtype)
+  return labels, positions <= lengths
+
+
 class MoeAsr(nnx.Module):
   """The multilingual, code-switching ASR model with task heads."""
 
@@ -80,6 +100,7 @@ class MoeAsr(nnx.Module):
     num_intents: int,
     num_slot_tags: int,
     bos_id: int = 2,
+    eos_id: int = 3,
     rngs: nnx.Rngs,
   ):
     """Builds the model from `config.model` (contract in configs/models/common.py).
@@ -90,10 +111,12 @@ class MoeAsr(nnx.Module):
       num_intents: intent classes (0 disables the task heads).
       num_slot_tags: BIO slot tags.
       bos_id: decoder start token.
+      eos_id: decoder end token (appended to every label sequence).
       rngs: `nnx.Rngs` with `params`, `dropout`, `specaug` and `condition` streams.
     """
     self.dtype = DTYPES[cfg.dtype]
     self.bos_id = bos_id
+    self.eos_id = eos_id
     self.vocab_size = vocab_size
     self.feature_cfg = features_lib.FeatureConfig.from_config(cfg.features)
     self.specaug_cfg = features_lib.SpecAugmentConfig.from_config(cfg.specaug)
@@ -161,26 +184,32 @@ class MoeAsr(nnx.Module):
   ):
     """Runs the attention decoder (teacher forcing) and the task heads on `tokens`.
 
+    The decoder reads bos + tokens and predicts tokens + eos, so its outputs have
+    one more position than `tokens`; the task heads read the first `L` states.
+
     Args:
       encoded: `encode`'s output.
-      tokens: int [B, L] label (training) or hypothesis (inference) tokens.
-      token_mask: bool [B, L].
+      tokens: int [B, L] label (training) or hypothesis (inference) tokens, no eos.
+      token_mask: bool [B, L], left-aligned.
       token_lang: int [B, L] known language of each token (-1 unknown) routes
         decoder tokens to their language's expert; None (inference) routes every
         token by the LID context.
 
     Returns:
-      (DecoderOutput, TaskOutput or None); (None, None) without a decoder.
+      (DecoderOutput over L + 1 positions, TaskOutput or None); (None, None)
+      without a decoder.
     """
     if self.decoder is None:
       return None, None
     num_languages = self.encoder.num_languages
     enc = encoded.enc
-    inputs, input_mask = decoder_lib.shift_right(tokens, token_mask, self.bos_id)
+    labels, label_mask = with_eos(tokens, token_mask, self.eos_id)
+    inputs, input_mask = decoder_lib.shift_right(labels, label_mask, self.bos_id)
     token_lang_probs = None
     if token_lang is not None:
+      token_lang = jnp.pad(token_lang, ((0, 0), (0, 1)), constant_values=-1)
       known = (token_lang >= 0)[..., None]
-      # Tokens of unknown language fall back to the utterance LID posterior.
+      # Tokens of unknown language (and eos) fall back to the utterance LID posterior.
       token_lang_probs = jnp.where(
         known,
         jax.nn.one_hot(jnp.maximum(token_lang, 0), num_languages),
@@ -197,7 +226,7 @@ class MoeAsr(nnx.Module):
     task = None
     if self.task_heads is not None:
       task = self.task_heads(
-        dec.states,
+        dec.states[:, : tokens.shape[1]],
         token_mask,
         enc.x,
         enc.mask,
@@ -242,6 +271,8 @@ class MoeAsr(nnx.Module):
       enc_states=enc.x,
       decoder_logits=None if dec is None else dec.logits,
       decoder_states=None if dec is None else dec.states,
+      decoder_labels=None if dec is None else with_eos(batch["tokens"], token_mask, self.eos_id)[0],
+      decoder_mask=None if dec is None else with_eos(batch["tokens"], token_mask, self.eos_id)[1],
       token_mask=token_mask,
       frame_lid_logits=enc.frame_lid_logits,
       lid_ctc_logits=enc.lid_ctc_logits,

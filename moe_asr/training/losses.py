@@ -142,11 +142,13 @@ def joint_loss(
   metrics.update(ctc=ctc, tokens=ctc_tokens, ctc_infeasible=infeasible)
 
   if out.decoder_logits is not None:
+    # The decoder predicts the tokens, then eos.
+    labels, label_mask = out.decoder_labels, out.decoder_mask & example_mask[:, None]
     att, _ = decoder_lib.attention_loss(
-      out.decoder_logits, tokens, token_mask, cfg.get("label_smoothing", 0.0)
+      out.decoder_logits, labels, label_mask, cfg.get("label_smoothing", 0.0)
     )
-    correct = (out.decoder_logits.argmax(-1) == tokens) & token_mask
-    metrics["att_acc"] = _safe_mean(correct.sum(), token_mask.sum()).astype(jnp.float32)
+    correct = (out.decoder_logits.argmax(-1) == labels) & label_mask
+    metrics["att_acc"] = _safe_mean(correct.sum(), label_mask.sum()).astype(jnp.float32)
   else:
     att = jnp.zeros((), jnp.float32)
   metrics["att"] = att

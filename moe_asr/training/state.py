@@ -111,6 +111,7 @@ def make_model(
   num_intents: int,
   num_slot_tags: int,
   bos_id: int = 2,
+  eos_id: int = 3,
 ) -> model_lib.MoeAsr:
   """The model of a run config (RNG streams seeded from `config.seed`)."""
   return model_lib.MoeAsr(
@@ -119,6 +120,7 @@ def make_model(
     num_intents=num_intents,
     num_slot_tags=num_slot_tags,
     bos_id=bos_id,
+    eos_id=eos_id,
     rngs=nnx.Rngs(cfg.seed, specaug=cfg.seed + 1, condition=cfg.seed + 2, dropout=cfg.seed + 3),
   )
 

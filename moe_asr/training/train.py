@@ -258,6 +258,7 @@ def build_run(
     num_intents=data.num_intents,
     num_slot_tags=data.num_slot_tags,
     bos_id=data.tokenizer.bos_id,
+    eos_id=data.tokenizer.eos_id,
   )
 
   graphdef, state, rng_state, state_shardings = init_state(cfg, mesh, rules, **model_kwargs)
