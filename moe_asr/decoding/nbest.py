@@ -6,9 +6,9 @@ import flax
 import jax
 import jax.numpy as jnp
 
-# Components a search may fill in `NBest.parts` (all unweighted log-scores except
+# Components a search or rescoring may fill in `NBest.parts` (all unweighted log-scores except
 # "bias", which is the boost already scaled by the graph, and "length", the token count).
-PARTS = ("ctc", "att", "lm", "ilm", "bias", "length")
+PARTS = ("ctc", "att", "lm", "ilm", "bias", "length", "task")
 
 
 @flax.struct.dataclass

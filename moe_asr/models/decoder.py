@@ -26,7 +26,9 @@ Incremental decoding keeps its state in a `DecoderCache`, a plain pytree of
 arrays with an int32 position index, so `decode_step` runs inside
 `jax.lax.while_loop` / `scan` (beam search reorders it with `take`). With a
 dropless MoE (`capacity_factor=None`) step-by-step decoding gives the logits of
-the full forward pass.
+the full forward pass. `decode_step(..., context=False)` runs the decoder
+without acoustic context (zero cross-attention output), for internal LM
+estimation.
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ class DecoderBlock(nnx.Module):
     cross_kv: KVCache | None = None,
     lang_probs: jax.Array | None = None,
     enc_lang_probs: jax.Array | None = None,
+    context: bool = True,
   ) -> tuple[jax.Array, MoeAux | None, KVCache]:
     """Incremental block on new positions `index..`; as `__call__` plus caches.
 
@@ -202,21 +205,28 @@ class DecoderBlock(nnx.Module):
       cross_kv: precomputed cross-attention keys/values of `enc`.
       lang_probs: as in `__call__`, [batch, q_len, num_languages].
       enc_lang_probs: as in `__call__`.
+      context: False drops the acoustic context (internal LM estimation): the
+        cross-attention output is replaced by zeros, and routing by LID context
+        falls back to `lang_probs` if given, else uniform language posteriors.
 
     Returns:
       New x, the block's MoeAux (or None) and the updated self-attention cache.
     """
     h, cache = self.self_attention.decode(self.self_norm(x), cache, index)
     x = x + self.dropout(h)
-    if self.cross_attention is not None and cross_kv is None:
+    if self.cross_attention is not None and cross_kv is None and context:
       cross_kv = self.cross_attention.project_kv(enc)
     mask = jnp.ones(x.shape[:2], bool)
-    x, aux = self._cross_and_ffn(x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs)
+    x, aux = self._cross_and_ffn(
+      x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs, context=context
+    )
     return x, aux, cache
 
-  def _cross_and_ffn(self, x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs):
+  def _cross_and_ffn(
+    self, x, mask, cross_kv, enc_mask, lang_probs, enc_lang_probs, *, context: bool = True
+  ):
     cross_probs = None
-    if self.cross_attention is not None:
+    if self.cross_attention is not None and context:
       want_probs = self.needs_lang_probs and lang_probs is None
       allowed = enc_mask[:, None, None, :]  # [batch, 1, 1, frames]
       h, cross_probs = self.cross_attention.attend(
@@ -227,7 +237,11 @@ class DecoderBlock(nnx.Module):
     aux = None
     if self.moe:
       if self.needs_lang_probs and lang_probs is None:
-        lang_probs = self._lid_context(cross_probs, enc_lang_probs, enc_mask)
+        if context:
+          lang_probs = self._lid_context(cross_probs, enc_lang_probs, enc_mask)
+        else:
+          num_languages = self.ffn.num_languages
+          lang_probs = jnp.full((*x.shape[:2], num_languages), 1.0 / num_languages, jnp.float32)
       h, aux = self.ffn(h, mask, lang_probs=lang_probs)
     else:
       h = self.ffn(h)
@@ -541,6 +555,7 @@ class TransformerDecoder(nnx.Module):
     *,
     token_lang_probs: jax.Array | None = None,
     enc_lang_probs: jax.Array | None = None,
+    context: bool = True,
   ) -> tuple[jax.Array, jax.Array, DecoderCache]:
     """One decoding step at position `cache.index`.
 
@@ -553,12 +568,16 @@ class TransformerDecoder(nnx.Module):
       token_lang_probs: [batch, num_languages] routing posteriors of the token
         being predicted; None routes by LID context.
       enc_lang_probs: frame LID posteriors [batch, frames, num_languages].
+      context: False runs the decoder without acoustic context, for internal
+        LM estimation ("zero context" ILME): cross-attention contributes zeros
+        and routing by LID context falls back to `token_lang_probs` if given,
+        else uniform language posteriors. `enc` and `enc_mask` are then unused.
 
     Returns:
       float32 logits [batch, vocab] of the next token, final state
       [batch, d_model], and the advanced cache.
     """
-    if enc is None and cache.cross_kv is None:
+    if context and enc is None and cache.cross_kv is None:
       raise ValueError("decode_step needs enc unless init_cache was given enc")
     index = cache.index
     x = self.embed_dropout(self.embedder.embed(token[:, None], index[None, None]))
@@ -574,6 +593,7 @@ class TransformerDecoder(nnx.Module):
         cross_kv=None if cache.cross_kv is None else cache.cross_kv[i],
         lang_probs=lang_probs,
         enc_lang_probs=enc_lang_probs,
+        context=context,
       )
       new_kv.append(kv)
     state = self.final_norm(x)[:, 0]  # [batch, d_model]

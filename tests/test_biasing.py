@@ -1,0 +1,352 @@
+"""Tests for the contextual biasing graph against a plain-Python Aho-Corasick reference."""
+
+from __future__ import annotations
+
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from moe_asr.data import tokenizer as tok
+from moe_asr.decoding import biasing
+
+# --- Reference ---------------------------------------------------------------
+
+
+class ReferenceGraph:
+  """Textbook Aho-Corasick over dicts; failure arcs are followed one at a time."""
+
+  def __init__(self, phrases, boosts):
+    self.next = [{}]
+    self.edge_boost = [0.0]
+    self.end = [False]
+    for phrase, b in zip(phrases, boosts, strict=True):
+      node = 0
+      for token in phrase:
+        if token not in self.next[node]:
+          self.next[node][token] = len(self.next)
+          self.next.append({})
+          self.edge_boost.append(b)
+          self.end.append(False)
+        node = self.next[node][token]
+        self.edge_boost[node] = max(self.edge_boost[node], b)
+      self.end[node] = True
+    self.score = [0.0] * len(self.next)
+    self.fail = [0] * len(self.next)
+    queue = [0]
+    for node in queue:
+      for token, child in self.next[node].items():
+        self.score[child] = self.score[node] + self.edge_boost[child]
+        if node != 0:
+          f = self.fail[node]
+          while token not in self.next[f] and f != 0:
+            f = self.fail[f]
+          self.fail[child] = self.next[f].get(token, 0)
+        queue.append(child)
+
+  def step(self, state, token):
+    """(next state, score) of one token."""
+    node = state
+    while token not in self.next[node] and node != 0:
+      node = self.fail[node]
+    target = self.next[node].get(token, 0)
+    ends, m = [], target
+    while m != 0:
+      if self.end[m]:
+        ends.append(m)
+      m = self.fail[m]
+    if ends:
+      return 0, sum(self.score[e] for e in ends) - self.score[state]
+    return target, self.score[target] - self.score[state]
+
+  def run(self, stream):
+    """Per-step scores, the finalize score after each step, and the number of matches."""
+    state, scores, finals, matches = 0, [], [], 0
+    for token in stream:
+      previous = state
+      state, score = self.step(state, int(token))
+      scores.append(score)
+      finals.append(-self.score[state])
+      matches += state == 0 and score != -self.score[previous]
+    return np.array(scores), np.array(finals), matches
+
+
+@jax.jit
+def run_graph(graph, streams):
+  """Per-step scores and finalize scores of int [batch, time] token streams."""
+
+  def step(state, token):
+    state, score = biasing.advance(graph, state, token)
+    return state, (score, biasing.finalize(graph, state))
+
+  state0 = jnp.full(streams.shape[:1], biasing.ROOT, jnp.int32)
+  _, (scores, finals) = lax.scan(step, state0, streams.T)
+  return scores.T, finals.T
+
+
+def check_against_reference(phrases, boosts, vocab_size, streams):
+  graph = biasing.build_context_graph(phrases, vocab_size, boost=boosts)
+  ref = ReferenceGraph(phrases, boosts)
+  scores, finals = jax.device_get(run_graph(graph, jnp.asarray(streams, jnp.int32)))
+  assert scores.dtype == np.float32
+  num_matches = num_take_backs = 0
+  for row, stream in enumerate(streams):
+    ref_scores, ref_finals, matches = ref.run(stream)
+    # Boosts are dyadic fractions, so float32 sums are exact.
+    np.testing.assert_array_equal(scores[row], ref_scores.astype(np.float32))
+    np.testing.assert_array_equal(finals[row], ref_finals.astype(np.float32))
+    assert scores[row].sum() + finals[row, -1] == pytest.approx(
+      ref_scores.sum() + ref_finals[-1], abs=1e-4
+    )
+    num_matches += matches
+    num_take_backs += int((ref_scores < 0).sum())
+  # The streams exercise both complete matches and broken partial matches.
+  assert num_matches >= len(streams) and num_take_backs >= len(streams)
+  return graph
+
+
+def advance_stream(graph, stream):
+  """(final state, per-step scores) of one stream, step by step."""
+  state, scores = biasing.ROOT, []
+  for token in stream:
+    state, score = biasing.advance(graph, jnp.int32(state), jnp.int32(token))
+    scores.append(float(score))
+  return int(state), scores
+
+
+# --- Semantics ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "phrases, boosts",
+  [
+    ([[5, 6, 7], [6, 7, 8], [6, 9], [5]], 1.5),
+    ([[5, 6, 7], [6, 7, 8], [6, 9], [5]], [1.5, 2.0, 0.75, 1.0]),
+    ([[5, 6, 7, 8], [6, 7], [7, 8, 9], [9, 9, 5], [5, 6, 9, 9]], [1.5, 0.5, 2.0, 1.0, 1.25]),
+  ],
+)
+def test_matches_reference_on_random_streams(phrases, boosts):
+  rng = np.random.default_rng(0)
+  vocab_size = 12
+  # Mostly phrase tokens, so partial and complete matches are frequent.
+  weights = np.array([1, 1, 1, 1, 2, 8, 8, 8, 8, 8, 2, 2], float)
+  streams = rng.choice(vocab_size, size=(64, 40), p=weights / weights.sum())
+  n = len(phrases)
+  check_against_reference(
+    phrases, boosts if isinstance(boosts, list) else [boosts] * n, 12, streams
+  )
+
+
+def test_partial_match_then_failure_takes_back_boost():
+  graph = biasing.build_context_graph([[5, 6, 7]], 12)
+  state, scores = advance_stream(graph, [5, 6, 9])
+  assert scores == [1.5, 1.5, -3.0]
+  assert state == biasing.ROOT
+
+
+def test_complete_match_keeps_boost():
+  graph = biasing.build_context_graph([[5, 6, 7]], 12)
+  state, scores = advance_stream(graph, [4, 5, 6, 7, 9, 8])
+  assert scores == [0.0, 1.5, 1.5, 1.5, 0.0, 0.0]
+  assert state == biasing.ROOT
+  assert float(biasing.finalize(graph, state)) == 0.0
+
+
+def test_finalize_takes_back_partial():
+  graph = biasing.build_context_graph([[5, 6, 7]], 12, boost=2.0)
+  state, scores = advance_stream(graph, [5, 6])
+  assert scores == [2.0, 2.0]
+  assert float(biasing.finalize(graph, state)) == -4.0
+  assert float(biasing.finalize(graph, biasing.ROOT)) == 0.0
+
+
+def test_failure_to_a_suffix_phrase():
+  # After 5 6 the token 8 fails to [6] and completes [6, 8]: the hypothesis ends with
+  # exactly the boost of [6, 8] (3.0), the partial [5, 6] being taken back.
+  graph = biasing.build_context_graph([[5, 6, 7], [6, 8]], 12)
+  state, scores = advance_stream(graph, [5, 6, 8])
+  assert scores == [1.5, 1.5, 0.0]
+  assert state == biasing.ROOT
+  # A failure that lands on a partial suffix keeps that suffix's boost: 5 6 6 -> [6].
+  state, scores = advance_stream(graph, [5, 6, 6])
+  assert scores == [1.5, 1.5, -1.5]
+  assert float(biasing.finalize(graph, state)) == -1.5
+
+
+def test_phrase_and_its_suffix_both_count():
+  graph = biasing.build_context_graph([[5, 6, 7], [6, 7]], 12)
+  _, scores = advance_stream(graph, [5, 6, 7])
+  assert sum(scores) == 4.5 + 3.0
+
+
+def test_special_and_out_of_vocab_tokens_go_to_root():
+  graph = biasing.build_context_graph([[5, 6, 7]], 12)
+  state, _ = advance_stream(graph, [5, 6])
+  for token in [0, 1, 2, 3, 12, 1000, -1, 11]:
+    next_state, score = biasing.advance(graph, jnp.int32(state), jnp.int32(token))
+    assert int(next_state) == biasing.ROOT
+    assert float(score) == -3.0
+
+
+def test_duplicates_merged_with_max_boost():
+  graph = biasing.build_context_graph([[5, 6], [5, 6], [7]], 12, boost=[1.0, 2.0, 1.0])
+  assert graph.num_phrases == 2
+  _, scores = advance_stream(graph, [5, 6])
+  assert scores == [2.0, 2.0]
+
+
+def test_broadcasting_and_vmap():
+  graph = biasing.build_context_graph([[5, 6, 7], [6, 9]], 12)
+  state, _ = advance_stream(graph, [5, 6])
+  states = jnp.array([[biasing.ROOT], [state]], jnp.int32)  # [2, 1]
+  tokens = jnp.array([5, 6, 7, 9], jnp.int32)  # [4]
+  next_states, scores = jax.jit(biasing.advance)(graph, states, tokens)
+  assert next_states.shape == scores.shape == (2, 4)
+  assert next_states.dtype == jnp.int32 and scores.dtype == jnp.float32
+  np.testing.assert_array_equal(scores, [[1.5, 1.5, 0.0, 0.0], [-1.5, -1.5, 1.5, 0.0]])
+  vmapped = jax.vmap(lambda s, t: biasing.advance(graph, s, t))(states[:, 0], tokens[:2])
+  np.testing.assert_array_equal(vmapped[1], [1.5, -1.5])
+  assert biasing.finalize(graph, states).shape == (2, 1)
+
+
+def test_large_list_matches_reference():
+  rng = random.Random(1)
+  vocab_size = 300
+  phrases = [
+    [rng.randrange(4, vocab_size) for _ in range(rng.choice([1, 2, 2, 3, 3, 4, 5, 6]))]
+    for _ in range(2000)
+  ]
+  # Shared prefixes and suffixes: re-use pieces of earlier phrases.
+  for i in range(0, 2000, 4):
+    a, b = rng.choice(phrases[:i] or phrases), rng.choice(phrases)
+    phrases[i] = a[rng.randrange(len(a)) :] + b[: rng.randrange(1, len(b) + 1)]
+  boosts = [rng.choice([0.5, 1.0, 1.5, 2.0]) for _ in phrases]
+  # Streams of phrase fragments and random tokens.
+  streams = []
+  for _ in range(24):
+    stream = []
+    while len(stream) < 48:
+      if rng.random() < 0.3:
+        stream.append(rng.randrange(vocab_size))
+      else:
+        p = rng.choice(phrases)
+        stream += p[rng.randrange(len(p)) : rng.randrange(1, len(p) + 1) or None]
+    streams.append(stream[:48])
+  graph = check_against_reference(phrases, boosts, vocab_size, np.array(streams))
+  ref = ReferenceGraph(phrases, boosts)
+  assert graph.num_phrases == len({tuple(p) for p in phrases})
+  assert graph.num_node_slots == 1 << (len(ref.next) - 1).bit_length()
+  # No dense [nodes, vocab] table: every array is flat and at most a few times the graph.
+  for leaf in jax.tree.leaves(graph.replace(num_phrases=np.zeros(1, np.int32))):
+    assert leaf.ndim == 1
+    assert leaf.size <= max(graph.num_node_slots + 1, graph.num_edge_slots, vocab_size)
+
+
+def test_padding_shares_shapes():
+  small = biasing.build_context_graph([[5, 6]], 12)
+  assert small.num_node_slots == 16 and small.num_edge_slots == 16
+  # 26 nodes and 20 edges, 25 nodes and 18 edges: both padded to 32.
+  a = biasing.build_context_graph(np.arange(4, 29).reshape(5, 5), 40)
+  b = biasing.build_context_graph(np.arange(4, 28).reshape(6, 4), 40)
+  shapes = lambda g: [x.shape for x in jax.tree.leaves(g)]
+  assert shapes(a) == shapes(b)
+  assert a.num_node_slots == a.num_edge_slots == 32
+  padded = biasing.build_context_graph([[5, 6]], 12, pad_to=40)
+  assert padded.num_node_slots == padded.num_edge_slots == 40
+  _, scores = advance_stream(padded, [5, 6, 5, 9])
+  assert scores == [1.5, 1.5, 1.5, -1.5]
+  with pytest.raises(ValueError, match="pad_to=2"):
+    biasing.build_context_graph([[5, 6, 7]], 12, pad_to=2)
+
+
+def test_empty_list_is_neutral():
+  graph = biasing.build_context_graph([], 12)
+  assert graph.num_phrases == 0
+  states, scores = biasing.advance(graph, jnp.zeros(3, jnp.int32), jnp.array([0, 5, 11]))
+  np.testing.assert_array_equal(states, 0)
+  np.testing.assert_array_equal(scores, 0.0)
+
+
+def test_build_errors():
+  with pytest.raises(ValueError, match="Phrase 1 is empty"):
+    biasing.build_context_graph([[5], [], [6]], 12)
+  with pytest.raises(ValueError, match=r"Phrase 2 has token ids \[0\]"):
+    biasing.build_context_graph([[5], [6], [7, 0]], 12)
+  with pytest.raises(ValueError, match=r"Phrase 0 has token ids \[12\]"):
+    biasing.build_context_graph([[12]], 12)
+  with pytest.raises(ValueError, match="2 boosts for 3 phrases"):
+    biasing.build_context_graph([[5], [6], [7]], 12, boost=[1.0, 2.0])
+  with pytest.raises(ValueError, match="Phrase 1 has a non-finite boost"):
+    biasing.build_context_graph([[5], [6]], 12, boost=[1.0, float("nan")])
+
+
+# --- Phrase files and tokenizer ------------------------------------------------
+
+
+def test_read_phrase_file(tmp_path):
+  path = tmp_path / "phrases.txt"
+  path.write_text(
+    "# contacts\n\nAda Lovelace\n  grace hopper\t2.5\n# 3\tnot a phrase\nkitchen\t-0.5\n",
+    encoding="utf-8",
+  )
+  assert biasing.read_phrase_file(path) == [
+    ("Ada Lovelace", None),
+    ("grace hopper", 2.5),
+    ("kitchen", -0.5),
+  ]
+
+
+@pytest.mark.parametrize(
+  "bad_line, message",
+  [
+    ("kitchen\tlots", "boost 'lots' is not a finite number"),
+    ("kitchen\tinf", "boost 'inf' is not a finite number"),
+    ("kitchen\t1\t2", "expected"),
+    ("\t2.0", "empty phrase"),
+  ],
+)
+def test_read_phrase_file_errors(tmp_path, bad_line, message):
+  path = tmp_path / "phrases.txt"
+  path.write_text(f"# header\nlamp\n\n{bad_line}\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=f":4: {message}"):
+    biasing.read_phrase_file(path)
+
+
+SENTENCES = [
+  "turn on the light in the kitchen",
+  "please turn off the lamp in the bedroom",
+  "play some music in the living room",
+  "set an alarm for seven tomorrow morning",
+  "call mom and ask about the weather today",
+  "open the door and close the window",
+  "turn the volume up and then down",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return tok.Tokenizer.train(SENTENCES, vocab_size=300, languages=("en",))
+
+
+def test_graph_from_phrases_with_tokenizer(tokenizer, tmp_path):
+  path = tmp_path / "phrases.txt"
+  path.write_text("Turn ON the Light!\nkitchen\t3.0\n", encoding="utf-8")
+  graph = biasing.graph_from_phrases(biasing.read_phrase_file(path), tokenizer)
+  assert graph.vocab_size == tokenizer.vocab_size and graph.num_phrases == 2
+  light = tokenizer.encode("turn on the light")
+  kitchen = tokenizer.encode("kitchen")
+  sentence = tokenizer.encode("please turn on the light in the kitchen")
+  for phrase in (light, kitchen):  # Each phrase appears as it is tokenised on its own.
+    assert any(sentence[i : i + len(phrase)] == phrase for i in range(len(sentence)))
+  state, scores = advance_stream(graph, sentence)
+  assert state == biasing.ROOT
+  assert sum(scores) == pytest.approx(1.5 * len(light) + 3.0 * len(kitchen), abs=1e-5)
+  # The same phrases given directly, with another default boost.
+  graph = biasing.graph_from_phrases(["turn on the light", ("kitchen", None)], tokenizer, boost=1.0)
+  _, scores = advance_stream(graph, sentence)
+  assert sum(scores) == pytest.approx(len(light) + len(kitchen), abs=1e-5)
+  with pytest.raises(ValueError, match=r"Phrase 1 \('!!!'\) is empty after normalisation"):
+    biasing.graph_from_phrases(["kitchen", "!!!"], tokenizer)
