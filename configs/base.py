@@ -24,6 +24,7 @@ import importlib
 
 import ml_collections
 
+from moe_asr.decoding import decode
 from moe_asr.models import partitioning
 from moe_asr.training import losses
 
@@ -91,6 +92,10 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   # Persistent XLA compilation cache ("" disables): a re-run skips the minutes of
   # compiling the step for each bucket shape.
   c.compilation_cache = "~/.cache/moe_asr/xla"
+  # Decoding for `moe-asr eval` / `transcribe` (`--config.decode.beam=8`, or `--decode.beam=8`);
+  # `moe-asr tune-decoding` stores tuned weights in W/decoding.json, which eval reads first.
+  c.decode = decode.default_config()
+  c.lm_train = ml_collections.ConfigDict({"steps": 1000, "batch_size": 32})  # `moe-asr train-lm`.
   c.resume = ""  # Checkpoint directory of a run to continue when the workdir has none.
   c.init_from = ""  # Checkpoint directory whose parameters (matching names) start this run.
   return c

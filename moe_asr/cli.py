@@ -3,6 +3,13 @@
 moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA [--config.seed=1]
 moe-asr corpus stats --data-dir DATA [--name moe_asr_synth/tiny]
 moe-asr devices [--json PATH]        # join the job's processes, check an all-reduce
+moe-asr train --config configs/tiny.py --workdir W [--config.train.steps=200]
+moe-asr train-lm --workdir W         # text LM for fusion and rescoring (W/lm)
+moe-asr eval --workdir W [--decode.method=ctc_beam --decode.beam=8 --decode.lm_weight=0.3
+             --decode.bias_file=phrases.txt]
+moe-asr tune-decoding --workdir W    # fusion weights + calibration -> W/decoding.json
+moe-asr transcribe --workdir W a.wav b.flac   # JSON lines
+moe-asr demo --workdir runs/demo     # the main job
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from collections.abc import Sequence
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """Separates `--config.a.b=v` overrides from the other arguments."""
+  """Separates `--config.a.b=v` overrides (and the `--decode.x=v` shorthand) from the rest."""
   rest, overrides = [], []
   for arg in argv:
+    if arg.startswith("--decode."):
+      arg = "--config." + arg.removeprefix("--")
     (overrides if arg.startswith("--config.") else rest).append(arg)
   return rest, overrides
 
@@ -150,12 +159,56 @@ def _eval(args, overrides) -> int:
 
   _logging(args.verbose)
   distributed.initialize()
+  out_dir = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval"
   report = score.evaluate_workdir(
-    args.workdir, splits=args.split or None, overrides=[o.removeprefix("--") for o in overrides]
+    args.workdir,
+    splits=args.split or None,
+    overrides=[o.removeprefix("--") for o in overrides],
+    out_dir=out_dir,
   )
   if distributed.is_primary():
     print(report_lib.format_table(report))
-    print(f"Report: {pathlib.Path(args.workdir) / 'eval' / 'report.md'}")
+    print(f"Report: {out_dir / 'report.md'}")
+  return 0
+
+
+def _train_lm(args, overrides) -> int:
+  from moe_asr.training import score, text_lm
+
+  _logging(args.verbose)
+  cfg = score.workdir_config(args.workdir, [o.removeprefix("--") for o in overrides])
+  summary = text_lm.train_workdir_lm(cfg, args.workdir, text_files=args.text, steps=args.steps)
+  ppl = summary.get("val_perplexity")
+  print(
+    f"Text LM: {summary['sentences']} sentences, final loss {summary['final_loss']:.3f}"
+    + (f", {summary['val_split']} perplexity {ppl:.2f}" if ppl is not None else "")
+    + f" -> {text_lm.lm_dir(args.workdir)}"
+  )
+  return 0
+
+
+def _tune_decoding(args, overrides) -> int:
+  from moe_asr.training import score
+
+  _logging(args.verbose)
+  summary = score.tune_decoding(
+    args.workdir,
+    split=args.split,
+    lm_weights=args.lm_weights,
+    ilm_weights=args.ilm_weights,
+    overrides=[o.removeprefix("--") for o in overrides],
+    max_batches=args.max_batches,
+    target_accuracy=args.target_accuracy,
+  )
+  for point in summary["search"]:
+    print("  ".join(f"{k}={v:.4g}" for k, v in point.items() if isinstance(v, int | float)))
+  fit = summary["calibration_fit"]
+  print(f"Best on {summary['split']}: {summary['decode']}")
+  print(
+    f"Calibration: utterance ECE {fit['ece_utterance_raw']:.3f} -> {fit['ece_utterance']:.3f}; "
+    f"defer below {fit['defer_threshold']:.3f} keeps {fit['coverage_at_threshold']:.1%}"
+  )
+  print(f"Wrote {pathlib.Path(args.workdir) / score.DECODING_FILE} and {score.CALIBRATION_FILE}")
   return 0
 
 
@@ -212,8 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
   ev = sub.add_parser("eval", help="score a workdir's newest checkpoint; writes W/eval/report.*")
   ev.add_argument("--workdir", required=True, help="a training workdir")
   ev.add_argument("--split", action="append", help="split to score (repeatable)")
+  ev.add_argument("--out", default=None, help="report directory (default W/eval)")
   ev.add_argument("-v", "--verbose", action="store_true")
   ev.set_defaults(func=_eval)
+
+  lm = sub.add_parser("train-lm", help="train the text LM for fusion/rescoring into W/lm")
+  lm.add_argument("--workdir", required=True, help="a training workdir (tokenizer, dataset)")
+  lm.add_argument("--text", action="append", default=[], help="extra text file (repeatable)")
+  lm.add_argument("--steps", type=int, default=None, help="optimiser steps (config.lm_train)")
+  lm.add_argument("-v", "--verbose", action="store_true")
+  lm.set_defaults(func=_train_lm)
+
+  tune = sub.add_parser(
+    "tune-decoding", help="grid-search fusion weights, fit calibration; writes W/decoding.json"
+  )
+  tune.add_argument("--workdir", required=True)
+  tune.add_argument("--split", default=None, help="held-out split (default: validation)")
+  tune.add_argument("--lm-weights", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5])
+  tune.add_argument("--ilm-weights", type=float, nargs="+", default=[0.0])
+  tune.add_argument("--max-batches", type=int, default=0, help="per grid point (0 = all)")
+  tune.add_argument("--target-accuracy", type=float, default=0.95, help="for the defer threshold")
+  tune.add_argument("-v", "--verbose", action="store_true")
+  tune.set_defaults(func=_tune_decoding)
 
   demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
   demo.add_argument("--workdir", default="runs/demo", help="where the run goes")
@@ -221,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--config", default=None, help="experiment config (default configs/demo.py)")
   demo.add_argument("-v", "--verbose", action="store_true")
   demo.set_defaults(func=_demo)
+
+  from moe_asr import transcribe
+
+  transcribe.add_parser(sub)
   return parser
 
 

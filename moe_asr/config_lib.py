@@ -54,6 +54,10 @@ def load_config(
   return cfg
 
 
+# Sections whose keys are free (e.g. `decode.lm_weights.en=0.3`): overrides may add keys.
+OPEN_SECTIONS = ("lm_weights",)
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
   """Applies `a.b=value` overrides in place; unknown keys raise KeyError."""
   for item in overrides:
@@ -65,9 +69,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     *path, leaf = key.split(".")
     for part in path:
       parent = parent[part]
-    if leaf not in parent:
+    if leaf not in parent and not (path and path[-1] in OPEN_SECTIONS):
       raise KeyError(f"Unknown config key {key!r}")
-    old = parent[leaf]
+    old = parent.get(leaf)
     try:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -76,6 +80,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
       value = float(value)
     if isinstance(old, tuple) and isinstance(value, list):
       value = tuple(value)
+    if isinstance(old, list) and isinstance(value, tuple):  # A config restored from JSON.
+      value = list(value)
     if old is not None and not isinstance(value, type(old)):
       raise TypeError(
         f"Override {key}={raw!r}: expected {type(old).__name__}, got {type(value).__name__}"

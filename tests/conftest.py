@@ -40,3 +40,29 @@ def tiny_corpus(tmp_path_factory):
   proc = run_cli("corpus", "build", "--config", str(TINY_CONFIG), "--data-dir", str(data_dir))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return data_dir, time.time() - start, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tiny_corpus, tmp_path_factory):
+  """A tiny run trained for a few steps (a real orbax checkpoint), for decoding tests.
+
+  One bucket, so tests that decode compile a single shape. Tests must not write into it
+  except under their own subdirectories (copy it to change it).
+  """
+  data_dir, _, _ = tiny_corpus
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  proc = run_cli(
+    "train",
+    "--config",
+    str(REPO / "configs" / "tiny.py"),
+    "--workdir",
+    str(workdir),
+    f"--config.data.data_dir={data_dir}",
+    "--config.train.steps=4",
+    "--config.train.log_every=2",
+    "--config.data.buckets=((3.0,8),)",
+    "--config.eval.splits=('test',)",
+    "--config.compilation_cache=''",
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return workdir

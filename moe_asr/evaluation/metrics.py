@@ -64,8 +64,11 @@ class Utterance:
   intent_confidence: float = math.nan  # Probability of hyp_intent (nan = none).
   ref_slots: Slots = ()  # (slot type, value text).
   hyp_slots: Slots = ()
-  confidence: float = math.nan  # Transcript confidence.
+  confidence: float = math.nan  # Transcript confidence (calibrated where a calibration exists).
   duration_s: float = 0.0  # Audio seconds.
+  intent_confidence_raw: float = math.nan  # Before calibration (nan = no calibration applied).
+  confidence_raw: float = math.nan  # Transcript confidence before calibration.
+  deferred: bool = False  # Confidence below the defer threshold: handed to a person.
 
   def __post_init__(self):
     for name in ("id", "ref_text", "hyp_text"):
@@ -328,6 +331,16 @@ def _ratio_arrays(records: Sequence[Utterance], metric: str) -> tuple[np.ndarray
   raise ValueError(f"Unknown ratio metric {metric!r}; expected one of {', '.join(RATIO_METRICS)}")
 
 
+def _transcript_calibration(records: Sequence[Utterance], raw: bool):
+  conf = np.array([r.confidence_raw if raw else r.confidence for r in records], np.float64)
+  correct = np.array(
+    [text_lib.normalize(r.ref_text) == text_lib.normalize(r.hyp_text) for r in records],
+    np.float64,
+  )
+  keep = np.isfinite(conf)
+  return conf[keep], correct[keep]
+
+
 def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
   """Corpus-level metrics of a set of utterances.
 
@@ -338,7 +351,10 @@ def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
     {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "ece_intent", "hours"};
     fractions, None where there is no data. LID accuracy is over records with both a reference
     and a predicted language, intent accuracy and ECE over records with a reference intent,
-    slot F1 over records with an intent or slot annotation.
+    slot F1 over records with an intent or slot annotation. Where records carry them, also
+    "ece_intent_raw" (before calibration), "ece_utterance" / "ece_utterance_raw" (transcript
+    confidence against an exact match), and "deferred" (fraction below the defer threshold)
+    with "intent_acc_kept" (intent accuracy on the rest).
   """
   out: dict[str, Any] = {"n": len(records)}
   for metric in RATIO_METRICS:
@@ -347,6 +363,18 @@ def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
     out[metric] = float(num.sum() / total) if total else None
   conf, correct = _intent_calibration(records)
   out["ece_intent"] = _none_if_nan(expected_calibration_error(conf, correct))
+  if any(math.isfinite(r.intent_confidence_raw) for r in records):
+    raw = [dataclasses.replace(r, intent_confidence=r.intent_confidence_raw) for r in records]
+    out["ece_intent_raw"] = _none_if_nan(expected_calibration_error(*_intent_calibration(raw)))
+  for key, raw in (("ece_utterance", False), ("ece_utterance_raw", True)):
+    conf, correct = _transcript_calibration(records, raw)
+    if len(conf):
+      out[key] = _none_if_nan(expected_calibration_error(conf, correct))
+  if any(r.deferred for r in records):
+    kept = [r for r in records if not r.deferred]
+    out["deferred"] = 1.0 - len(kept) / len(records)
+    num, den = _ratio_arrays(kept, "intent_acc")
+    out["intent_acc_kept"] = float(num.sum() / den.sum()) if den.sum() else None
   out["hours"] = sum(r.duration_s for r in records) / 3600.0
   return out
 

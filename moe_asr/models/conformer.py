@@ -123,6 +123,16 @@ class ConvSubsampling(nnx.Module):
     self.out = partitioning.dense(
       channels * freq, d_model, (None, "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
+    # conv2 and the Linear read ReLU outputs, which are all positive: the gradient
+    # of every weight of a unit then has the sign of its bias gradient, so an Adam
+    # step (which moves each weight by about lr) shifts the unit by about
+    # lr * fan_in * mean input, the same for every frame and utterance. With
+    # fan-ins in the thousands that shift swamps the input within a few steps
+    # and the encoder output stops depending on the audio. Normalising (which
+    # centres) the ReLU outputs before each of them removes the common sign.
+    norm = lambda n: layers.layer_norm(n, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = norm(channels)
+    self.norm2 = norm(channels * freq)
 
   def __call__(self, features: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Subsamples features.
@@ -138,10 +148,10 @@ class ConvSubsampling(nnx.Module):
       raise ValueError(f"{features.shape[1]} frames; 4x subsampling needs >= {_RECEPTIVE_FIELD}")
     # where() (not multiply) so NaN/inf in padding cannot leak into valid frames.
     x = jnp.where(mask[..., None], features, 0.0)[..., None]  # [batch, frames, bins, 1]
-    x = jax.nn.relu(self.conv1(x))
+    x = self.norm1(jax.nn.relu(self.conv1(x)))
     x = jax.nn.relu(self.conv2(x))  # [batch, frames', bins', channels]
     b, t, f, c = x.shape
-    x = self.out(x.reshape(b, t, f * c))  # [batch, frames', d_model]
+    x = self.out(self.norm2(x.reshape(b, t, f * c)))  # [batch, frames', d_model]
     out_mask = jnp.arange(t)[None, :] < subsampled_lengths(mask.sum(-1))[:, None]
     return jnp.where(out_mask[..., None], x, 0.0), out_mask
 

@@ -1,11 +1,13 @@
-"""Scoring a model on a split: greedy decoding on device, one record per utterance.
+"""Scoring a model on a split: decoding on device, one record per utterance.
 
-The eval step runs the encoder once, decodes the CTC best path, runs the
-attention decoder and the task heads on that hypothesis (what a deployed
-model sees: no reference tokens, tokens routed by the LID context) and returns
-small fixed-shape arrays. The host turns them into `evaluation.metrics.Utterance`
-records, reading references from the data source by example index, so every
-process can gather the global batch and process 0 scores it.
+The eval step runs the encoder once, searches (`decoding/decode.py`: greedy CTC,
+CTC prefix beam or joint CTC/attention beam, with LM fusion, biasing and task
+rescoring as configured), runs the attention decoder and the task heads on the
+winning hypothesis (what a deployed model sees: no reference tokens, tokens
+routed by the LID context) and returns small fixed-shape arrays. The host turns
+them into `evaluation.metrics.Utterance` records, reading references from the
+data source by example index, so every process can gather the global batch and
+process 0 scores it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -23,41 +25,55 @@ from moe_asr.data import languages as langs_lib
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import schema
 from moe_asr.data import text as text_lib
-from moe_asr.decoding import greedy
+from moe_asr.decoding import confidence as confidence_lib
+from moe_asr.decoding import decode as decode_lib
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.training import sharding
 
 
-def make_eval_step(graphdef: nnx.GraphDef, decoder_max_len: int) -> Callable:
-  """`eval_step(state, rng_state, batch) -> dict of arrays` (jit it)."""
+def make_eval_step(
+  graphdef: nnx.GraphDef,
+  decoder_max_len: int,
+  decode_cfg: ml_collections.ConfigDict | None = None,
+  *,
+  lm=None,
+  bias=None,
+  eos_id: int = 3,
+  tunable: bool = False,
+) -> Callable:
+  """`eval_step(state, rng_state, batch) -> dict of arrays` (jit it).
+
+  Args:
+    graphdef: the train state's graph.
+    decoder_max_len: the decoder's positions (hypotheses are cut to fit).
+    decode_cfg: the `decode` config section (default: greedy CTC).
+    lm: a text LM for fusion / rescoring (closed over: its weights become constants).
+    bias: a contextual-biasing graph, or None.
+    eos_id: the end token.
+    tunable: LM/ILM weights come from the batch (see `decode.make_decode_fn`).
+  """
+  cfg = decode_cfg if decode_cfg is not None else decode_lib.default_config()
+  decode = decode_lib.make_decode_fn(
+    cfg, decoder_max_len=decoder_max_len, lm=lm, bias=bias, eos_id=eos_id, tunable=tunable
+  )
 
   def eval_step(state, rng_state, batch):
     train_state = nnx.merge(graphdef, rng_state, state)
     model = train_state.model
     model.eval()
-    encoded = model.encode(batch)
-    tokens, lengths, ctc_conf = greedy.ctc_greedy(encoded.ctc_logits, encoded.enc.mask)
-    length = min(tokens.shape[1], decoder_max_len)
-    tokens, lengths = tokens[:, :length], jnp.minimum(lengths, length)
-    mask = greedy.token_mask(lengths, length)
-    out = {
-      "index": batch["index"],
-      "example_mask": batch["example_mask"],
-      "tokens": tokens,
-      "lengths": lengths,
-      "confidence": ctc_conf,
-      "utt_lid": jnp.argmax(encoded.utt_probs, -1).astype(jnp.int32),
-      "utt_lid_conf": jnp.max(encoded.utt_probs, -1),
-    }
-    _, task = model.decode_tokens(encoded, tokens, mask)
-    if task is not None:
-      intent_probs = jnp.exp(task.intent_log_probs)
-      out["intent"] = jnp.argmax(intent_probs, -1).astype(jnp.int32)
-      out["intent_probs"] = intent_probs
-      out["slot_tags"] = jnp.argmax(task.slot_log_probs, -1).astype(jnp.int32)
+    out = decode(model, batch)
+    out["index"] = batch["index"]
+    out["example_mask"] = batch["example_mask"]
     return out
 
   return eval_step
+
+
+def _softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  z = np.asarray(x, np.float64) / temperature
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
 
 
 def _slot_spans(
@@ -107,24 +123,81 @@ def _reference(ex: Mapping) -> dict:
   )
 
 
-def records_from_outputs(out: Mapping[str, np.ndarray], source, run_data) -> list:
-  """One `Utterance` per valid row of a gathered eval-step output."""
+def records_from_outputs(
+  out: Mapping[str, np.ndarray],
+  source,
+  run_data,
+  calibration: confidence_lib.Calibration | None = None,
+) -> list:
+  """One `Utterance` per valid row of a gathered eval-step output.
+
+  With a `calibration`, intent and LID probabilities use its temperatures, the
+  transcript confidence its Platt scaling, and `deferred` its threshold; the raw
+  values are kept in `*_raw`.
+  """
   records = []
   tokenizer, vocab = run_data.tokenizer, run_data.vocab
+  cal = calibration
   for r in np.flatnonzero(out["example_mask"]):
     ref = _reference(source[int(out["index"][r])])
     n = int(out["lengths"][r])
     tokens = out["tokens"][r, :n]
     rec = dict(ref, hyp_text=text_lib.normalize(tokenizer.decode(tokens)))
-    rec["hyp_language"] = langs_lib.LANGUAGE_CODES[int(out["utt_lid"][r])]
-    rec["confidence"] = float(out["confidence"][r])
-    if "intent" in out and vocab.intents:
-      i = int(out["intent"][r])
+    lid = int(np.argmax(out["utt_lid_logits"][r]))
+    rec["hyp_language"] = langs_lib.LANGUAGE_CODES[lid]
+    raw_conf = float(out["confidence"][r])
+    rec["confidence"] = raw_conf
+    if cal is not None:
+      rec["confidence_raw"] = raw_conf
+      rec["confidence"] = float(cal.calibrate_utterance(np.asarray([raw_conf]))[0])
+      rec["deferred"] = bool(rec["confidence"] < cal.defer_threshold)
+    if "intent_log_probs" in out and vocab.intents:
+      log_probs = out["intent_log_probs"][r]
+      i = int(np.argmax(log_probs))
       rec["hyp_intent"] = vocab.intents[i]
-      rec["intent_confidence"] = float(out["intent_probs"][r, i])
+      rec["intent_confidence"] = float(_softmax(log_probs)[i])
+      if cal is not None:
+        rec["intent_confidence_raw"] = rec["intent_confidence"]
+        rec["intent_confidence"] = float(_softmax(log_probs, cal.intent_temperature)[i])
       rec["hyp_slots"] = _slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
     records.append(metrics_lib.Utterance(**rec))
   return records
+
+
+def calibration_arrays(outputs: list[Mapping[str, np.ndarray]], source, run_data) -> dict:
+  """What `confidence.fit_*` needs, from gathered eval-step outputs.
+
+  Returns:
+    {"intent_log_probs" [N, I], "intent_labels" [N] (-1 unknown), "lid_logits" [N, L],
+     "lid_labels" [N] (-1 unknown), "confidence" [N], "exact" [N] bool (hypothesis ==
+     reference after normalisation)}.
+  """
+  intent_lp, intent_lab, lid_lg, lid_lab, conf, exact = [], [], [], [], [], []
+  intents = {name: i for i, name in enumerate(run_data.vocab.intents)}
+  for out in outputs:
+    for r in np.flatnonzero(out["example_mask"]):
+      ref = _reference(source[int(out["index"][r])])
+      n = int(out["lengths"][r])
+      hyp = text_lib.normalize(run_data.tokenizer.decode(out["tokens"][r, :n]))
+      conf.append(float(out["confidence"][r]))
+      exact.append(hyp == text_lib.normalize(ref["ref_text"]))
+      lid_lg.append(out["utt_lid_logits"][r])
+      lang = ref["language"]
+      lid_lab.append(
+        langs_lib.LANGUAGE_CODES.index(lang) if lang in langs_lib.LANGUAGE_CODES else -1
+      )
+      if "intent_log_probs" in out:
+        intent_lp.append(out["intent_log_probs"][r])
+        intent_lab.append(intents.get(ref["ref_intent"], -1))
+  as_array = lambda x, dtype=np.float32: np.asarray(x, dtype)
+  return {
+    "intent_log_probs": as_array(intent_lp) if intent_lp else None,
+    "intent_labels": as_array(intent_lab, np.int64),
+    "lid_logits": as_array(lid_lg),
+    "lid_labels": as_array(lid_lab, np.int64),
+    "confidence": as_array(conf),
+    "exact": as_array(exact, bool),
+  }
 
 
 def _gather(tree) -> dict[str, np.ndarray]:
@@ -144,6 +217,8 @@ def evaluate_split(
   run_data,
   *,
   max_batches: int = 0,
+  calibration: confidence_lib.Calibration | None = None,
+  keep_outputs: bool = False,
 ) -> tuple[list, dict]:
   """Decodes a split and returns (records, info).
 
@@ -154,12 +229,17 @@ def evaluate_split(
     batch_shardings: shardings of a host batch's arrays.
     run_data: tokenizer and vocabularies.
     max_batches: stop after this many batches (0 = the whole split).
+    calibration: applied to the records' confidences (see `records_from_outputs`).
+    keep_outputs: also return the gathered step outputs (for fitting a calibration).
 
   Returns:
-    (records, {"seconds": decode wall time, "audio_seconds", "rtf", "skipped": pipeline
-    counts}).
+    (records, {"seconds": decode wall time, "audio_seconds", "rtf", "latency_p50" /
+    "latency_p95" (seconds from a batch's arrival to its decoded arrays, compiles
+    excluded, over batches), "skipped": pipeline counts, and "outputs" if asked}).
   """
   records: list = []
+  outputs: list = []
+  latencies: list[float] = []
   audio_seconds = 0.0
   start = time.perf_counter()
   for i, host_batch in enumerate(pipeline):
@@ -167,14 +247,24 @@ def evaluate_split(
       break
     batch = pipeline_lib.device_arrays(host_batch)
     global_batch = sharding.put_batch(batch, batch_shardings(batch))
-    out = _gather(step_for(global_batch)(state, rng_state, global_batch))
-    batch_records = records_from_outputs(out, pipeline.source, run_data)
+    step = step_for(global_batch)  # Compiles on a new shape (not counted as latency).
+    t0 = time.perf_counter()
+    out = _gather(step(state, rng_state, global_batch))
+    latencies.append(time.perf_counter() - t0)
+    batch_records = records_from_outputs(out, pipeline.source, run_data, calibration)
     audio_seconds += sum(r.duration_s for r in batch_records)
     records += batch_records
+    if keep_outputs:
+      outputs.append(out)
   seconds = time.perf_counter() - start
-  return records, {
+  info = {
     "seconds": seconds,
     "audio_seconds": audio_seconds,
     "rtf": seconds / audio_seconds if audio_seconds else math.nan,
+    "latency_p50": float(np.percentile(latencies, 50)) if latencies else math.nan,
+    "latency_p95": float(np.percentile(latencies, 95)) if latencies else math.nan,
     "skipped": pipeline.stats,
   }
+  if keep_outputs:
+    info["outputs"] = outputs
+  return records, info

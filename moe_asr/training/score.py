@@ -6,39 +6,84 @@ hypotheses and plots, and returns the report.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import pathlib
 from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from moe_asr import config_lib
+from moe_asr.decoding import confidence as confidence_lib
+from moe_asr.decoding import decode as decode_lib
+from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, train
+from moe_asr.training import distributed, evaluate, inputs, text_lm, train
 
 _LOG = logging.getLogger(__name__)
+
+
+DECODING_FILE = "decoding.json"  # Tuned decoding settings (`moe-asr tune-decoding`).
+CALIBRATION_FILE = "calibration.json"  # Fitted calibration (`confidence.Calibration`).
 
 
 def workdir_config(
   workdir: str | pathlib.Path, overrides: Sequence[str] = ()
 ) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (from its newest checkpoint), with overrides."""
-  ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+  """The config a workdir was trained with (from its newest checkpoint), with overrides.
+
+  The `decode` section starts from the defaults, then the checkpoint's, then the
+  tuned settings of `W/decoding.json`, then `overrides`.
+  """
+  workdir = pathlib.Path(workdir)
+  ckpt_dir = workdir / "checkpoints"
   saved = checkpoint_lib.read_config(ckpt_dir) if ckpt_dir.exists() else None
   if saved is None:
     raise FileNotFoundError(f"No checkpoint with a config in {ckpt_dir}; train first.")
   cfg = ml_collections.ConfigDict(saved)
+  decode_cfg = decode_lib.default_config()
+  decode_cfg.update(cfg.get("decode") or {})
+  tuned = workdir / DECODING_FILE
+  if tuned.exists():
+    decode_cfg.update(json.loads(tuned.read_text())["decode"])
+  cfg.decode = decode_cfg
   config_lib.apply_overrides(cfg, overrides)
   return cfg
 
 
-def decode_settings() -> dict:
-  """What the report records about decoding."""
-  return {"method": "ctc_greedy", "task_heads_on": "ctc_hypothesis"}
+def load_calibration(workdir: str | pathlib.Path) -> confidence_lib.Calibration | None:
+  """The workdir's fitted calibration, or None."""
+  path = pathlib.Path(workdir) / CALIBRATION_FILE
+  return confidence_lib.Calibration.load(path) if path.exists() else None
+
+
+def make_decoder(run: train.Run, workdir: str | pathlib.Path, *, tunable: bool = False):
+  """(compiled eval steps, description) for the run's `decode` settings.
+
+  Loads the text LM (`W/lm`) when the settings fuse or rescore with it and the
+  bias phrase list when one is named.
+  """
+  dcfg = run.config.decode
+  lm = None
+  if decode_lib.uses_lm(dcfg) or tunable:
+    lm = text_lm.load_lm(workdir, run.data.tokenizer)
+    if lm is None:
+      raise FileNotFoundError(
+        f"decode settings use the text LM but {text_lm.lm_dir(workdir)} has none; run "
+        f"`moe-asr train-lm --workdir {workdir}` first"
+      )
+  bias = decode_lib.load_bias(dcfg, run.data.tokenizer, run.data.metadata)
+  extra = {"lm": str(text_lm.lm_dir(workdir)) if lm is not None else None}
+  if bias is not None:
+    extra["bias_phrases"] = int(bias.num_phrases)
+  steps = train.make_eval_steps(run, dcfg, lm=lm, bias=bias, tunable=tunable)
+  return steps, decode_lib.describe(dcfg, extra)
 
 
 def evaluate_workdir(
@@ -73,13 +118,17 @@ def evaluate_workdir(
     num_slot_tags=max(run.data.num_slot_tags, 1),
   )
   split_reports, records = {}, {}
+  calibration = load_calibration(workdir) if cfg.eval.get("calibrate", True) else None
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-    eval_steps = train.make_eval_steps(run)
+    eval_steps, described = make_decoder(run, workdir)
+    described["calibration"] = None if calibration is None else calibration.to_dict()
     for split in splits:
       _LOG.info("Decoding %s", split)
-      _, recs, info = train.validate(run, eval_steps, split)
+      _, recs, info = train.validate(run, eval_steps, split, calibration=calibration)
       records[split] = recs
       split_reports[split] = report_lib.split_report(recs, rtf=info["rtf"])
+      split_reports[split]["latency_p50"] = info["latency_p50"]
+      split_reports[split]["latency_p95"] = info["latency_p95"]
       split_reports[split]["skipped"] = info["skipped"]
   report = report_lib.build_report(
     model={
@@ -87,7 +136,7 @@ def evaluate_workdir(
       "params_active": int(sizes["params_active"]),
       "step": int(run.start_step),
     },
-    decode=decode_settings(),
+    decode=described,
     splits=split_reports,
     extra={"compiles": eval_steps.compiles, "devices": jax.device_count()},
   )
@@ -103,3 +152,158 @@ def evaluate_workdir(
     )
   run.checkpointer.close()
   return report
+
+
+class _WithKnobs:
+  """An evaluation pipeline whose batches carry per-utterance decoding weights."""
+
+  def __init__(self, pipeline, knobs: dict[str, float]):
+    self.pipeline, self.knobs = pipeline, knobs
+    self.source = pipeline.source
+
+  @property
+  def stats(self):
+    return self.pipeline.stats
+
+  def __iter__(self):
+    for batch in self.pipeline:
+      rows = batch["audio"].shape[0]
+      yield {
+        **batch,
+        **{f"decode_{k}": np.full((rows,), v, np.float32) for k, v in self.knobs.items()},
+      }
+
+
+def tune_decoding(
+  workdir: str | pathlib.Path,
+  *,
+  split: str | None = None,
+  lm_weights: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.5),
+  ilm_weights: Sequence[float] = (0.0,),
+  overrides: Sequence[str] = (),
+  max_batches: int = 0,
+  target_accuracy: float = 0.95,
+) -> dict:
+  """Grid-searches the fusion weights on a held-out split; fits the calibration.
+
+  Every grid point decodes `split` with one compiled step (the weights travel in
+  the batch). The point with the lowest MER wins (then the higher intent accuracy);
+  its settings go to `W/decoding.json`, which `eval` and `transcribe` read. On the
+  winner's outputs the intent and LID temperatures, the Platt scaling of the
+  transcript confidence and a defer threshold (the lowest that keeps intent accuracy
+  >= `target_accuracy` on the kept utterances) are fitted and written to
+  `W/calibration.json`.
+
+  Args:
+    workdir: a trained workdir with a text LM (`moe-asr train-lm`).
+    split: held-out split (default: the first of `config.data.eval_splits`).
+    lm_weights, ilm_weights: the grid (ILM only for the joint search).
+    overrides: config overrides (`decode.method=joint`, `decode.beam=4`, ...).
+    max_batches: decode at most this many batches per point (0 = all).
+    target_accuracy: intent accuracy the defer threshold aims for.
+
+  Returns:
+    The summary written to `W/decoding.json`.
+  """
+  distributed.initialize()
+  workdir = pathlib.Path(workdir)
+  cfg = workdir_config(workdir, overrides)
+  if cfg.decode.method == "greedy":
+    cfg.decode.method = "ctc_beam"
+  if cfg.decode.method != "joint":
+    ilm_weights = (0.0,)
+  split = split or (cfg.data.get("eval_splits") or ("validation",))[0]
+  run = train.build_run(cfg, workdir, for_training=False)
+  results, best, best_outputs = [], None, None
+  with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+    eval_steps, _ = make_decoder(run, workdir, tunable=True)
+    for lm_w in lm_weights:
+      for ilm_w in ilm_weights:
+        pipe = inputs.make_pipeline(
+          run.config,
+          split,
+          run.data,
+          train=False,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(),
+        )
+        recs, info = evaluate.evaluate_split(
+          _WithKnobs(pipe, {"lm_weight": lm_w, "ilm_weight": ilm_w}),
+          eval_steps,
+          run.state,
+          run.rng_state,
+          run.batch_shardings,
+          run.data,
+          max_batches=max_batches,
+          keep_outputs=True,
+        )
+        summary = metrics_lib.summarize(recs)
+        point = {
+          "lm_weight": lm_w,
+          "ilm_weight": ilm_w,
+          **{k: summary[k] for k in ("mer", "wer", "cer", "intent_acc", "slot_f1")},
+          "rtf": info["rtf"],
+        }
+        results.append(point)
+        _LOG.info("tune-decoding %s", point)
+        key = (point["mer"] if point["mer"] is not None else math.inf, -(point["intent_acc"] or 0))
+        if best is None or key < best[0]:
+          best, best_outputs = (key, point), info["outputs"]
+  run.checkpointer.close()
+  chosen = best[1]
+  decode_cfg = {
+    "method": cfg.decode.method,
+    "beam": int(cfg.decode.beam),
+    "lm_weight": float(chosen["lm_weight"]),
+    "ilm_weight": float(chosen["ilm_weight"]),
+    "length_bonus": float(cfg.decode.length_bonus),
+  }
+  arrays = evaluate.calibration_arrays(best_outputs, run_source(cfg, split), run.data)
+  calibration, fit = fit_calibration(arrays, target_accuracy=target_accuracy)
+  summary = {"split": split, "decode": decode_cfg, "search": results, "calibration_fit": fit}
+  if jax.process_index() == 0:
+    (workdir / DECODING_FILE).write_text(json.dumps(summary, indent=2))
+    calibration.save(workdir / CALIBRATION_FILE)
+  return summary
+
+
+def run_source(cfg: ml_collections.ConfigDict, split: str):
+  return inputs.split_source(cfg, split)
+
+
+def fit_calibration(arrays: dict, *, target_accuracy: float) -> tuple:
+  """(Calibration, fit summary) from `evaluate.calibration_arrays` output."""
+  fit: dict = {"n": int(len(arrays["confidence"]))}
+  kwargs: dict = {}
+  lid_known = arrays["lid_labels"] >= 0
+  if lid_known.any():
+    kwargs["lid_temperature"] = confidence_lib.fit_temperature(
+      arrays["lid_logits"][lid_known], arrays["lid_labels"][lid_known]
+    )
+  correct_intent = None
+  if arrays["intent_log_probs"] is not None:
+    known = arrays["intent_labels"] >= 0
+    if known.any():
+      lp, labels = arrays["intent_log_probs"][known], arrays["intent_labels"][known]
+      kwargs["intent_temperature"] = confidence_lib.fit_temperature(lp, labels)
+      correct_intent = np.zeros(len(known), bool)
+      correct_intent[known] = lp.argmax(-1) == labels
+  conf, exact = arrays["confidence"], arrays["exact"]
+  kwargs["utterance"] = confidence_lib.fit_binary_calibration(conf, exact)
+  calibration = confidence_lib.Calibration(**kwargs)
+  calibrated = calibration.calibrate_utterance(conf)
+  target = correct_intent if correct_intent is not None else exact
+  threshold = confidence_lib.choose_defer_threshold(
+    calibrated, target, target_accuracy=target_accuracy
+  )
+  calibration.defer_threshold = float(threshold)
+  curve = confidence_lib.coverage_curve(calibrated, target)
+  fit.update(
+    ece_utterance_raw=metrics_lib.expected_calibration_error(conf, exact),
+    ece_utterance=metrics_lib.expected_calibration_error(calibrated, exact),
+    defer_threshold=float(threshold),
+    target_accuracy=target_accuracy,
+    coverage_at_threshold=float(np.mean(calibrated >= threshold)),
+    aurc=float(curve["aurc"]),
+  )
+  return calibration, fit

@@ -339,8 +339,17 @@ def _init_from(run: Run, directory: str):
 # ---------------------------------------------------------------------------
 
 
-def validate(run: Run, eval_steps: CompiledSteps, split: str, max_batches: int = 0):
-  """Greedy-decodes a split; returns (summary dict, records, info)."""
+def validate(
+  run: Run,
+  eval_steps: CompiledSteps,
+  split: str,
+  max_batches: int = 0,
+  **kwargs,
+):
+  """Decodes a split with `eval_steps`; returns (summary dict, records, info).
+
+  `kwargs` go to `evaluate.evaluate_split` (calibration, keep_outputs).
+  """
   pipe = inputs.make_pipeline(
     run.config,
     split,
@@ -357,12 +366,24 @@ def validate(run: Run, eval_steps: CompiledSteps, split: str, max_batches: int =
     run.batch_shardings,
     run.data,
     max_batches=max_batches,
+    **kwargs,
   )
   return metrics_lib.summarize(records), records, info
 
 
-def make_eval_steps(run: Run) -> CompiledSteps:
-  step = evaluate.make_eval_step(run.graphdef, run.config.model.decoder.max_len)
+def make_eval_steps(
+  run: Run, decode_cfg=None, *, lm=None, bias=None, tunable: bool = False
+) -> CompiledSteps:
+  """Compiled eval steps (greedy CTC by default; see `decoding.decode`)."""
+  step = evaluate.make_eval_step(
+    run.graphdef,
+    run.config.model.decoder.max_len,
+    decode_cfg,
+    lm=lm,
+    bias=bias,
+    eos_id=run.data.tokenizer.eos_id,
+    tunable=tunable,
+  )
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   return CompiledSteps(step, run, replicated, donate=False)
 

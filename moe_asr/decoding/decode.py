@@ -1,0 +1,265 @@
+"""One decoding step for evaluation and `moe-asr transcribe`: search, task heads, confidences.
+
+`make_decode_fn(cfg, ...)` returns `decode(model, batch) -> dict of fixed-shape arrays`, to be
+called inside `jax.jit` (after `nnx.merge`). The method is chosen by `cfg.method`:
+
+- `greedy`: best-path CTC.
+- `ctc_beam`: CTC prefix beam search (`ctc_beam.py`) with optional shallow fusion of the text LM
+  (per-frame weights chosen by the frame LID posteriors when `lm_weights` names languages), a
+  length bonus and contextual biasing.
+- `joint`: joint CTC/attention beam search (`joint_beam.py`) with LM fusion (weights chosen by
+  the utterance LID posterior), internal-LM subtraction and biasing.
+
+With `cfg.rescore` the n-best is rescored with the attention decoder, the LM and the task heads
+(`rescore.py`), so the task heads can change which transcript (and intent) wins. The task heads
+then read the winning hypothesis (the same tokens a deployed model would have).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from moe_asr.data import languages as langs_lib
+from moe_asr.decoding import biasing, ctc_beam, greedy, joint_beam, rescore
+from moe_asr.decoding import confidence as confidence_lib
+
+METHODS = ("greedy", "ctc_beam", "joint")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `decode` section of a run config (`moe-asr eval --decode.beam=8 ...`)."""
+  c = ml_collections.ConfigDict()
+  c.method = "greedy"  # greedy | ctc_beam | joint
+  c.beam = 8  # Hypotheses kept per utterance.
+  c.nbest = 0  # Hypotheses returned (0 = beam); the second pass rescores these.
+  c.token_topk = 0  # CTC beam: extension candidates per frame (0 = beam).
+  c.prune_threshold = 10.0  # CTC beam: skip tokens this far (nats) below the frame's best.
+  c.ctc_weight = 0.3  # Joint search: weight of the CTC prefix score (1 - w for attention).
+  c.lm_weight = 0.0  # Shallow fusion weight of the text LM (W/lm) for every language ...
+  c.lm_weights = ml_collections.ConfigDict()  # ... unless named here ({"en": 0.3, ...}).
+  c.ilm_weight = 0.0  # Joint search: internal-LM estimate subtracted with this weight.
+  c.length_bonus = 0.0  # Added per emitted token.
+  c.bias_file = ""  # Phrase list (one per line, optional "\t<boost>") for contextual biasing.
+  c.bias_boost = biasing.DEFAULT_BOOST  # Boost per token of a phrase without its own boost.
+  c.rescore = False  # Second pass over the n-best with decoder, LM and task heads.
+  c.rescore_weights = ml_collections.ConfigDict(
+    {"ctc": 1.0, "att": 0.0, "lm": 0.0, "task": 0.0, "length": 0.0}
+  )
+  c.max_len = 0  # Output tokens (0 = the decoder's max_len - 1, eos included there).
+  return c
+
+
+def language_weights(cfg: ml_collections.ConfigDict) -> np.ndarray:
+  """[num_languages] LM weight per language: `lm_weights[code]`, else `lm_weight`."""
+  weights = np.full(len(langs_lib.LANGUAGE_CODES), float(cfg.lm_weight), np.float32)
+  for code, value in dict(cfg.get("lm_weights") or {}).items():
+    weights[langs_lib.language_index(code)] = float(value)
+  return weights
+
+
+def uses_lm(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether decoding with `cfg` reads the text LM."""
+  fused = cfg.method != "greedy" and bool(np.any(language_weights(cfg) != 0.0))
+  rescored = bool(cfg.rescore) and float(dict(cfg.rescore_weights).get("lm", 0.0)) != 0.0
+  return fused or rescored
+
+
+def _emission_frames(log_probs: jax.Array, mask: jax.Array, max_len: int, blank_id: int = 0):
+  """Frame of each best-path token: int32 [batch, max_len] (-1 past the hypothesis)."""
+  best = jnp.argmax(log_probs, axis=-1)
+  previous = jnp.pad(best, ((0, 0), (1, 0)), constant_values=blank_id)[:, :-1]
+  emit = mask & (best != blank_id) & (best != previous)
+  position = jnp.where(emit, jnp.cumsum(emit, axis=-1) - 1, max_len)
+  frames = jnp.arange(best.shape[1], dtype=jnp.int32)[None, :]
+  rows = jnp.arange(best.shape[0])[:, None]
+  out = jnp.full((best.shape[0], max_len), -1, jnp.int32)
+  return out.at[rows, position].set(jnp.broadcast_to(frames, best.shape), mode="drop")
+
+
+def make_decode_fn(
+  cfg: ml_collections.ConfigDict,
+  *,
+  decoder_max_len: int,
+  lm=None,
+  bias: biasing.ContextGraph | None = None,
+  eos_id: int = 3,
+  tunable: bool = False,
+) -> Callable[..., dict[str, jax.Array]]:
+  """`decode(model, batch) -> dict` for `cfg` (the `decode` config section).
+
+  Args:
+    cfg: decoding settings (`default_config`).
+    decoder_max_len: the attention decoder's positions; hypotheses are cut to
+      `decoder_max_len - 1` tokens so that the decoder and task heads can read them.
+    lm: a `TransformerLM` in eval mode (needed when `uses_lm(cfg)`), or None.
+    bias: a context graph over the model's vocabulary, or None.
+    eos_id: the end token.
+    tunable: read the LM and ILM weights from the batch (`decode_lm_weight` and
+      `decode_ilm_weight`, float32 [B], one per utterance, for every language) instead
+      of the config, so a weight search reuses one compiled step (`tune-decoding`);
+      needs `lm`.
+
+  Returns:
+    A function of (MoeAsr in eval mode, batch) returning: `tokens` int32 [B, L],
+    `lengths` [B], `confidence` [B] (raw utterance confidence: the mean emitted-token
+    posterior for greedy, the n-best posterior of the winner for beams), `token_conf`
+    [B, L], `token_frames` [B, L] (-1 where unknown), `token_lang` [B, L] (frame
+    LID at the token's frame), `utt_lid_logits` [B, languages], `scores` [B, n]
+    (n-best ranking scores; [B, 1] for greedy) and, with task heads, `intent_log_probs`
+    [B, intents] and `slot_tags` [B, L].
+  """
+  method = cfg.method
+  if method not in METHODS:
+    raise ValueError(f"decode.method={method!r}; expected one of {METHODS}")
+  if uses_lm(cfg) and lm is None:
+    raise ValueError(
+      "decode.lm_weight (or a rescore 'lm' weight) needs a text LM: train one with "
+      "`moe-asr train-lm --workdir W` or set the weights to 0"
+    )
+  lang_weights = jnp.asarray(language_weights(cfg))
+  use_lm = lm if uses_lm(cfg) or tunable else None
+  if tunable and (lm is None or method == "greedy"):
+    raise ValueError("tunable decoding needs a text LM and a beam method (ctc_beam or joint)")
+  if cfg.get("rescore") and method == "greedy":
+    raise ValueError("decode.rescore needs an n-best: use decode.method=ctc_beam or joint")
+  weights = {k: float(v) for k, v in dict(cfg.get("rescore_weights") or {}).items() if float(v)}
+
+  def decode(model, batch) -> dict[str, jax.Array]:
+    encoded = model.encode(batch)
+    enc = encoded.enc
+    log_probs = jax.nn.log_softmax(encoded.ctc_logits, axis=-1)
+    max_len = min(cfg.get("max_len") or decoder_max_len - 1, decoder_max_len - 1)
+    max_len = min(max_len, log_probs.shape[1])
+    out: dict[str, jax.Array] = {}
+    nbest = None
+    if method == "greedy":
+      tokens, lengths, conf = greedy.ctc_greedy(encoded.ctc_logits, enc.mask)
+      tokens, lengths = tokens[:, :max_len], jnp.minimum(lengths, max_len)
+      frames = _emission_frames(log_probs, enc.mask, max_len)
+      scores = conf[:, None]
+    else:
+      beam = int(cfg.beam)
+      n = int(cfg.get("nbest") or beam)
+      if method == "ctc_beam":
+        frame_weights = jnp.einsum("btl,l->bt", enc.lid_probs.astype(jnp.float32), lang_weights)
+        if tunable:
+          frame_weights = jnp.broadcast_to(batch["decode_lm_weight"][:, None], frame_weights.shape)
+        nbest = ctc_beam.ctc_prefix_beam_search(
+          log_probs,
+          enc.mask,
+          beam=beam,
+          max_len=max_len,
+          token_topk=int(cfg.get("token_topk") or 0) or None,
+          prune_threshold=cfg.get("prune_threshold") or None,
+          lm=use_lm,
+          lm_weight=frame_weights if use_lm is not None else 0.0,
+          length_bonus=float(cfg.length_bonus),
+          eos_id=eos_id,
+          bias=bias,
+          nbest=n,
+        )
+      else:
+        utt_weights = encoded.utt_probs @ lang_weights
+        ilm_weight = float(cfg.ilm_weight)
+        if tunable:
+          utt_weights, ilm_weight = batch["decode_lm_weight"], batch["decode_ilm_weight"]
+        nbest = joint_beam.joint_beam_search(
+          model,
+          encoded,
+          beam=beam,
+          max_len=max_len,
+          ctc_weight=float(cfg.ctc_weight),
+          lm=use_lm,
+          lm_weight=utt_weights if use_lm is not None else 0.0,
+          ilm_weight=ilm_weight,
+          length_bonus=float(cfg.length_bonus),
+          bias=bias,
+          eos_id=eos_id,
+          nbest=n,
+        )
+      if cfg.get("rescore"):
+        nbest, _ = rescore.rescore_nbest(
+          model,
+          encoded,
+          nbest,
+          weights=weights,
+          lm=lm if weights.get("lm") else None,
+          eos_id=eos_id,
+        )
+      tokens, lengths = nbest.best
+      conf = confidence_lib.nbest_posteriors(nbest.scores)[:, 0]
+      frames = nbest.token_frames
+      if frames is None:
+        frames = jnp.full(tokens.shape, -1, jnp.int32)
+      else:
+        frames = jnp.where(jnp.arange(max_len)[None, :] < lengths[:, None], frames[:, 0], -1)
+      scores = nbest.scores
+    mask = greedy.token_mask(lengths, tokens.shape[1])
+    known = frames >= 0
+    token_conf = jnp.where(
+      known,
+      confidence_lib.token_confidence(
+        log_probs, enc.mask, tokens, lengths, jnp.where(known, frames, 0)
+      ),
+      0.0,
+    )
+    frame_lang = jnp.argmax(enc.lid_probs, axis=-1).astype(jnp.int32)  # [B, T]
+    token_lang = jnp.where(
+      known,
+      jnp.take_along_axis(frame_lang, jnp.maximum(frames, 0), axis=1),
+      jnp.argmax(encoded.utt_probs, -1)[:, None].astype(jnp.int32),
+    )
+    out.update(
+      tokens=jnp.where(mask, tokens, 0),
+      lengths=lengths,
+      confidence=conf,
+      token_conf=token_conf,
+      token_frames=jnp.where(mask, frames, -1),
+      token_lang=jnp.where(mask, token_lang, -1),
+      utt_lid_logits=enc.utt_lid_logits.astype(jnp.float32),
+      scores=scores,
+    )
+    _, task = model.decode_tokens(encoded, tokens, mask)
+    if task is not None:
+      out["intent_log_probs"] = task.intent_log_probs
+      out["slot_tags"] = jnp.argmax(task.slot_log_probs, -1).astype(jnp.int32)
+    return out
+
+  return decode
+
+
+CORPUS_PHRASES = "corpus"  # `decode.bias_file=corpus`: the dataset's own bias phrase list.
+
+
+def load_bias(
+  cfg: ml_collections.ConfigDict, tokenizer, metadata: Mapping | None = None
+) -> biasing.ContextGraph | None:
+  """The context graph of `cfg.bias_file` (None without one).
+
+  `bias_file=corpus` takes the phrase list the dataset ships in its metadata
+  (`bias_phrases` of the embedded corpus).
+  """
+  if not cfg.get("bias_file"):
+    return None
+  if cfg.bias_file == CORPUS_PHRASES:
+    phrases = list((metadata or {}).get("bias_phrases") or ())
+    if not phrases:
+      raise ValueError("decode.bias_file=corpus, but the dataset metadata has no bias_phrases")
+  else:
+    phrases = biasing.read_phrase_file(cfg.bias_file)
+  return biasing.graph_from_phrases(phrases, tokenizer, boost=float(cfg.bias_boost))
+
+
+def describe(cfg: ml_collections.ConfigDict, extra: Mapping | None = None) -> dict:
+  """What the report records about decoding (the settings that were used)."""
+  d = cfg.to_dict()
+  d["lm_weights"] = dict(d.get("lm_weights") or {})
+  d["rescore_weights"] = dict(d.get("rescore_weights") or {})
+  d["task_heads_on"] = "best_hypothesis"
+  d.update(extra or {})
+  return d

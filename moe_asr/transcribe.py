@@ -1,0 +1,415 @@
+"""`moe-asr transcribe`: audio files in, one JSON line per file out.
+
+moe-asr transcribe --workdir W a.wav b.flac [--method ctc_beam --beam 8] [--output out.jsonl]
+
+Each file is read with `audio_io.load_audio` (any libsndfile format, rate and
+channel count), put in the smallest of the run's length buckets that holds it
+(so the compiled shapes of evaluation are reused) and decoded on device with
+the workdir's decoding settings (`W/decoding.json`, then the command line).
+A record per file, in input order:
+
+  {"file", "text", "language", "language_confidence", "words": [{"word",
+   "language", "start", "end", "confidence"}, ...], "intent", "intent_confidence",
+   "slots": [{"type", "value"}, ...], "confidence", "deferred", "duration_s"}
+
+or `{"file", "error"}` for a file that cannot be used (unreadable, empty, NaN,
+longer than the longest bucket); the other files go on. The command exits 0
+when every file was transcribed and 1 when any failed.
+
+Word times come from the encoder frame at which each word's first token was
+emitted (40 ms frames): a word ends where the next one starts; the last word
+ends one frame per token after its start, capped at the audio's duration.
+Searches that do not align tokens to frames (joint CTC/attention) give null
+times and null word confidences. With a fitted calibration (`W/calibration.json`)
+the confidences are calibrated and `deferred` says whether the utterance
+should go to a person; without one `deferred` is false.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+# jax and the training stack are imported inside the functions, so that building the
+# `moe-asr` parser (which imports this module) stays fast for the other commands.
+
+_LOG = logging.getLogger(__name__)
+
+WORD_START = "\u2581"  # SentencePiece's word-start marker.
+
+
+# ---------------------------------------------------------------------------
+# Words from hypothesis tokens (host side).
+# ---------------------------------------------------------------------------
+
+
+def _word_spans(tokens: Sequence[int], tokenizer) -> list[list[int]]:
+  """Positions of each word's tokens; a piece starting with "▁" starts a word.
+
+  Pad, bos, eos, language tags and task tokens belong to no word (and end the
+  current one).
+  """
+  skip = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+  spans: list[list[int]] = []
+  current: list[int] = []
+  for pos, tok in enumerate(tokens):
+    if tok in skip or tokenizer.is_symbol(tok):
+      if current:
+        spans.append(current)
+      current = []
+      continue
+    if current and tokenizer.id_to_piece(tok).startswith(WORD_START):
+      spans.append(current)
+      current = []
+    current.append(pos)
+  if current:
+    spans.append(current)
+  return spans
+
+
+def words_from_tokens(
+  tokens: np.ndarray,
+  token_conf: np.ndarray,
+  token_frames: np.ndarray,
+  token_lang: np.ndarray,
+  tokenizer,
+  *,
+  duration_s: float,
+  seconds_per_frame: float,
+  default_language: str,
+  calibration=None,
+) -> list[dict]:
+  """The words of one hypothesis with their language, times and confidence.
+
+  Args:
+    tokens: int [n] the hypothesis (its valid tokens only).
+    token_conf: float [n] token confidences.
+    token_frames: int [n] encoder frame of each token's emission, -1 where unknown.
+    token_lang: int [n] language index (`languages.LANGUAGE_CODES`) of each token, -1 unknown.
+    tokenizer: the run's `Tokenizer`.
+    duration_s: the audio's duration (caps the last word's end).
+    seconds_per_frame: duration of an encoder frame.
+    default_language: language of words whose tokens have none.
+    calibration: a `confidence.Calibration` (its word Platt scaling is applied), or None.
+
+  Returns:
+    [{"word", "language", "start", "end", "confidence"}]; `word` is normalised like the
+    transcript and never empty; times are seconds (None where the frames are unknown),
+    `confidence` the minimum of the word's token confidences (None where unknown).
+  """
+  from moe_asr.data import languages as langs_lib
+  from moe_asr.data import text as text_lib
+  from moe_asr.decoding import confidence as confidence_lib
+
+  tokens = np.asarray(tokens).tolist()
+  frames = np.asarray(token_frames).tolist()
+  langs = np.asarray(token_lang).tolist()
+  spans = []
+  for span in _word_spans(tokens, tokenizer):
+    text = text_lib.normalize(tokenizer.decode([tokens[p] for p in span]))
+    if text:  # Pieces with nothing word-like (a lone "▁", punctuation, unk) make no word.
+      spans.append((span, text))
+  if not spans:
+    return []
+  token_word = np.full(len(tokens), -1, np.int64)
+  for w, (span, _) in enumerate(spans):
+    token_word[span] = w
+  word_conf = confidence_lib.word_confidence(np.asarray(token_conf, np.float64), token_word)
+  if calibration is not None:
+    word_conf = np.asarray(calibration.calibrate_word(word_conf))
+
+  starts = []
+  for span, _ in spans:
+    frame = frames[span[0]]
+    starts.append(round(frame * seconds_per_frame, 3) if frame >= 0 else None)
+  words = []
+  for w, (span, text) in enumerate(spans):
+    start = starts[w]
+    if start is None:
+      end = None
+    elif w + 1 < len(spans):
+      end = starts[w + 1]
+    else:
+      end = round(min(start + seconds_per_frame * len(span), duration_s), 3)
+    known = [langs[p] for p in span if langs[p] >= 0]
+    # Majority of the tokens' languages; ties go to the language of the earlier token.
+    language = (
+      langs_lib.LANGUAGE_CODES[collections.Counter(known).most_common(1)[0][0]]
+      if known
+      else default_language
+    )
+    aligned = all(frames[p] >= 0 for p in span)
+    words.append(
+      {
+        "word": text,
+        "language": language,
+        "start": start,
+        "end": end,
+        "confidence": float(word_conf[w]) if aligned else None,
+      }
+    )
+  return words
+
+
+def _softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  z = np.asarray(x, np.float64) / temperature
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def record_from_row(
+  out: Mapping[str, np.ndarray],
+  r: int,
+  *,
+  name: str,
+  duration_s: float,
+  run_data,
+  seconds_per_frame: float,
+  calibration=None,
+) -> dict:
+  """The JSON record of row `r` of a gathered decode output (see the module docstring)."""
+  from moe_asr.data import languages as langs_lib
+  from moe_asr.data import text as text_lib
+  from moe_asr.training import evaluate
+
+  tokenizer, vocab = run_data.tokenizer, run_data.vocab
+  cal = calibration
+  n = int(out["lengths"][r])
+  tokens = np.asarray(out["tokens"][r, :n])
+  lid_probs = _softmax(out["utt_lid_logits"][r], cal.lid_temperature if cal else 1.0)
+  lid = int(np.argmax(lid_probs))
+  language = langs_lib.LANGUAGE_CODES[lid]
+  confidence = float(out["confidence"][r])
+  deferred = False
+  if cal is not None:
+    confidence = float(cal.calibrate_utterance(np.asarray([confidence]))[0])
+    deferred = bool(confidence < cal.defer_threshold)
+  intent, intent_conf, slots = None, None, []
+  if "intent_log_probs" in out and vocab.intents:
+    log_probs = out["intent_log_probs"][r]
+    i = int(np.argmax(log_probs))
+    intent = vocab.intents[i]
+    intent_conf = float(_softmax(log_probs, cal.intent_temperature if cal else 1.0)[i])
+    spans = evaluate._slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
+    slots = [{"type": kind, "value": value} for kind, value in spans]
+  return {
+    "file": name,
+    "text": text_lib.normalize(tokenizer.decode(tokens)),
+    "language": language,
+    "language_confidence": float(lid_probs[lid]),
+    "words": words_from_tokens(
+      tokens,
+      out["token_conf"][r, :n],
+      out["token_frames"][r, :n],
+      out["token_lang"][r, :n],
+      tokenizer,
+      duration_s=duration_s,
+      seconds_per_frame=seconds_per_frame,
+      default_language=language,
+      calibration=cal,
+    ),
+    "intent": intent,
+    "intent_confidence": intent_conf,
+    "slots": slots,
+    "confidence": confidence,
+    "deferred": deferred,
+    "duration_s": round(duration_s, 3),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Decoding files.
+# ---------------------------------------------------------------------------
+
+
+def _bucket_batches(lengths: Mapping[int, int], buckets) -> list[tuple[object, list[int]]]:
+  """(bucket, file indices) per batch: each file in the smallest bucket that holds it."""
+  grouped: dict[int, list[int]] = collections.defaultdict(list)
+  for i, samples in lengths.items():
+    b = next(k for k, bucket in enumerate(buckets) if samples <= bucket.max_samples)
+    grouped[b].append(i)
+  batches = []
+  for b in sorted(grouped):
+    size = buckets[b].batch_size
+    members = grouped[b]
+    batches += [(buckets[b], members[j : j + size]) for j in range(0, len(members), size)]
+  return batches
+
+
+def _host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray]) -> dict:
+  rows = bucket.batch_size
+  batch = {
+    "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
+    "audio_mask": np.zeros((rows, bucket.max_samples), bool),
+    "index": np.full((rows,), -1, np.int32),  # Position of the file in the input list.
+    "example_mask": np.zeros((rows,), bool),  # False on padding rows.
+  }
+  for r, i in enumerate(members):
+    wave = audio[i]
+    batch["audio"][r, : len(wave)] = wave
+    batch["audio_mask"][r, : len(wave)] = True
+    batch["index"][r] = i
+    batch["example_mask"][r] = True
+  return batch
+
+
+def transcribe_files(
+  workdir: str | pathlib.Path,
+  files: Sequence[str | pathlib.Path],
+  *,
+  overrides: Sequence[str] = (),
+  method: str | None = None,
+  beam: int | None = None,
+  lm_weight: float | None = None,
+  bias_file: str | None = None,
+) -> list[dict]:
+  """Transcribes audio files with the newest checkpoint of `workdir`.
+
+  Args:
+    workdir: a training workdir.
+    files: audio file paths.
+    overrides: `config.a.b=value` overrides of the workdir's config.
+    method, beam, lm_weight, bias_file: set `config.decode.*` (after the overrides).
+
+  Returns:
+    One record per file, in the order of `files`: the transcript record of the module
+    docstring, or `{"file", "error"}` for a file that could not be read.
+
+  Every process reads every file (they must be visible to all processes) and feeds its
+  share of each batch's rows.
+  """
+  import jax
+
+  from moe_asr.data import audio_io, schema
+  from moe_asr.data import features as features_lib
+  from moe_asr.data import pipeline as pipeline_lib
+  from moe_asr.models import conformer, partitioning
+  from moe_asr.training import distributed, evaluate, score, sharding, train
+
+  distributed.initialize()
+  workdir = pathlib.Path(workdir)
+  cfg = score.workdir_config(workdir, overrides)
+  for key, value in (
+    ("method", method),
+    ("beam", None if beam is None else int(beam)),
+    ("lm_weight", None if lm_weight is None else float(lm_weight)),
+    ("bias_file", None if bias_file is None else str(bias_file)),
+  ):
+    if value is not None:
+      cfg.decode[key] = value
+  feature_cfg = features_lib.FeatureConfig.from_config(cfg.model.features)
+  buckets = pipeline_lib.make_buckets(
+    pipeline_lib.PipelineConfig.from_config(cfg.data), feature_cfg
+  )
+  max_seconds = buckets[-1].max_samples / schema.SAMPLE_RATE
+  seconds_per_frame = conformer._SUBSAMPLING * feature_cfg.frame_shift_ms / 1000.0
+
+  names = [str(f) for f in files]
+  records: list[dict | None] = [None] * len(names)
+  audio: dict[int, np.ndarray] = {}
+  for i, name in enumerate(names):
+    try:
+      audio[i] = audio_io.load_audio(name, max_seconds=max_seconds)
+    except audio_io.AudioError as e:
+      records[i] = {"file": name, "error": str(e)}
+      continue
+    if len(audio[i]) > buckets[-1].max_samples:  # Resampling can round up past the header.
+      del audio[i]
+      records[i] = {"file": name, "error": f"{name}: longer than the longest bucket"}
+
+  if audio:
+    run = train.build_run(cfg, workdir, for_training=False)
+    calibration = score.load_calibration(workdir)
+    process, processes = jax.process_index(), jax.process_count()
+    try:
+      with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+        eval_steps, described = score.make_decoder(run, workdir)
+        _LOG.info("Decoding %d files with %s", len(audio), described)
+        for bucket, members in _bucket_batches({i: len(a) for i, a in audio.items()}, buckets):
+          host = _host_batch(bucket, members, audio)
+          rows = bucket.batch_size // processes  # This process's rows of the global batch.
+          local = {k: v[process * rows : (process + 1) * rows] for k, v in host.items()}
+          batch = sharding.put_batch(local, run.batch_shardings(local))
+          out = evaluate._gather(eval_steps(batch)(run.state, run.rng_state, batch))
+          for r in np.flatnonzero(out["example_mask"]):
+            i = int(out["index"][r])
+            records[i] = record_from_row(
+              out,
+              int(r),
+              name=names[i],
+              duration_s=len(audio[i]) / schema.SAMPLE_RATE,
+              run_data=run.data,
+              seconds_per_frame=seconds_per_frame,
+              calibration=calibration,
+            )
+    finally:
+      run.checkpointer.close()
+  return [
+    rec if rec is not None else {"file": name, "error": f"{name}: was not decoded"}
+    for name, rec in zip(names, records, strict=True)
+  ]
+
+
+# ---------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
+  """`moe-asr transcribe`: prints a JSON line per file; 0 if all decoded, 1 if any failed."""
+  import jax
+
+  from moe_asr import cli
+
+  cli._logging(args.verbose)
+  records = transcribe_files(
+    args.workdir,
+    args.files,
+    overrides=overrides,
+    method=args.method,
+    beam=args.beam,
+    lm_weight=args.lm_weight,
+    bias_file=args.bias_file,
+  )
+  if jax.process_index() == 0:
+    lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
+    for line in lines:
+      print(line)
+    sys.stdout.flush()
+    if args.output:
+      path = pathlib.Path(args.output)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    for rec in records:
+      if "error" in rec:
+        print(f"error: {rec['error']}", file=sys.stderr)
+  return 1 if any("error" in rec for rec in records) else 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+  """Adds the `transcribe` subcommand to `moe-asr`'s subparsers (`func`: `run_command`)."""
+  p = sub.add_parser(
+    "transcribe",
+    help="transcribe audio files with a workdir's model (JSON lines; exit 1 if any file failed)",
+    description=__doc__.split("\n")[0],
+  )
+  p.add_argument("--workdir", required=True, help="a trained workdir")
+  p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, ...; any rate/channels)")
+  p.add_argument(
+    "--method", choices=("greedy", "ctc_beam", "joint"), default=None, help="search (decode.method)"
+  )
+  p.add_argument("--beam", type=int, default=None, help="hypotheses kept (decode.beam)")
+  p.add_argument("--lm-weight", type=float, default=None, help="text LM weight (decode.lm_weight)")
+  p.add_argument("--bias-file", default=None, help="phrases to boost, one per line")
+  p.add_argument("--output", default=None, help="also write the JSON lines to this file")
+  p.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
+  p.set_defaults(func=run_command)
+  return p
