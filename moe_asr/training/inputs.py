@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import pathlib
 from collections.abc import Mapping
 
 import ml_collections
+import numpy as np
 
 from moe_asr.data import features as features_lib
 from moe_asr.data import pipeline as pipeline_lib
+from moe_asr.data import schema
 from moe_asr.data import tokenizer as tokenizer_lib
 
 _LOG = logging.getLogger(__name__)
@@ -109,22 +112,36 @@ def make_pipeline(
   seed: int | None = None,
   overrides: Mapping | None = None,
 ) -> pipeline_lib.Pipeline:
-  """A training pipeline (shuffled, repeating) or an evaluation one (one ordered pass)."""
+  """A training pipeline (shuffled, repeating) or an evaluation one (one ordered pass).
+
+  An evaluation pipeline scores every utterance: when the split holds clips longer
+  than the last training bucket, one more bucket (the longest clip, rounded up to
+  0.5 s, at the last bucket's batch size) is added for it (one more compile) instead
+  of skipping them.
+  """
+  source = split_source(cfg, split)
+  lengths = pipeline_lib.example_lengths(source, _length_cache(cfg, split))
+  overrides = dict(overrides or {})
+  if not train and "buckets" not in overrides and len(lengths):
+    buckets = tuple(tuple(b) for b in cfg.data.buckets)
+    longest = float(np.max(lengths)) / schema.SAMPLE_RATE
+    if longest > buckets[-1][0]:
+      overrides["buckets"] = buckets + ((math.ceil(longest * 2) / 2, buckets[-1][1]),)
   pcfg = pipeline_lib.PipelineConfig.from_config(
     cfg.data,
     seed=cfg.seed if seed is None else seed,
     shuffle=train,
     drop_remainder=train,
     num_epochs=None if train else 1,
-    **dict(overrides or {}),
+    **overrides,
   )
   return pipeline_lib.Pipeline(
-    split_source(cfg, split),
+    source,
     pcfg,
     tokenizer=data.tokenizer,
     vocab=data.vocab,
     feature_cfg=features_lib.FeatureConfig.from_config(cfg.model.features),
-    length_cache=_length_cache(cfg, split),
+    lengths=lengths,
     process_index=process_index,
     process_count=process_count,
   )
