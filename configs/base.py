@@ -87,6 +87,7 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   e = c.eval = ml_collections.ConfigDict()
   e.splits = ("test",)  # Splits `moe-asr eval` scores by default.
   e.bootstrap_samples = 1000  # Confidence intervals of the report.
+  e.max_batches = 0  # Batches decoded per split (0 = all; a quick look at a big split).
   e.plots = True
 
   # Persistent XLA compilation cache ("" disables): a re-run skips the minutes of

@@ -47,6 +47,14 @@ def workdir_config(
   if saved is None:
     raise FileNotFoundError(f"No checkpoint with a config in {ckpt_dir}; train first.")
   cfg = ml_collections.ConfigDict(saved)
+  # Settings added since the run was trained get their defaults.
+  defaults = config_lib.load_config(config_lib.config_dir() / "base.py")
+  for section in ("eval", "lm_train"):
+    if section not in cfg:
+      cfg[section] = defaults[section]
+    for key, value in defaults[section].items():
+      if key not in cfg[section]:
+        cfg[section][key] = value
   decode_cfg = decode_lib.default_config()
   decode_cfg.update(cfg.get("decode") or {})
   tuned = workdir / DECODING_FILE
@@ -124,7 +132,9 @@ def evaluate_workdir(
     described["calibration"] = None if calibration is None else calibration.to_dict()
     for split in splits:
       _LOG.info("Decoding %s", split)
-      _, recs, info = train.validate(run, eval_steps, split, calibration=calibration)
+      _, recs, info = train.validate(
+        run, eval_steps, split, int(cfg.eval.get("max_batches", 0)), calibration=calibration
+      )
       records[split] = recs
       split_reports[split] = report_lib.split_report(recs, rtf=info["rtf"])
       split_reports[split]["latency_p50"] = info["latency_p50"]
