@@ -158,13 +158,6 @@ def words_from_tokens(
   return words
 
 
-def _softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-  z = np.asarray(x, np.float64) / temperature
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
 def record_from_row(
   out: Mapping[str, np.ndarray],
   r: int,
@@ -184,7 +177,7 @@ def record_from_row(
   cal = calibration
   n = int(out["lengths"][r])
   tokens = np.asarray(out["tokens"][r, :n])
-  lid_probs = _softmax(out["utt_lid_logits"][r], cal.lid_temperature if cal else 1.0)
+  lid_probs = evaluate.softmax(out["utt_lid_logits"][r], cal.lid_temperature if cal else 1.0)
   lid = int(np.argmax(lid_probs))
   language = langs_lib.LANGUAGE_CODES[lid]
   confidence = float(out["confidence"][r])
@@ -197,7 +190,7 @@ def record_from_row(
     log_probs = out["intent_log_probs"][r]
     i = int(np.argmax(log_probs))
     intent = vocab.intents[i]
-    intent_conf = float(_softmax(log_probs, cal.intent_temperature if cal else 1.0)[i])
+    intent_conf = float(evaluate.softmax(log_probs, cal.intent_temperature if cal else 1.0)[i])
     spans = evaluate._slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
     slots = [{"type": kind, "value": value} for kind, value in spans]
   return {

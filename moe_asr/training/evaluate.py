@@ -69,7 +69,8 @@ def make_eval_step(
   return eval_step
 
 
-def _softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+  """softmax(x / temperature) over the last axis, in float64 (host side)."""
   z = np.asarray(x, np.float64) / temperature
   z = z - z.max(-1, keepdims=True)
   e = np.exp(z)
@@ -155,10 +156,10 @@ def records_from_outputs(
       log_probs = out["intent_log_probs"][r]
       i = int(np.argmax(log_probs))
       rec["hyp_intent"] = vocab.intents[i]
-      rec["intent_confidence"] = float(_softmax(log_probs)[i])
+      rec["intent_confidence"] = float(softmax(log_probs)[i])
       if cal is not None:
         rec["intent_confidence_raw"] = rec["intent_confidence"]
-        rec["intent_confidence"] = float(_softmax(log_probs, cal.intent_temperature)[i])
+        rec["intent_confidence"] = float(softmax(log_probs, cal.intent_temperature)[i])
       rec["hyp_slots"] = _slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
     records.append(metrics_lib.Utterance(**rec))
   return records
@@ -198,6 +199,30 @@ def calibration_arrays(outputs: list[Mapping[str, np.ndarray]], source, run_data
     "confidence": as_array(conf),
     "exact": as_array(exact, bool),
   }
+
+
+class WithKnobs:
+  """An evaluation pipeline whose batches carry per-utterance decoding weights.
+
+  Each batch gets `decode_<name>` float32 [rows] for every knob (read by a decode
+  step made with `tunable=True`), so a weight search reuses one compiled step.
+  """
+
+  def __init__(self, pipeline, knobs: Mapping[str, float]):
+    self.pipeline, self.knobs = pipeline, dict(knobs)
+    self.source = pipeline.source
+
+  @property
+  def stats(self):
+    return self.pipeline.stats
+
+  def __iter__(self):
+    for batch in self.pipeline:
+      rows = batch["audio"].shape[0]
+      yield {
+        **batch,
+        **{f"decode_{k}": np.full((rows,), v, np.float32) for k, v in self.knobs.items()},
+      }
 
 
 def _gather(tree) -> dict[str, np.ndarray]:

@@ -164,26 +164,6 @@ def evaluate_workdir(
   return report
 
 
-class _WithKnobs:
-  """An evaluation pipeline whose batches carry per-utterance decoding weights."""
-
-  def __init__(self, pipeline, knobs: dict[str, float]):
-    self.pipeline, self.knobs = pipeline, knobs
-    self.source = pipeline.source
-
-  @property
-  def stats(self):
-    return self.pipeline.stats
-
-  def __iter__(self):
-    for batch in self.pipeline:
-      rows = batch["audio"].shape[0]
-      yield {
-        **batch,
-        **{f"decode_{k}": np.full((rows,), v, np.float32) for k, v in self.knobs.items()},
-      }
-
-
 def tune_decoding(
   workdir: str | pathlib.Path,
   *,
@@ -229,25 +209,14 @@ def tune_decoding(
     eval_steps, _ = make_decoder(run, workdir, tunable=True)
     for lm_w in lm_weights:
       for ilm_w in ilm_weights:
-        pipe = inputs.make_pipeline(
-          run.config,
-          split,
-          run.data,
-          train=False,
-          process_index=jax.process_index(),
-          process_count=jax.process_count(),
-        )
-        recs, info = evaluate.evaluate_split(
-          _WithKnobs(pipe, {"lm_weight": lm_w, "ilm_weight": ilm_w}),
+        summary, _, info = train.validate(
+          run,
           eval_steps,
-          run.state,
-          run.rng_state,
-          run.batch_shardings,
-          run.data,
-          max_batches=max_batches,
+          split,
+          max_batches,
+          knobs={"lm_weight": lm_w, "ilm_weight": ilm_w},
           keep_outputs=True,
         )
-        summary = metrics_lib.summarize(recs)
         point = {
           "lm_weight": lm_w,
           "ilm_weight": ilm_w,

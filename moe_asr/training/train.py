@@ -344,10 +344,12 @@ def validate(
   eval_steps: CompiledSteps,
   split: str,
   max_batches: int = 0,
+  knobs: Mapping[str, float] | None = None,
   **kwargs,
 ):
   """Decodes a split with `eval_steps`; returns (summary dict, records, info).
 
+  `knobs`: per-utterance decoding weights put in every batch (`evaluate.WithKnobs`);
   `kwargs` go to `evaluate.evaluate_split` (calibration, keep_outputs).
   """
   pipe = inputs.make_pipeline(
@@ -359,7 +361,7 @@ def validate(
     process_count=jax.process_count(),
   )
   records, info = evaluate.evaluate_split(
-    pipe,
+    evaluate.WithKnobs(pipe, knobs) if knobs else pipe,
     eval_steps,
     run.state,
     run.rng_state,
