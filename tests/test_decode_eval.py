@@ -144,3 +144,21 @@ def test_language_weights_and_open_override_sections():
   assert decode.uses_lm(cfg.decode) is True
   with pytest.raises(KeyError):
     config_lib.apply_overrides(cfg, ["decode.no_such_key=1"])
+
+
+def test_frame_lid_and_boundary_counts_by_hand():
+  # 8 frames: reference en en en es es es - -, one switch at frame 3; the last 2 are padding.
+  ref = np.array([[0, 0, 0, 1, 1, 1, -1, -1]])
+  mask = np.array([[1, 1, 1, 1, 1, 1, 0, 0]], bool)
+  # Predicted: en en en en en es es es: 4 of 6 known frames right (3, 4 wrong), a switch at 5,
+  # 2 frames from the reference switch (found with tolerance 2, missed with 1).
+  pred = np.array([[0, 0, 0, 0, 0, 1, 1, 1]])
+  probs = np.eye(len(languages.LANGUAGE_CODES))[pred]
+  counts = decode.lid_counts(probs, ref, mask, tolerance=2)
+  assert {k: int(v[0]) for k, v in counts.items()} == {
+    "frame_lid_correct": 4,
+    "frame_lid_total": 6,
+    "boundary_hit": 1,
+    "boundary_total": 1,
+  }
+  assert int(decode.lid_counts(probs, ref, mask, tolerance=1)["boundary_hit"][0]) == 0

@@ -81,6 +81,40 @@ def _emission_frames(log_probs: jax.Array, mask: jax.Array, max_len: int, blank_
   return out.at[rows, position].set(jnp.broadcast_to(frames, best.shape), mode="drop")
 
 
+def lid_counts(
+  lid_probs: jax.Array, frame_lang: jax.Array, mask: jax.Array, tolerance: int = 2
+) -> dict[str, jax.Array]:
+  """Per-utterance frame-LID and code-switch boundary counts against frame targets.
+
+  Args:
+    lid_probs: [B, T, languages] frame LID posteriors (encoder rate).
+    frame_lang: int [B, T] reference language per encoder frame (-1 unknown).
+    mask: bool [B, T] valid frames.
+    tolerance: a reference switch counts as found when the predicted language also
+      changes within this many frames of it (2 frames = 80 ms).
+
+  Returns:
+    int32 [B] each: `frame_lid_correct`, `frame_lid_total` (frames with a known
+    language), `boundary_hit`, `boundary_total` (reference switches between two known
+    languages).
+  """
+  pred = jnp.argmax(lid_probs, axis=-1)
+  known = mask & (frame_lang >= 0)
+  prev = lambda x: jnp.pad(x, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  ref_switch = known & (prev(frame_lang) >= 0) & (frame_lang != prev(frame_lang))
+  pred_switch = mask & (prev(jnp.where(mask, pred, -1)) >= 0) & (pred != prev(pred))
+  near = jnp.zeros_like(pred_switch)
+  for shift in range(-tolerance, tolerance + 1):
+    near = near | jnp.roll(pred_switch, shift, axis=1)
+  as_int = lambda x: x.sum(-1).astype(jnp.int32)
+  return {
+    "frame_lid_correct": as_int(known & (pred == frame_lang)),
+    "frame_lid_total": as_int(known),
+    "boundary_hit": as_int(ref_switch & near),
+    "boundary_total": as_int(ref_switch),
+  }
+
+
 def make_decode_fn(
   cfg: ml_collections.ConfigDict,
   *,
@@ -223,6 +257,7 @@ def make_decode_fn(
       token_lang=jnp.where(mask, token_lang, -1),
       utt_lid_logits=enc.utt_lid_logits.astype(jnp.float32),
       scores=scores,
+      **lid_counts(enc.lid_probs, encoded.frame_lang, enc.mask),
     )
     _, task = model.decode_tokens(encoded, tokens, mask)
     if task is not None:

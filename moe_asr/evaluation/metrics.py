@@ -33,7 +33,20 @@ Slots = tuple[tuple[str, str], ...]
 
 UNIT_MODES = ("word", "char", "mixed")
 # Metrics that are a ratio of per-utterance sums, hence bootstrappable by resampling utterances.
-RATIO_METRICS = ("wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1")
+RATIO_METRICS = (
+  "wer",
+  "cer",
+  "mer",
+  "lid_acc",
+  "intent_acc",
+  "slot_f1",
+  "frame_lid_acc",
+  "boundary_acc",
+)
+_COUNT_METRICS = {
+  "frame_lid_acc": ("frame_lid_correct", "frame_lid_total"),
+  "boundary_acc": ("boundary_hit", "boundary_total"),
+}
 _MODE_OF = {"wer": "word", "cer": "char", "mer": "mixed"}
 
 
@@ -69,6 +82,10 @@ class Utterance:
   intent_confidence_raw: float = math.nan  # Before calibration (nan = no calibration applied).
   confidence_raw: float = math.nan  # Transcript confidence before calibration.
   deferred: bool = False  # Confidence below the defer threshold: handed to a person.
+  frame_lid_correct: int = 0  # Encoder frames whose predicted language is the reference one.
+  frame_lid_total: int = 0  # Encoder frames with a reference language.
+  boundary_hit: int = 0  # Reference language switches the frame LID also switches near.
+  boundary_total: int = 0  # Reference language switches.
 
   def __post_init__(self):
     for name in ("id", "ref_text", "hyp_text"):
@@ -328,6 +345,12 @@ def _ratio_arrays(records: Sequence[Utterance], metric: str) -> tuple[np.ndarray
       np.array([2 * tp for tp, _, _ in counts], np.float64),
       np.array([nr + nh for _, nr, nh in counts], np.float64),
     )
+  if metric in _COUNT_METRICS:
+    hit, total = _COUNT_METRICS[metric]
+    return (
+      np.array([getattr(r, hit) for r in records], np.float64),
+      np.array([getattr(r, total) for r in records], np.float64),
+    )
   raise ValueError(f"Unknown ratio metric {metric!r}; expected one of {', '.join(RATIO_METRICS)}")
 
 
@@ -348,10 +371,13 @@ def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
     records: decoded utterances.
 
   Returns:
-    {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "ece_intent", "hours"};
+    {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "frame_lid_acc",
+    "boundary_acc", "ece_intent", "hours"};
     fractions, None where there is no data. LID accuracy is over records with both a reference
     and a predicted language, intent accuracy and ECE over records with a reference intent,
-    slot F1 over records with an intent or slot annotation. Where records carry them, also
+    slot F1 over records with an intent or slot annotation, frame LID accuracy over frames
+    with a reference language, boundary accuracy over reference language switches (found
+    when the frame LID switches within 80 ms). Where records carry them, also
     "ece_intent_raw" (before calibration), "ece_utterance" / "ece_utterance_raw" (transcript
     confidence against an exact match), and "deferred" (fraction below the defer threshold)
     with "intent_acc_kept" (intent accuracy on the rest).

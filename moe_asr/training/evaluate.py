@@ -148,6 +148,9 @@ def records_from_outputs(
     rec["hyp_language"] = langs_lib.LANGUAGE_CODES[lid]
     raw_conf = float(out["confidence"][r])
     rec["confidence"] = raw_conf
+    for key in ("frame_lid_correct", "frame_lid_total", "boundary_hit", "boundary_total"):
+      if key in out:
+        rec[key] = int(out[key][r])
     if cal is not None:
       rec["confidence_raw"] = raw_conf
       rec["confidence"] = float(cal.calibrate_utterance(np.asarray([raw_conf]))[0])
