@@ -4,6 +4,7 @@ Numbers are hand-computed from four constructed utterances (see `_records`); rat
 at 1e-12.
 """
 
+import dataclasses
 import json
 import math
 
@@ -203,3 +204,13 @@ def test_training_curves_names_bad_line(tmp_path):
   path.write_text('{"train/loss": 2.0}\n')
   with pytest.raises(ValueError, match=r"metrics\.jsonl:1.*'step'"):
     plots.training_curves(path, tmp_path / "curves.png")
+
+
+def test_coverage_plot_is_written_for_confidences(tmp_path):
+  recs = [
+    dataclasses.replace(r, confidence=c, deferred=c < 0.5)
+    for r, c in zip(_records(), (0.9, 0.4, 0.8, 0.7), strict=True)
+  ]
+  paths = report.write_report(_report(), tmp_path, records={"test": recs})
+  png = paths["coverage_test.png"]
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -117,6 +117,40 @@ def reliability_diagram(
   _save(fig, path)
 
 
+def coverage_accuracy(records: Sequence[metrics_lib.Utterance], path: str | os.PathLike) -> None:
+  """Intent accuracy of the kept utterances against coverage, deferring the least confident.
+
+  Utterances are ranked by transcript confidence (calibrated where a calibration was
+  applied); keeping the top fraction gives one point. Deferred utterances (below the
+  threshold) are marked where the threshold falls.
+
+  Args:
+    records: utterances with a reference intent and a finite confidence count.
+    path: PNG to write.
+  """
+  scored = [r for r in records if r.ref_intent and math.isfinite(r.confidence)]
+  fig = Figure(figsize=(4.5, 3.6))
+  ax = fig.subplots()
+  ax.set_title("defer: accuracy vs coverage")
+  if not scored:
+    _no_data(ax, "confidences")
+    _save(fig, path)
+    return
+  order = np.argsort([-r.confidence for r in scored], kind="stable")
+  correct = np.array([scored[i].hyp_intent == scored[i].ref_intent for i in order], float)
+  kept = np.arange(1, len(scored) + 1)
+  ax.plot(kept / len(scored), np.cumsum(correct) / kept, label="intent accuracy of kept")
+  deferred = sum(r.deferred for r in scored)
+  if deferred:
+    ax.axvline(1 - deferred / len(scored), color="gray", linestyle="--", label="defer threshold")
+  ax.set_xlabel("coverage (fraction kept)")
+  ax.set_ylabel("accuracy")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.legend(fontsize="small", loc="lower left")
+  _save(fig, path)
+
+
 def expert_utilisation(
   load: np.ndarray, languages: Sequence[str], path: str | os.PathLike, title: str = ""
 ) -> None:

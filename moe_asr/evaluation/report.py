@@ -284,6 +284,10 @@ def write_report(
       name = f"reliability_{split}.png"
       plots_lib.reliability_diagram(recs, out_dir / name)
       written[name] = out_dir / name
+    if any(r.ref_intent and math.isfinite(r.confidence) for r in recs):
+      name = f"coverage_{split}.png"
+      plots_lib.coverage_accuracy(recs, out_dir / name)
+      written[name] = out_dir / name
   if metrics_path is not None and pathlib.Path(metrics_path).exists():
     name = "training_curves.png"
     plots_lib.training_curves(metrics_path, out_dir / name)
