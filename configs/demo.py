@@ -1,7 +1,7 @@
 """The demo (`moe-asr demo`): trains on the embedded demo corpus on a 2-core CPU.
 
-  moe-asr demo --workdir runs/demo
-  moe-asr train --config configs/demo.py --workdir runs/demo   # the training part alone
+moe-asr demo --workdir runs/demo
+moe-asr train --config configs/demo.py --workdir runs/demo   # the training part alone
 """
 
 from configs import base
