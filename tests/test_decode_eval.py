@@ -162,3 +162,10 @@ def test_frame_lid_and_boundary_counts_by_hand():
     "boundary_total": 1,
   }
   assert int(decode.lid_counts(probs, ref, mask, tolerance=1)["boundary_hit"][0]) == 0
+  # A switch at the last frame is not "near" one at the start (no wrap-around).
+  ref2 = np.array([[0, 1, 1, 1, 1, 1, 1, 1]])
+  pred2 = np.array([[0, 0, 0, 0, 0, 0, 0, 1]])
+  probs2 = np.eye(len(languages.LANGUAGE_CODES))[pred2]
+  all_valid = np.ones((1, 8), bool)
+  counts2 = decode.lid_counts(probs2, ref2, all_valid, tolerance=2)
+  assert int(counts2["boundary_total"][0]) == 1 and int(counts2["boundary_hit"][0]) == 0

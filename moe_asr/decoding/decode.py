@@ -103,9 +103,12 @@ def lid_counts(
   prev = lambda x: jnp.pad(x, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
   ref_switch = known & (prev(frame_lang) >= 0) & (frame_lang != prev(frame_lang))
   pred_switch = mask & (prev(jnp.where(mask, pred, -1)) >= 0) & (pred != prev(pred))
+  # near[t]: a predicted switch at some t + d, |d| <= tolerance (no wrap-around).
+  padded = jnp.pad(pred_switch, ((0, 0), (tolerance, tolerance)))
+  frames = pred_switch.shape[1]
   near = jnp.zeros_like(pred_switch)
-  for shift in range(-tolerance, tolerance + 1):
-    near = near | jnp.roll(pred_switch, shift, axis=1)
+  for d in range(2 * tolerance + 1):
+    near = near | padded[:, d : d + frames]
   as_int = lambda x: x.sum(-1).astype(jnp.int32)
   return {
     "frame_lid_correct": as_int(known & (pred == frame_lang)),
