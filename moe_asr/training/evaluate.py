@@ -168,39 +168,38 @@ def records_from_outputs(
   return records
 
 
-def calibration_arrays(outputs: list[Mapping[str, np.ndarray]], source, run_data) -> dict:
-  """What `confidence.fit_*` needs, from gathered eval-step outputs.
+def calibration_arrays(outputs: list[Mapping[str, np.ndarray]], records: list, vocab) -> dict:
+  """What `confidence.fit_*` needs: the step outputs' raw scores beside their records' labels.
+
+  Args:
+    outputs: gathered eval-step outputs, in order.
+    records: `records_from_outputs` of those outputs (one per valid row, same order), which
+      already hold the references, so nothing is read from the dataset again.
+    vocab: the run's label vocabularies.
 
   Returns:
-    {"intent_log_probs" [N, I], "intent_labels" [N] (-1 unknown), "lid_logits" [N, L],
-     "lid_labels" [N] (-1 unknown), "confidence" [N], "exact" [N] bool (hypothesis ==
+    {"intent_log_probs" [N, I] or None, "intent_labels" [N] (-1 unknown), "lid_logits" [N, L],
+     "lid_labels" [N] (-1 unknown), "confidence" [N] (raw), "exact" [N] bool (hypothesis ==
      reference after normalisation)}.
   """
-  intent_lp, intent_lab, lid_lg, lid_lab, conf, exact = [], [], [], [], [], []
-  intents = {name: i for i, name in enumerate(run_data.vocab.intents)}
-  for out in outputs:
-    for r in np.flatnonzero(out["example_mask"]):
-      ref = _reference(source[int(out["index"][r])])
-      n = int(out["lengths"][r])
-      hyp = text_lib.normalize(run_data.tokenizer.decode(out["tokens"][r, :n]))
-      conf.append(float(out["confidence"][r]))
-      exact.append(hyp == text_lib.normalize(ref["ref_text"]))
-      lid_lg.append(out["utt_lid_logits"][r])
-      lang = ref["language"]
-      lid_lab.append(
-        langs_lib.LANGUAGE_CODES.index(lang) if lang in langs_lib.LANGUAGE_CODES else -1
-      )
-      if "intent_log_probs" in out:
-        intent_lp.append(out["intent_log_probs"][r])
-        intent_lab.append(intents.get(ref["ref_intent"], -1))
-  as_array = lambda x, dtype=np.float32: np.asarray(x, dtype)
+  rows = [(out, r) for out in outputs for r in np.flatnonzero(out["example_mask"])]
+  if len(rows) != len(records):
+    raise ValueError(f"{len(rows)} output rows for {len(records)} records")
+  intents = {name: i for i, name in enumerate(vocab.intents)}
+  codes = {code: i for i, code in enumerate(langs_lib.LANGUAGE_CODES)}
+  has_intents = bool(outputs) and "intent_log_probs" in outputs[0]
   return {
-    "intent_log_probs": as_array(intent_lp) if intent_lp else None,
-    "intent_labels": as_array(intent_lab, np.int64),
-    "lid_logits": as_array(lid_lg),
-    "lid_labels": as_array(lid_lab, np.int64),
-    "confidence": as_array(conf),
-    "exact": as_array(exact, bool),
+    "intent_log_probs": (
+      np.asarray([o["intent_log_probs"][r] for o, r in rows], np.float32) if has_intents else None
+    ),
+    "intent_labels": np.asarray([intents.get(rec.ref_intent, -1) for rec in records], np.int64),
+    "lid_logits": np.asarray([o["utt_lid_logits"][r] for o, r in rows], np.float32),
+    "lid_labels": np.asarray([codes.get(rec.language, -1) for rec in records], np.int64),
+    "confidence": np.asarray([o["confidence"][r] for o, r in rows], np.float32),
+    "exact": np.asarray(
+      [text_lib.normalize(rec.hyp_text) == text_lib.normalize(rec.ref_text) for rec in records],
+      bool,
+    ),
   }
 
 

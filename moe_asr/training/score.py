@@ -24,7 +24,7 @@ from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, evaluate, inputs, text_lm, train
+from moe_asr.training import distributed, evaluate, text_lm, train
 
 _LOG = logging.getLogger(__name__)
 
@@ -204,12 +204,12 @@ def tune_decoding(
     ilm_weights = (0.0,)
   split = split or (cfg.data.get("eval_splits") or ("validation",))[0]
   run = train.build_run(cfg, workdir, for_training=False)
-  results, best, best_outputs = [], None, None
+  results, best, best_outputs, best_records = [], None, None, None
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     eval_steps, _ = make_decoder(run, workdir, tunable=True)
     for lm_w in lm_weights:
       for ilm_w in ilm_weights:
-        summary, _, info = train.validate(
+        summary, recs, info = train.validate(
           run,
           eval_steps,
           split,
@@ -227,7 +227,7 @@ def tune_decoding(
         _LOG.info("tune-decoding %s", point)
         key = (point["mer"] if point["mer"] is not None else math.inf, -(point["intent_acc"] or 0))
         if best is None or key < best[0]:
-          best, best_outputs = (key, point), info["outputs"]
+          best, best_outputs, best_records = (key, point), info["outputs"], recs
   run.checkpointer.close()
   chosen = best[1]
   decode_cfg = {
@@ -237,17 +237,13 @@ def tune_decoding(
     "ilm_weight": float(chosen["ilm_weight"]),
     "length_bonus": float(cfg.decode.length_bonus),
   }
-  arrays = evaluate.calibration_arrays(best_outputs, run_source(cfg, split), run.data)
+  arrays = evaluate.calibration_arrays(best_outputs, best_records, run.data.vocab)
   calibration, fit = fit_calibration(arrays, target_accuracy=target_accuracy)
   summary = {"split": split, "decode": decode_cfg, "search": results, "calibration_fit": fit}
   if jax.process_index() == 0:
     (workdir / DECODING_FILE).write_text(json.dumps(summary, indent=2))
     calibration.save(workdir / CALIBRATION_FILE)
   return summary
-
-
-def run_source(cfg: ml_collections.ConfigDict, split: str):
-  return inputs.split_source(cfg, split)
 
 
 def fit_calibration(arrays: dict, *, target_accuracy: float) -> tuple:
