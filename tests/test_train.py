@@ -394,6 +394,33 @@ def test_a_checkpoint_from_8_devices_restores_and_evaluates_on_1(runs, ref8, tmp
   assert split["cer"] is not None and split["wer"] is not None  # Labelled text: rates exist.
 
 
+def test_a_staged_recipe_freezes_and_scales_learning_rates_and_resumes(runs, ref8, tmp_path):
+  # Parameter groups (a frozen encoder, a decoder at half the learning rate) give the
+  # optimizer state placeholders for the groups a parameter is not in; the state must still
+  # shard, checkpoint and restore.
+  w = tmp_path / "staged"
+  changes = dict(
+    mesh__shape="(-1,1,1,1)",
+    init_from=str(ref8 / "checkpoints"),
+    train__lr_multipliers='(("encoder/.*", 0.0), ("decoder/.*", 0.5))',
+  )
+  rc, out = _run(_train_cmd(w, runs.settings(2, **changes)), runs.env(1), tmp_path / "a.log")
+  assert rc == 0, out[-5000:]
+  assert "'lr=0.5'" in out and "'frozen'" in out  # The groups' sizes are logged.
+  rc, out = _run(_train_cmd(w, runs.settings(4, **changes)), runs.env(1), tmp_path / "b.log")
+  assert rc == 0, out[-5000:]
+  assert _RESUMED.search(out).group(1) == "2"
+  assert sorted(_losses(w)) == [1, 2, 3, 4]
+
+  source, staged = _saved_state(ref8, STEPS), _saved_state(w, 4)
+  encoder = [k for k in staged if k.startswith("model/encoder/")]
+  decoder = [k for k in staged if k.startswith("model/decoder/")]
+  assert encoder and decoder
+  for name in encoder:  # Frozen: exactly the parameters it started from.
+    np.testing.assert_array_equal(staged[name], source[name], err_msg=name)
+  assert any(not np.array_equal(staged[k], source[k]) for k in decoder)
+
+
 _NAN_STEP = 3  # The third batch is all NaN (prefetch 0, one thread: batches load in order).
 
 

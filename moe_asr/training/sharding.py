@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from moe_asr.models import partitioning
@@ -89,10 +90,14 @@ def state_shardings(abstract_state, mesh: Mesh, axis_rules) -> object:
   specs = partitioning.logical_to_mesh_specs(abstract_state, axis_rules)
 
   def to_sharding(spec, leaf):
-    if not isinstance(spec, PartitionSpec):
+    if isinstance(leaf, optax.MaskedNode):
+      return leaf  # A parameter's slot in an optimizer group it is not in: no array.
+    shape = getattr(leaf, "shape", ())
+    # Placeholders that keep a parameter's names without its shape (the optimizer
+    # state of a group a parameter is not in) are replicated.
+    if not isinstance(spec, PartitionSpec) or len(spec) > len(shape):
       spec = PartitionSpec()
     # A dimension smaller than its mesh axes cannot be split: replicate it.
-    shape = getattr(leaf, "shape", ())
     fixed = []
     for i, axis in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
       names = (axis,) if isinstance(axis, str) else tuple(axis or ())
