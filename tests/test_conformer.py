@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from moe_asr.models import conformer, lid
+from moe_asr.models import conformer, layers, lid
 from moe_asr.models.moe import MoeAux
 
 D, HEADS, FF, MELS, LANGS, EXPERTS = 8, 2, 16, 8, 3, 3
@@ -72,6 +72,30 @@ def _features(lengths, frames, seed=0, garbage=False):
 
 
 # --- subsampling ------------------------------------------------------------
+
+
+def _subsampling_grad_norm(enc, feats, mask):
+  """Global gradient norm of the subsampling parameters for a fixed readout of the output."""
+  proj = jax.random.normal(jax.random.key(3), (D,))
+
+  def loss(sub):
+    x, m = sub(feats, mask)
+    # A LayerNorm reads the subsampled frames, as the first block's pre-norm does.
+    h = layers.layer_norm(D, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))(x)
+    return jnp.sum(jnp.where(m[..., None], h, 0.0) @ proj) / m.sum()
+
+  return float(optax.global_norm(nnx.grad(loss)(enc.subsampling)))
+
+
+def test_masked_frames_do_not_blow_up_subsampling_gradients():
+  # SpecAugment sets whole frames to 0; with zero conv biases such a patch comes out of
+  # the subsampling as an all-zero vector, and a LayerNorm of it divides by
+  # sqrt(epsilon) (a gradient thousands of times larger than without the mask).
+  enc = _encoder()
+  feats, mask = _features(LENGTHS, T)
+  masked = feats.at[:, 4:20].set(0.0)
+  plain = _subsampling_grad_norm(enc, feats, mask)
+  assert _subsampling_grad_norm(enc, masked, mask) < 10 * plain
 
 
 def test_subsampled_lengths_match_receptive_fields_and_output_shape():
@@ -212,9 +236,17 @@ def test_moe_blocks_report_expert_load():
   assert float(out.moe_aux.load_balance_loss) >= 1.0 - 1e-5  # 1.0 only when perfectly uniform.
   assert float(out.moe_aux.lid_alignment_loss) > 0.0  # Hybrid router aligns with LID.
 
+  # Per frame: each valid frame's weights sum to 1, padding gets none, and the mean over
+  # valid frames is the layer's expert_load.
+  tl = np.asarray(out.token_expert_load)
+  enc_mask = np.asarray(out.mask)
+  assert tl.shape == (2, *enc_mask.shape, EXPERTS)
+  np.testing.assert_allclose(tl.sum(-1), np.broadcast_to(enc_mask, tl.shape[:-1]), atol=1e-6)
+  np.testing.assert_allclose(tl[:, enc_mask].mean(1), np.asarray(out.expert_load), atol=1e-6)
+
   dense = _encoder(moe_layers=(), num_experts=0)
   out = dense(feats, mask)
-  assert out.expert_load.shape[0] == 0
+  assert out.expert_load.shape[0] == 0 and out.token_expert_load.shape[0] == 0
   assert all(float(jnp.abs(a).sum()) == 0.0 for a in jax.tree.leaves(out.moe_aux))
   assert isinstance(out.moe_aux, MoeAux)
 

@@ -62,6 +62,12 @@ def test_beam_search_with_lm_and_corpus_bias_list(workdir, tmp_path):
   assert split["n"] > 0 and split["latency_p95"] >= split["latency_p50"] > 0
   hyps = (out / "hypotheses" / "test.jsonl").read_text().splitlines()
   assert len(hyps) == split["n"]
+  # The tiny encoder's MoE blocks 2 and 3: expert shares per language, and their heatmap.
+  load = split["expert_load"]
+  assert load["layers"] == [2, 3] and sum(load["frames"].values()) > 0
+  for rows in load["by_language"].values():
+    np.testing.assert_allclose(np.sum(rows, -1), 1.0, atol=1e-6)
+  assert (out / "expert_load_test.png").exists()
 
 
 def test_joint_search_with_ilm_and_task_rescoring(workdir, tmp_path):
@@ -169,3 +175,13 @@ def test_frame_lid_and_boundary_counts_by_hand():
   all_valid = np.ones((1, 8), bool)
   counts2 = decode.lid_counts(probs2, ref2, all_valid, tolerance=2)
   assert int(counts2["boundary_total"][0]) == 1 and int(counts2["boundary_hit"][0]) == 0
+
+
+def test_expert_language_load_by_hand():
+  # One utterance, 4 frames (the last is padding), 1 layer, 2 experts; reference en en es -.
+  token_load = np.array([[[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.3, 0.7]]]])
+  frame_lang = np.array([[0, 0, 1, 1]])
+  mask = np.array([[1, 1, 1, 0]], bool)
+  load = np.asarray(decode.expert_language_load(token_load, frame_lang, mask, 3))
+  assert load.shape == (1, 1, 3, 2)
+  np.testing.assert_allclose(load[0, 0], [[1.5, 0.5], [0.0, 1.0], [0.0, 0.0]], atol=1e-6)

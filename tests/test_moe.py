@@ -403,8 +403,10 @@ def test_aux_zeros_and_mean():
     lid_alignment_loss=jnp.float32(0.5),
     expert_load=jnp.array([1.0, 0.0, 0.0, 0.0]),
     dropped_fraction=jnp.float32(0.25),
+    token_load=jnp.array([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]),
   )
   m = moe.MoeAux.mean([a, b])
+  np.testing.assert_allclose(m.token_load, [[[0.5, 0, 0, 0], [0, 0, 0, 0]]])
   np.testing.assert_allclose(m.load_balance_loss, 1.0)
   np.testing.assert_allclose(m.expert_load, [0.5, 0, 0, 0])
   np.testing.assert_allclose(m.dropped_fraction, 0.125)

@@ -187,6 +187,23 @@ def test_expert_utilisation_and_shape_check(tmp_path):
     plots.expert_utilisation(load, ["en", "es", "cmn"], tmp_path / "bad.png")
 
 
+def test_expert_load_report_shares_and_heatmap(tmp_path):
+  # 2 layers, 3 languages (the second has no frames), 2 experts; summed routing weights.
+  load = np.array([[[3.0, 1.0], [0.0, 0.0], [0.5, 1.5]], [[2.0, 2.0], [0.0, 0.0], [2.0, 0.0]]])
+  got = report.expert_load_report(load, (4, 5), ("en", "es", "cmn"))
+  assert got == {
+    "layers": [4, 5],
+    "frames": {"en": 4, "cmn": 2},
+    "by_language": {"en": [[0.75, 0.25], [0.5, 0.5]], "cmn": [[0.25, 0.75], [1.0, 0.0]]},
+  }
+  with pytest.raises(ValueError, match=r"\[2 layers, 2 languages, experts\]"):
+    report.expert_load_report(load, (4, 5), ("en", "es"))
+  r = _report()
+  r["splits"]["test"]["expert_load"] = got
+  paths = report.write_report(r, tmp_path)
+  assert paths["expert_load_test.png"].read_bytes().startswith(PNG_MAGIC)
+
+
 def test_plots_without_data_still_write(tmp_path):
   plots.per_language_bars({"splits": {"test": {"by_language": {}}}}, tmp_path / "bars.png")
   plots.reliability_diagram([Utterance("a", "x", "x")], tmp_path / "rel.png")

@@ -118,6 +118,25 @@ def lid_counts(
   }
 
 
+def expert_language_load(
+  token_load: jax.Array, frame_lang: jax.Array, mask: jax.Array, num_languages: int
+) -> jax.Array:
+  """Per utterance, the routing weight each expert got from the frames of each language.
+
+  Args:
+    token_load: [layers, B, T, E] routing weights per frame (`token_expert_load`).
+    frame_lang: int [B, T] reference language per encoder frame (-1 unknown).
+    mask: bool [B, T] valid frames.
+    num_languages: size of the language axis.
+
+  Returns:
+    float32 [B, layers, languages, E]; summed over E it counts each language's
+    frames (frames of unknown language count nowhere).
+  """
+  lang = jax.nn.one_hot(jnp.where(mask, frame_lang, -1), num_languages, dtype=jnp.float32)
+  return jnp.einsum("nbte,btl->bnle", token_load.astype(jnp.float32), lang)
+
+
 def make_decode_fn(
   cfg: ml_collections.ConfigDict,
   *,
@@ -261,6 +280,9 @@ def make_decode_fn(
       utt_lid_logits=enc.utt_lid_logits.astype(jnp.float32),
       scores=scores,
       **lid_counts(enc.lid_probs, encoded.frame_lang, enc.mask),
+      expert_language_load=expert_language_load(
+        enc.token_expert_load, encoded.frame_lang, enc.mask, enc.lid_probs.shape[-1]
+      ),
     )
     _, task = model.decode_tokens(encoded, tokens, mask)
     if task is not None:

@@ -62,6 +62,39 @@ def split_report(
   return out
 
 
+def expert_load_report(
+  load: np.ndarray, layers: Sequence[int], languages: Sequence[str]
+) -> dict[str, Any]:
+  """The expert-by-language utilisation of a split, for `split_report(...)["expert_load"]`.
+
+  Args:
+    load: [layers, languages, experts] routing weight summed over each reference
+      language's frames (`evaluate_split`'s info["expert_load"]).
+    layers: the encoder blocks the first axis stands for.
+    languages: codes of the language axis.
+
+  Returns:
+    {"layers": [...], "frames": {language: frames}, "by_language": {language:
+    [[share of each expert] per layer]}}, over the languages that have frames; each
+    inner list sums to 1.
+  """
+  load = np.asarray(load, np.float64)
+  if load.ndim != 3 or load.shape[:2] != (len(layers), len(languages)):
+    raise ValueError(
+      f"load must be [{len(layers)} layers, {len(languages)} languages, experts], "
+      f"got shape {load.shape}"
+    )
+  frames = load[0].sum(-1)  # Each frame's weights sum to 1 in every layer.
+  present = [i for i in range(len(languages)) if frames[i] > 0]
+  return {
+    "layers": [int(x) for x in layers],
+    "frames": {languages[i]: int(round(frames[i])) for i in present},
+    "by_language": {
+      languages[i]: (load[:, i] / load[:, i].sum(-1, keepdims=True)).tolist() for i in present
+    },
+  }
+
+
 def _jsonable(obj: Any, where: str) -> Any:
   """A copy of `obj` that `json.dumps(allow_nan=False)` accepts (non-finite floats -> None)."""
   if obj is None or isinstance(obj, str):
@@ -251,8 +284,9 @@ def write_report(
     report: a `build_report` result.
     out_dir: directory to write into (created if needed), normally `W/eval`.
     records: {split: utterances}; writes the hypotheses and the reliability diagrams.
-    plots: write PNG plots (per-language CER bars; reliability per split with intent
-      confidences; training curves when `metrics_path` is given).
+    plots: write PNG plots (per-language CER bars; reliability and accuracy-vs-coverage
+      per split with intent confidences; expert-by-language load per split that has
+      it; training curves when `metrics_path` is given).
     metrics_path: the run's metrics.jsonl, for the training-curve plot.
 
   Returns:
@@ -287,6 +321,20 @@ def write_report(
     if any(r.ref_intent and math.isfinite(r.confidence) for r in recs):
       name = f"coverage_{split}.png"
       plots_lib.coverage_accuracy(recs, out_dir / name)
+      written[name] = out_dir / name
+  for split, s in splits.items():
+    load = s.get("expert_load")
+    if load and load.get("by_language"):
+      name = f"expert_load_{split}.png"
+      rows = [
+        (lang, i, layer) for i, layer in enumerate(load["layers"]) for lang in load["by_language"]
+      ]
+      plots_lib.expert_utilisation(
+        np.asarray([load["by_language"][lang][i] for lang, i, _ in rows]),
+        [f"{lang} (block {layer})" for lang, _, layer in rows],
+        out_dir / name,
+        title=f"{split}: encoder expert load by language",
+      )
       written[name] = out_dir / name
   if metrics_path is not None and pathlib.Path(metrics_path).exists():
     name = "training_curves.png"

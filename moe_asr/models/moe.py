@@ -80,6 +80,10 @@ class MoeAux:
       the mean posterior mass of each expert).
     dropped_fraction: scalar, fraction of valid token-assignments dropped by
       the capacity factor (0 when dropless).
+    token_load: [batch, length, num_experts] routing weight each position gave
+      each expert (sums to 1 at valid positions, 0 at padding): the per-position
+      view of `expert_load`, for expert-by-language statistics ([1, 1, E] zeros in
+      `zeros`, which broadcasts in `mean`).
   """
 
   load_balance_loss: jax.Array
@@ -87,12 +91,14 @@ class MoeAux:
   lid_alignment_loss: jax.Array
   expert_load: jax.Array
   dropped_fraction: jax.Array
+  token_load: jax.Array
 
   @staticmethod
   def zeros(num_experts: int) -> MoeAux:
     """All-zero aux (for models without MoE layers)."""
     z = jnp.zeros((), jnp.float32)
-    return MoeAux(z, z, z, jnp.zeros((num_experts,), jnp.float32), z)
+    experts = jnp.zeros((num_experts,), jnp.float32)
+    return MoeAux(z, z, z, experts, z, jnp.zeros((1, 1, num_experts), jnp.float32))
 
   @staticmethod
   def mean(auxes: Sequence[MoeAux]) -> MoeAux:
@@ -447,9 +453,11 @@ class MoeFeedForward(nnx.Module):
 
     onehot = jax.nn.one_hot(expert_idx, e, dtype=jnp.float32) * routed[..., None]  # [n, k, E]
     if self.router == "language" and self.language_soft:
-      load = (onehot * gates[..., None]).sum((0, 1)) / n_valid
+      token_load = (onehot * gates[..., None]).sum(1)  # [n, E]
+      load = token_load.sum(0) / n_valid
     else:
       load = onehot.sum((0, 1)) / jnp.maximum(onehot.sum(), 1.0)
+      token_load = onehot.sum(1) / expert_idx.shape[1]
     mean_probs = (probs * validf[:, None]).sum(0) / n_valid
     lb_loss = e * (load * mean_probs).sum()
 
@@ -473,6 +481,7 @@ class MoeFeedForward(nnx.Module):
       lid_alignment_loss=lid_loss,
       expert_load=load,
       dropped_fraction=dropped,
+      token_load=token_load,
     )
     return expert_idx.astype(jnp.int32), gates, assigned, aux
 
@@ -589,6 +598,7 @@ class MoeFeedForward(nnx.Module):
     valid = mask.reshape(b * t)
     lp = None if lang_probs is None else lang_probs.reshape(b * t, -1)
     expert_idx, gates, assigned, aux = self._route(xf, valid, lp)
+    aux = aux.replace(token_load=aux.token_load.reshape(b, t, self.num_experts))
 
     if dense:
       combine = (

@@ -262,11 +262,14 @@ def evaluate_split(
   Returns:
     (records, {"seconds": decode wall time, "audio_seconds", "rtf", "latency_p50" /
     "latency_p95" (seconds from a batch's arrival to its decoded arrays, compiles
-    excluded, over batches), "skipped": pipeline counts, and "outputs" if asked}).
+    excluded, over batches), "skipped": pipeline counts, "expert_load" ([encoder MoE
+    layers, languages, experts] routing weight summed over frames of each reference
+    language) when the encoder has experts, and "outputs" if asked}).
   """
   records: list = []
   outputs: list = []
   latencies: list[float] = []
+  expert_load = None  # [layers, languages, experts], summed over the split's frames.
   audio_seconds = 0.0
   start = time.perf_counter()
   for i, host_batch in enumerate(pipeline):
@@ -281,6 +284,9 @@ def evaluate_split(
     batch_records = records_from_outputs(out, pipeline.source, run_data, calibration)
     audio_seconds += sum(r.duration_s for r in batch_records)
     records += batch_records
+    if out.get("expert_language_load") is not None:
+      batch_load = out["expert_language_load"][np.asarray(out["example_mask"], bool)].sum(0)
+      expert_load = batch_load if expert_load is None else expert_load + batch_load
     if keep_outputs:
       outputs.append(out)
   seconds = time.perf_counter() - start
@@ -292,6 +298,8 @@ def evaluate_split(
     "latency_p95": float(np.percentile(latencies, 95)) if latencies else math.nan,
     "skipped": pipeline.stats,
   }
+  if expert_load is not None and expert_load.shape[0]:
+    info["expert_load"] = expert_load
   if keep_outputs:
     info["outputs"] = outputs
   return records, info

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from moe_asr import config_lib
+from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding import decode as decode_lib
 from moe_asr.evaluation import metrics as metrics_lib
@@ -140,6 +141,13 @@ def evaluate_workdir(
       split_reports[split]["latency_p50"] = info["latency_p50"]
       split_reports[split]["latency_p95"] = info["latency_p95"]
       split_reports[split]["skipped"] = info["skipped"]
+      if "expert_load" in info:
+        load = info["expert_load"]
+        codes = list(langs_lib.LANGUAGE_CODES)
+        codes += [f"language{i}" for i in range(len(codes), load.shape[1])]
+        split_reports[split]["expert_load"] = report_lib.expert_load_report(
+          load, cfg.model.encoder.moe_layers, codes[: load.shape[1]]
+        )
   report = report_lib.build_report(
     model={
       "params_total": int(sizes["params_total"]),
