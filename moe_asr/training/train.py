@@ -298,7 +298,14 @@ def _saved_params(directory: str) -> dict[str, np.ndarray]:
   step = source.latest_step()
   if step is None:
     raise FileNotFoundError(f"config.init_from={directory!r} holds no checkpoint")
-  tree = ocp.StandardCheckpointer().restore(pathlib.Path(directory) / str(step) / "state")
+  path = pathlib.Path(directory) / str(step) / "state"
+  # As host numpy arrays: the source run's mesh (8 devices, 2 processes) need not exist here.
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  metadata = getattr(metadata, "item_metadata", metadata)
+  metadata = getattr(metadata, "tree", metadata)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  tree = checkpointer.restore(path, restore_args=as_numpy)
   flat = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree.get("model", {})):
     flat[state_lib.path_name(path)] = np.asarray(leaf)
