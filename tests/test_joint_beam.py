@@ -288,7 +288,9 @@ def test_zero_lm_and_ilm_weights_equal_plain_search():
   fused = _joint(model, lm, encoded, jnp.zeros(B), jnp.zeros(B), with_lm=True)
   np.testing.assert_array_equal(plain.tokens, fused.tokens)
   np.testing.assert_array_equal(plain.lengths, fused.lengths)
-  np.testing.assert_array_equal(plain.scores, fused.scores)
+  # The same search decisions; the scores come from two different compiled programs (the
+  # fused one has more ops to fuse), where XLA may round the last float32 bit differently.
+  np.testing.assert_allclose(plain.scores, fused.scores, rtol=1e-6, atol=0)
   assert bool(jnp.isfinite(plain.scores[:, 0]).all())
   # The LM and ILM did run: their (unweighted) parts are filled in.
   assert float(fused.parts["lm"][:, 0].max()) < 0 and float(fused.parts["ilm"][:, 0].max()) < 0
