@@ -74,6 +74,17 @@ def _features(lengths, frames, seed=0, garbage=False):
 # --- subsampling ------------------------------------------------------------
 
 
+def test_subsampling_output_is_centred_per_utterance():
+  enc = _encoder()
+  feats, mask = _features(LENGTHS, T_PAD)
+  x, m = enc.subsampling(feats, mask)
+  x, m = np.asarray(x), np.asarray(m)
+  for b in range(len(LENGTHS)):
+    np.testing.assert_allclose(x[b, m[b]].mean(0), 0.0, atol=1e-5)
+    assert np.abs(x[b, m[b]]).max() > 0.1  # Centred, not zeroed.
+    assert not np.abs(x[b, ~m[b]]).any()  # Padding stays exactly 0.
+
+
 def _subsampling_grad_norm(enc, feats, mask):
   """Global gradient norm of the subsampling parameters for a fixed readout of the output."""
   proj = jax.random.normal(jax.random.key(3), (D,))

@@ -98,7 +98,10 @@ def _fan_in_uniform(fan_in: int) -> nnx.Initializer:
 
 
 class ConvSubsampling(nnx.Module):
-  """Two 3x3 stride-2 Conv2D + ReLU (4x in time and frequency), then a Linear."""
+  """Two 3x3 stride-2 Conv2D + ReLU (4x in time and frequency), then a Linear.
+
+  Each utterance's output is centred in time (zero mean over its valid frames).
+  """
 
   def __init__(
     self,
@@ -174,8 +177,8 @@ class ConvSubsampling(nnx.Module):
     # offset of about lr * fan_in per step, shared by all frames, which swamps the
     # frame-to-frame variation: the blocks above then see (almost) the same vector
     # everywhere (measured: their within-utterance spread fell 10x in 20 steps at
-    # lr 5e-4, and the LID accuracy stayed at chance). Without that offset they keep
-    # their spread and the LID accuracy rises at once.
+    # lr 5e-4). Over 150 demo steps at lr 1.5e-3 the LID accuracy stayed at chance
+    # (0.21) without the centring and reached 0.32 with it.
     valid = out_mask[..., None]
     count = jnp.maximum(valid.sum(1, keepdims=True), 1).astype(jnp.float32)
     mean = jnp.sum(jnp.where(valid, x, 0.0).astype(jnp.float32), 1, keepdims=True) / count
