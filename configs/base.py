@@ -42,6 +42,13 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   )
   d.data_dir = "data"  # TFDS data directory.
   d.config = ""  # Catalog builder config (e.g. "fleurs.hi_in" for xtreme_s).
+  # SentencePiece model file of the run ("": the tokenizer built with the corpus, or one
+  # trained on the train split and kept in the workdir for other datasets).
+  d.tokenizer = ""
+  # Pieces of a tokenizer trained on the train split for this run and kept in the workdir
+  # (W/tokenizer.model); 0: the corpus's own tokenizer (synth corpora), else 1000 pieces.
+  d.vocab_size = 0
+  d.character_coverage = 0.9995  # Of that tokenizer; characters beyond it become bytes.
   d.train_split = "train"
   d.eval_splits = ("validation",)
   # ((max_seconds, global_batch_size), ...): the static shapes of the step.

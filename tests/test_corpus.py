@@ -192,6 +192,37 @@ def test_pipeline_reads_the_corpus(builder, tiny_corpus):
   assert p.stats == {}
 
 
+def test_a_run_can_train_its_own_tokenizer(builder, splits, tiny_corpus, tmp_path):
+  """`data.vocab_size` trains a tokenizer for the run, kept in (and reused from) the workdir."""
+  from configs import tiny
+  from moe_asr.training import inputs
+
+  data_dir, _, _ = tiny_corpus
+  cfg = tiny.get_config()
+  cfg.data.data_dir = str(data_dir)
+  corpus_tok = synth.tokenizer_path(builder)
+  assert inputs.load_run_data(cfg, tmp_path / "a").tokenizer.to_bytes() == corpus_tok.read_bytes()
+  assert not (tmp_path / "a").exists()
+
+  texts = [_s(ex["text"]) for ex in splits["train"]]
+  cfg.data.vocab_size = 500
+  cfg.data.character_coverage = 1.0
+  own = inputs.load_run_data(cfg, tmp_path / "b").tokenizer
+  assert own.vocab_size == 500
+  assert (tmp_path / "b" / "tokenizer.model").read_bytes() == own.to_bytes()
+  assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["tokenizer.model"]
+  # Full coverage: every character of the train text is a piece (no byte fallback).
+  byte_ids = {own.piece_to_id(f"<0x{b:02X}>") for b in range(256)}
+  for text in texts:
+    ids = own.encode(text)
+    assert not byte_ids & set(ids), text
+    assert own.decode(ids) == text
+  # The run's tokenizer wins later (resume, eval, transcribe), whatever vocab_size says.
+  cfg.data.vocab_size = 0
+  again = inputs.load_run_data(cfg, tmp_path / "b").tokenizer
+  assert again.to_bytes() == own.to_bytes()
+
+
 def test_config_change_is_detected(tiny_corpus, tmp_path):
   data_dir, _, _ = tiny_corpus
   with pytest.raises(ValueError, match="differs from it"):

@@ -15,6 +15,7 @@ import math
 import pathlib
 from collections.abc import Mapping
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -65,23 +66,32 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
   """Tokenizer, label vocabularies and dataset metadata of a run config."""
   builder = _synth_builder(cfg)
   metadata = dict(builder.info.metadata or {}) if builder is not None else {}
+  own = pathlib.Path(workdir) / "tokenizer.model"  # A tokenizer trained for this run.
+  vocab_size = cfg.data.get("vocab_size", 0)
   if cfg.data.get("tokenizer"):
     tokenizer = tokenizer_lib.Tokenizer.load(cfg.data.tokenizer)
-  elif builder is not None:
+  elif own.exists():
+    tokenizer = tokenizer_lib.Tokenizer.load(own)
+  elif builder is not None and not vocab_size:
     from moe_asr.data.builders import synth
 
     tokenizer = tokenizer_lib.Tokenizer.load(synth.tokenizer_path(builder))
   else:
-    path = pathlib.Path(workdir) / "tokenizer.model"
-    if path.exists():
-      tokenizer = tokenizer_lib.Tokenizer.load(path)
-    else:
-      _LOG.info("Training a tokenizer on %s:%s", cfg.data.name, cfg.data.train_split)
-      source = split_source(cfg, cfg.data.train_split)
-      texts = [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
-      tokenizer = tokenizer_lib.Tokenizer.train(texts, vocab_size=cfg.data.get("vocab_size", 1000))
-      path.parent.mkdir(parents=True, exist_ok=True)
-      tokenizer.save(path)
+    vocab_size = vocab_size or 1000
+    _LOG.info(
+      "Training a tokenizer of %d pieces on %s:%s", vocab_size, cfg.data.name, cfg.data.train_split
+    )
+    source = split_source(cfg, cfg.data.train_split)
+    texts = [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
+    tokenizer = tokenizer_lib.Tokenizer.train(
+      texts, vocab_size=vocab_size, character_coverage=cfg.data.get("character_coverage", 0.9995)
+    )
+    own.parent.mkdir(parents=True, exist_ok=True)
+    # Every process trains the same model (same text, one thread); each writes its own
+    # temporary file and renames it, so a reader never sees half a model.
+    tmp = own.with_name(f"{own.name}.{jax.process_index()}.tmp")
+    tokenizer.save(tmp)
+    tmp.replace(own)
   intents = tuple(metadata.get("intents", ()))
   slot_types = tuple(metadata.get("slot_types", ()))
   return RunData(tokenizer, pipeline_lib.Vocabularies(intents, slot_types), metadata)
