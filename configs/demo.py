@@ -11,23 +11,45 @@ def get_config():
   c = base.get_config(model="demo", corpus="demo")
   # Two static shapes of about the same cost (each compiles once, about a minute on 2
   # cores); together they hold 98% of the demo corpus (the rest, over 4 s, is skipped in
-  # training and scored in evaluation).
-  c.data.buckets = ((2.4, 24), (4.0, 12))
-  c.data.tokens_per_second = 12.0
+  # training and scored in evaluation). Half-size batches: twice the updates for the
+  # same audio, which learns faster this early in training (measured below).
+  c.data.buckets = ((2.4, 12), (4.0, 6))
+  # Characters, not word pieces: a tokenizer of the run with every character of the train
+  # text (784, 679 of them Han) plus the byte and special pieces, about 1.02 pieces per
+  # character. Each Latin and Devanagari letter is then seen thousands of times an epoch
+  # where a 1500-piece model saw most pieces a few dozen times. Measured at 400 steps
+  # (ctc 1.0, att 0.3): validation CER 0.77 with it, 0.93 with 1100 pieces (1.24
+  # characters a piece), 0.99 with the corpus's 1500 (2.1 characters a piece).
+  c.data.vocab_size = 1060
+  c.data.character_coverage = 1.0
+  c.data.tokens_per_second = 20.0
   c.data.eval_splits = ("validation",)
+  # No SpecAugment and no dropout in the recogniser: in about four passes over the data the
+  # model underfits, and both only slowed it. Measured over 800 half-size steps (character
+  # tokens, ctc 1.0, att 0.3): validation CER 0.52 and LID 0.86 without them, 0.72 and 0.65
+  # with the preset's light SpecAugment and dropout 0.05.
+  c.model.specaug.num_time_masks = 0
+  c.model.specaug.num_freq_masks = 0
+  c.model.encoder.dropout = 0.0
+  c.model.decoder.dropout = 0.0
   t = c.train
-  t.steps = 800
+  t.steps = 1600
   t.learning_rate = 1e-3
   t.warmup_steps = 50
+  # CTC-heavy: the CTC output (greedy or prefix beam) is what transcribes within this
+  # budget. Measured over 800 steps of the 1500-piece setup: CTC 4.99 nats/token and
+  # validation CER 0.93 with these weights, 5.19 and 0.98 with the defaults (0.3, 0.7).
+  t.loss.ctc = 1.0
+  t.loss.att = 0.3
   # Output projections of the blocks (fan-in up to 576) at a quarter of the rate: with
   # Adam each of their weights moves by about lr, so their outputs move by about
   # lr * fan_in, and early on, in the direction shared by all frames (the blocks'
   # within-utterance spread then collapses; measured over 20 steps at 1.5e-3, block 2
   # kept 0.73 of it with this and 0.43 without).
   t.lr_multipliers = (("encoder/blocks/.*/(down|linear_out|pointwise2)/.*", 0.25),)
-  t.oracle_mix_steps = 300
+  t.oracle_mix_steps = 600
   t.log_every = 25
   t.eval_every = 0  # Validation once, at the end.
-  t.checkpoint_every = 250
+  t.checkpoint_every = 500
   c.eval.splits = ("test", "test_cs", "test_noisy", "test_bias")
   return c

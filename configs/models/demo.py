@@ -26,5 +26,5 @@ def get_config():
   # A short run: lighter SpecAugment than the full-size presets.
   m.specaug.num_time_masks = 2
   m.specaug.max_time_width = 20
-  m.decoder.max_len = 64
+  m.decoder.max_len = 96  # Character tokens: up to 88 in a 4 s bucket.
   return m
