@@ -299,3 +299,28 @@ def test_record_from_row_calibration_and_slots(run_data):
   assert rec["confidence"] == pytest.approx(calibrated, rel=1e-6) and rec["deferred"] is True
   empty = transcribe.record_from_row(out, 0, **common)
   assert empty["text"] == "" and empty["words"] == [] and empty["slots"] == []
+
+
+def test_transcribe_from_the_workdir_alone(tiny_workdir, audio_files, run_data, tmp_path, capsys):
+  """Training keeps the data side in the workdir; transcribe works where no dataset is."""
+  import shutil
+
+  assert (tiny_workdir / inputs.RUN_DATA_FILE).exists()
+  moved = tmp_path / "run"
+  shutil.copytree(tiny_workdir, moved)
+  elsewhere = [f"--config.data.data_dir={tmp_path / 'no_data_here'}"]
+  alone = inputs.load_run_data(score.workdir_config(moved, elsewhere), moved)
+  assert alone.tokenizer.to_bytes() == run_data.tokenizer.to_bytes()
+  assert alone.vocab == run_data.vocab and alone.num_intents > 0
+  assert alone.metadata["bias_phrases"] == run_data.metadata["bias_phrases"]
+
+  files, durations = audio_files
+  args = _parse(["transcribe", "--workdir", str(moved), files["mono"], "--method", "greedy"])
+  assert args.func(args, elsewhere) == 0
+  (record,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  _check_record(record, durations["mono"], aligned=True)
+  assert record["intent"] in run_data.vocab.intents
+
+  (moved / inputs.RUN_DATA_FILE).unlink()  # Neither dataset nor snapshot: the clear error.
+  with pytest.raises(FileNotFoundError, match="not built"):
+    inputs.load_run_data(score.workdir_config(moved, elsewhere), moved)

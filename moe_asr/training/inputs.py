@@ -10,6 +10,7 @@ is trained on the train split's text and kept in the workdir.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import pathlib
@@ -62,9 +63,76 @@ def _synth_builder(cfg: ml_collections.ConfigDict):
   return builder
 
 
+RUN_DATA_FILE = "run_data.json"  # The run's label vocabularies and dataset metadata.
+
+
+def save_run_data(data: RunData, workdir: str | pathlib.Path) -> None:
+  """Keeps the data side of a run in its workdir (`tokenizer.model`, `run_data.json`).
+
+  With them, `eval` of other data, `transcribe` and `tune-decoding` work from the workdir
+  alone, also where the training dataset is not (another machine, a shared checkpoint).
+  Called by the primary process; each file is written to a temporary name and renamed.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  files = {
+    "tokenizer.model": data.tokenizer.to_bytes(),
+    RUN_DATA_FILE: json.dumps(
+      {
+        "intents": list(data.vocab.intents),
+        "slot_types": list(data.vocab.slot_types),
+        "metadata": data.metadata,
+      },
+      ensure_ascii=False,
+      indent=1,
+      default=_json_default,
+    ).encode("utf-8"),
+  }
+  for name, content in files.items():
+    path = workdir / name
+    if path.exists() and path.read_bytes() == content:
+      continue
+    tmp = path.with_name(f"{name}.tmp")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+
+
+def _json_default(x):
+  if isinstance(x, np.ndarray | np.generic):
+    return x.tolist()
+  raise TypeError(f"{type(x).__name__} in dataset metadata is not JSON serialisable")
+
+
+def _saved_run_data(workdir: pathlib.Path) -> dict | None:
+  path = workdir / RUN_DATA_FILE
+  if not path.exists() or not (workdir / "tokenizer.model").exists():
+    return None
+  return json.loads(path.read_text("utf-8"))
+
+
 def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> RunData:
-  """Tokenizer, label vocabularies and dataset metadata of a run config."""
-  builder = _synth_builder(cfg)
+  """Tokenizer, label vocabularies and dataset metadata of a run config.
+
+  From the dataset (and the run's own tokenizer, if it has one); where the dataset is not
+  built here, from what training kept in the workdir (`save_run_data`).
+  """
+  try:
+    builder = _synth_builder(cfg)
+  except FileNotFoundError:
+    saved = _saved_run_data(pathlib.Path(workdir))
+    if saved is None:
+      raise
+    _LOG.warning(
+      "Dataset %s is not in %r: vocabularies and metadata from %s",
+      cfg.data.name,
+      cfg.data.data_dir,
+      pathlib.Path(workdir) / RUN_DATA_FILE,
+    )
+    return RunData(
+      tokenizer_lib.Tokenizer.load(pathlib.Path(workdir) / "tokenizer.model"),
+      pipeline_lib.Vocabularies(tuple(saved["intents"]), tuple(saved["slot_types"])),
+      saved["metadata"],
+    )
   metadata = dict(builder.info.metadata or {}) if builder is not None else {}
   own = pathlib.Path(workdir) / "tokenizer.model"  # A tokenizer trained for this run.
   vocab_size = cfg.data.get("vocab_size", 0)
