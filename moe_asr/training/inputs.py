@@ -69,7 +69,7 @@ RUN_DATA_FILE = "run_data.json"  # The run's label vocabularies and dataset meta
 def save_run_data(data: RunData, workdir: str | pathlib.Path) -> None:
   """Keeps the data side of a run in its workdir (`tokenizer.model`, `run_data.json`).
 
-  With them, `eval` of other data, `transcribe` and `tune-decoding` work from the workdir
+  With them, `transcribe` (and anything else that reads no split) works from the workdir
   alone, also where the training dataset is not (another machine, a shared checkpoint).
   Called by the primary process; each file is written to a temporary name and renamed.
   """

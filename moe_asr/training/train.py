@@ -5,7 +5,7 @@
   -> final checkpoint and validation
 
 Everything the run writes lives in the workdir: `config.json`, the data side
-(`tokenizer.model`, `run_data.json`: eval and transcribe need no dataset),
+(`tokenizer.model`, `run_data.json`: transcribe needs no dataset),
 `metrics.jsonl` (one JSON object per logged step), TensorBoard events and
 `checkpoints/` (orbax). Only process 0 writes logs and reports; every process
 takes part in checkpoints.
@@ -421,7 +421,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   # --- Mesh, data side, state, resume.
   run = build_run(cfg, workdir)
   if primary:
-    inputs.save_run_data(run.data, workdir)  # Eval and transcribe without the dataset.
+    inputs.save_run_data(run.data, workdir)  # Transcribe without the dataset.
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     try:
       return _train_loop(run, workdir, primary)
