@@ -16,7 +16,6 @@ import math
 import pathlib
 from collections.abc import Mapping
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -24,6 +23,7 @@ from moe_asr.data import features as features_lib
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import schema
 from moe_asr.data import tokenizer as tokenizer_lib
+from moe_asr.evaluation import report as report_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -71,10 +71,9 @@ def save_run_data(data: RunData, workdir: str | pathlib.Path) -> None:
 
   With them, `transcribe` (and anything else that reads no split) works from the workdir
   alone, also where the training dataset is not (another machine, a shared checkpoint).
-  Called by the primary process; each file is written to a temporary name and renamed.
+  Called by the primary process; each file is written atomically, and only if it changed.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   files = {
     "tokenizer.model": data.tokenizer.to_bytes(),
     RUN_DATA_FILE: json.dumps(
@@ -85,22 +84,12 @@ def save_run_data(data: RunData, workdir: str | pathlib.Path) -> None:
       },
       ensure_ascii=False,
       indent=1,
-      default=_json_default,
     ).encode("utf-8"),
   }
   for name, content in files.items():
     path = workdir / name
-    if path.exists() and path.read_bytes() == content:
-      continue
-    tmp = path.with_name(f"{name}.tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
-
-
-def _json_default(x):
-  if isinstance(x, np.ndarray | np.generic):
-    return x.tolist()
-  raise TypeError(f"{type(x).__name__} in dataset metadata is not JSON serialisable")
+    if not path.exists() or path.read_bytes() != content:
+      report_lib.write_atomic(path, content)
 
 
 def _saved_run_data(workdir: pathlib.Path) -> dict | None:
@@ -154,12 +143,8 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     tokenizer = tokenizer_lib.Tokenizer.train(
       texts, vocab_size=vocab_size, character_coverage=cfg.data.get("character_coverage", 0.9995)
     )
-    own.parent.mkdir(parents=True, exist_ok=True)
-    # Every process trains the same model (same text, one thread); each writes its own
-    # temporary file and renames it, so a reader never sees half a model.
-    tmp = own.with_name(f"{own.name}.{jax.process_index()}.tmp")
-    tokenizer.save(tmp)
-    tmp.replace(own)
+    # Every process trains the same model (same text, one thread) and writes it atomically.
+    report_lib.write_atomic(own, tokenizer.to_bytes())
   intents = tuple(metadata.get("intents", ()))
   slot_types = tuple(metadata.get("slot_types", ()))
   return RunData(tokenizer, pipeline_lib.Vocabularies(intents, slot_types), metadata)
