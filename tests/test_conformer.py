@@ -387,6 +387,13 @@ def test_from_config_and_validation():
   )
   enc = conformer.ConformerEncoder.from_config(cfg, rngs=nnx.Rngs(0))
   assert enc.dtype == jnp.bfloat16 and enc.num_languages == LANGS
+  # Subsampling convolutions default to d_model channels; narrower ones keep the output shape.
+  assert enc.subsampling.conv2.kernel.shape == (3, 3, D, D)
+  cfg.subsampling_channels = 8
+  narrow = conformer.ConformerEncoder.from_config(cfg, rngs=nnx.Rngs(0))
+  assert narrow.subsampling.conv1.kernel.shape == (3, 3, 1, 8)
+  assert narrow.subsampling.conv2.kernel.shape == (3, 3, 8, 8)
+  assert narrow.subsampling.out.kernel.shape[1] == D
   assert [b.use_moe for b in enc.blocks] == [False, False, True]
   assert len(enc.conditioners) == 2
   # Random oracle mixing needs a `condition` stream, which nnx.Rngs(0) lacks.

@@ -59,6 +59,10 @@ def model_config(
   e.conditioning = "film"  # LID conditioning of upper blocks: "none" | "add" | "film".
   e.num_languages = m.get_ref("num_languages")
   e.num_mel_bins = 80
+  # Channels of the two stride-2 subsampling convolutions (0 = d_model, as ESPnet's
+  # Conv2dSubsampling; NeMo's subsampling_conv_channels). The second one runs at 1/4 of the
+  # frame rate on a 2-D grid, so its cost grows with the square of this.
+  e.subsampling_channels = 0
 
   d = m.decoder = ml_collections.ConfigDict()
   d.d_model = d_model

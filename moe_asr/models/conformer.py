@@ -483,6 +483,7 @@ class ConformerEncoder(nnx.Module):
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     conditioning: str = "film",
     language_soft: bool = False,
+    subsampling_channels: int = 0,
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -513,7 +514,9 @@ class ConformerEncoder(nnx.Module):
     self.conditioning = conditioning
     self.dtype = dtype
 
-    self.subsampling = ConvSubsampling(num_mel_bins, d_model, **kw)
+    self.subsampling = ConvSubsampling(
+      num_mel_bins, d_model, channels=subsampling_channels or None, **kw
+    )
     self.input_dropout = nnx.Dropout(dropout, rngs=rngs)
     self.blocks = nnx.List(
       [
@@ -560,7 +563,9 @@ class ConformerEncoder(nnx.Module):
     router ("learned" | "language" | "hybrid"), top_k, capacity_factor (None =
     dropless), shared_expert, conditioning ("none" | "add" | "film"),
     num_languages, dtype ("float32" | "bfloat16", compute dtype; params stay
-    float32). Optional: num_mel_bins (default 80), language_soft (default False).
+    float32). Optional: num_mel_bins (default 80), language_soft (default False),
+    subsampling_channels (channels of the two subsampling convolutions; default 0 =
+    d_model).
     """
     dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
@@ -581,6 +586,7 @@ class ConformerEncoder(nnx.Module):
       num_languages=cfg.get("num_languages", len(langs_lib.LANGUAGE_CODES)),
       conditioning=cfg.conditioning,
       language_soft=cfg.get("language_soft", False),
+      subsampling_channels=cfg.get("subsampling_channels", 0),
       dtype=dtype or jnp.float32,
       rngs=rngs,
     )
