@@ -12,8 +12,10 @@ from flax import nnx
 
 from moe_asr import config_lib
 from moe_asr.data import features
+from moe_asr.decoding import greedy
 from moe_asr.models import info, task_heads
 from moe_asr.models import model as model_lib
+from moe_asr.training import losses
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 VOCAB, INTENTS, SLOT_TAGS = 60, 5, 7
@@ -142,6 +144,38 @@ def test_task_loss_trains_the_encoder_unless_cascade():
   assert _max_abs(cascade["task_heads"]) > 1e-6
 
 
+@nnx.jit
+def _hypothesis_task(model, batch):
+  def loss_fn(model):
+    out = model(batch, hypothesis_task=True)
+    return task_heads.intent_loss(out.hyp_intent_log_probs, batch["intent"])[0], out
+
+  (_, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  # What inference does: the task heads on the greedy CTC hypothesis, LID-routed decoder.
+  encoded = model.encode(batch)
+  max_len = batch["tokens"].shape[1]
+  hyp, lengths, _ = greedy.ctc_greedy(encoded.ctc_logits, encoded.enc.mask)
+  hyp = jnp.pad(hyp, ((0, 0), (0, max(max_len - hyp.shape[1], 0))))[:, :max_len]
+  mask = greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
+  _, task = model.decode_tokens(encoded, hyp, mask)
+  return out, grads, task.intent_log_probs, lengths
+
+
+def test_hypothesis_task_reads_the_greedy_hypothesis_and_trains_the_encoder():
+  model = _model()
+  batch = _batch(16000, 12)
+  out, grads, inference_intent, lengths = _hypothesis_task(model, batch)
+  assert int(lengths.max()) > 0  # A non-empty hypothesis: the decoder path is exercised.
+  # Float32 throughout; the same computation up to fusion order (stated tolerance 1e-5).
+  np.testing.assert_allclose(out.hyp_intent_log_probs, inference_intent, atol=1e-5)
+  # The hypothesis is discrete, but the decoder's cross-attention and the bridge read the
+  # encoder: the intent on the hypothesis trains it.
+  assert _max_abs(grads["encoder"]["subsampling"]) > 1e-6
+  assert _max_abs(grads["decoder"]) > 1e-6
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(grads))
+  assert _forward(model, batch).hyp_intent_log_probs is None  # Off by default.
+
+
 def test_specaugment_only_in_training():
   model = _model()
   batch = _batch(16000, 12)
@@ -247,3 +281,23 @@ def test_with_eos_places_eos_after_the_last_token():
   labels, label_mask = model_lib.with_eos(tokens, mask, eos_id=3)
   np.testing.assert_array_equal(labels, [[5, 6, 7, 3], [8, 3, 0, 0], [3, 0, 0, 0]])
   np.testing.assert_array_equal(label_mask, [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+
+
+def test_joint_loss_adds_the_hypothesis_intent_term():
+  model = _model()
+  batch = _batch(16000, 12)
+  batch.update(
+    example_mask=np.ones(2, bool),
+    language=np.array([1, 4], np.int32),
+    lang_runs=np.full((2, 4), -1, np.int32),
+  )
+  out = nnx.jit(lambda m, b: m(b, hypothesis_task=True))(model, batch)
+  cfg = losses.loss_config()
+  cfg.task_hyp = 0.5
+  with_hyp, metrics = losses.joint_loss(out, batch, cfg.to_dict())
+  # By hand: the mean NLL of the labelled intents under the hypothesis-path posteriors.
+  by_hand = -np.mean(np.asarray(out.hyp_intent_log_probs)[[0, 1], batch["intent"]])
+  np.testing.assert_allclose(metrics["task_hyp"], by_hand, rtol=1e-6)
+  cfg.task_hyp = 0.0
+  without, _ = losses.joint_loss(out, batch, cfg.to_dict())
+  np.testing.assert_allclose(with_hyp - without, 0.5 * by_hand, rtol=1e-5)

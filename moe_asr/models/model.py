@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from moe_asr.data import features as features_lib
+from moe_asr.decoding import greedy
 from moe_asr.models import conformer, lid, partitioning, task_heads
 from moe_asr.models import decoder as decoder_lib
 from moe_asr.models.moe import MoeAux
@@ -52,6 +53,8 @@ class MoeAsrOutput:
   decoder_moe: MoeAux
   encoder_expert_load: jax.Array  # [encoder MoE layers, experts]
   decoder_expert_load: jax.Array  # [decoder MoE layers, experts]
+  # [batch, intents]: the task heads on the greedy CTC hypothesis (`hypothesis_task`).
+  hyp_intent_log_probs: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -241,6 +244,7 @@ class MoeAsr(nnx.Module):
     *,
     oracle_mix: float | jax.Array = 0.0,
     oracle_token_lang: bool = True,
+    hypothesis_task: bool = False,
   ) -> MoeAsrOutput:
     """Runs the model on a pipeline batch.
 
@@ -252,6 +256,9 @@ class MoeAsr(nnx.Module):
       oracle_token_lang: route decoder tokens by the known language of the
         token being predicted (teacher forcing) where it is known; otherwise
         by their LID context.
+      hypothesis_task: also run the decoder and task heads on the greedy CTC
+        hypothesis (cut to the label length), as inference does, and return its
+        intent posteriors; no gradient flows through the hypothesis itself.
 
     Returns:
       A `MoeAsrOutput`.
@@ -265,6 +272,15 @@ class MoeAsr(nnx.Module):
       token_mask,
       batch["token_lang"] if oracle_token_lang else None,
     )
+    hyp_intent = None
+    if hypothesis_task and self.task_heads is not None:
+      max_len = token_mask.shape[1]
+      hyp, lengths, _ = greedy.ctc_greedy(jax.lax.stop_gradient(encoded.ctc_logits), enc.mask)
+      hyp = jnp.pad(hyp, ((0, 0), (0, max(max_len - hyp.shape[1], 0))))[:, :max_len]
+      _, hyp_task = self.decode_tokens(
+        encoded, hyp, greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
+      )
+      hyp_intent = hyp_task.intent_log_probs
     return MoeAsrOutput(
       ctc_logits=encoded.ctc_logits,
       enc_mask=enc.mask,
@@ -285,4 +301,5 @@ class MoeAsr(nnx.Module):
       decoder_moe=MoeAux.zeros(1) if dec is None else dec.moe_aux,
       encoder_expert_load=enc.expert_load,
       decoder_expert_load=jnp.zeros((0, 1), jnp.float32) if dec is None else dec.expert_load,
+      hyp_intent_log_probs=hyp_intent,
     )

@@ -1,6 +1,7 @@
 """The joint objective (DESIGN §6).
 
-`loss = w_ctc*ctc + w_att*ce + w_lid*(lid + utt_lid) + w_task*(intent + slots) + w_aux*moe`
+`loss = w_ctc*ctc + w_att*ce + w_lid*(lid + utt_lid) + w_task*(intent + slots)
+        + w_task_hyp*intent_on_hypothesis + w_aux*moe`
 
 Every term is a mean over what it supervises (CTC and attention CE per label
 token, LID per supervised utterance, intent per labelled utterance, slots per
@@ -25,7 +26,7 @@ from moe_asr.models.model import MoeAsrOutput
 from moe_asr.models.moe import MoeAux
 
 # Terms of the joint loss, in the order they are logged.
-TERMS = ("ctc", "att", "lid", "task", "aux")
+TERMS = ("ctc", "att", "lid", "task", "task_hyp", "aux")
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -35,6 +36,10 @@ def loss_config() -> ml_collections.ConfigDict:
   c.att = 0.7  # Attention-decoder cross-entropy (teacher forcing).
   c.lid = 0.3  # Frame / language-run / utterance LID.
   c.task = 0.5  # Intent + slot tags through the bridge.
+  # Intent through the bridge on the greedy CTC hypothesis, which is what inference
+  # reads (the task term above reads the reference transcript); 0 skips the extra
+  # decoder pass.
+  c.task_hyp = 0.0
   c.aux = 1.0  # Scales the MoE auxiliary losses below.
   c.load_balance = 0.01  # Switch-style load balance of learned routers.
   c.router_z = 0.001  # Router z-loss (ST-MoE).
@@ -45,6 +50,7 @@ def loss_config() -> ml_collections.ConfigDict:
   c.att_warmup = (0, 0)
   c.lid_warmup = (0, 0)
   c.task_warmup = (0, 0)
+  c.task_hyp_warmup = (0, 0)
   c.aux_warmup = (0, 0)
   return c
 
@@ -54,7 +60,8 @@ def term_weight(cfg: Mapping, name: str, step: jax.Array) -> jax.Array:
   start, ramp = cfg.get(f"{name}_warmup", (0, 0))
   step = jnp.asarray(step, jnp.float32)
   ramp_frac = jnp.clip((step - start) / max(ramp, 1), 0.0, 1.0) if ramp > 0 else 1.0
-  return jnp.where(step >= start, cfg[name] * ramp_frac, 0.0).astype(jnp.float32)
+  weight = cfg.get(name, 0.0)  # A term newer than the config is off.
+  return jnp.where(step >= start, weight * ramp_frac, 0.0).astype(jnp.float32)
 
 
 def _safe_mean(total: jax.Array, count: jax.Array) -> jax.Array:
@@ -186,6 +193,14 @@ def joint_loss(
   else:
     task = jnp.zeros((), jnp.float32)
   metrics["task"] = task
+  task_hyp = jnp.zeros((), jnp.float32)
+  if out.hyp_intent_log_probs is not None:
+    intent_labels = jnp.where(example_mask, batch["intent"], -1)
+    task_hyp, _ = task_heads.intent_loss(out.hyp_intent_log_probs, intent_labels)
+    labelled = intent_labels >= 0
+    hit = (out.hyp_intent_log_probs.argmax(-1) == intent_labels) & labelled
+    metrics["hyp_intent_acc"] = _safe_mean(hit.sum(), labelled.sum())
+  metrics["task_hyp"] = task_hyp
 
   aux = moe_aux_loss(out.encoder_moe, cfg) + moe_aux_loss(out.decoder_moe, cfg)
   metrics.update(
@@ -196,7 +211,14 @@ def joint_loss(
     dec_load_balance=out.decoder_moe.load_balance_loss,
   )
 
-  values = {"ctc": ctc, "att": att, "lid": frame_lid + utt_lid, "task": task, "aux": aux}
+  values = {
+    "ctc": ctc,
+    "att": att,
+    "lid": frame_lid + utt_lid,
+    "task": task,
+    "task_hyp": task_hyp,
+    "aux": aux,
+  }
   loss = jnp.zeros((), jnp.float32)
   for name in TERMS:
     w = term_weight(cfg, name, step)

@@ -134,7 +134,9 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
     nnx.reseed(ts.model, dropout=keys[0], specaug=keys[1], condition=keys[2])
 
     def loss_fn(model):
-      out = model(batch, oracle_mix=_oracle_mix(cfg, step))
+      out = model(
+        batch, oracle_mix=_oracle_mix(cfg, step), hypothesis_task=loss_cfg.get("task_hyp", 0.0) > 0
+      )
       loss, metrics = losses.joint_loss(out, batch, loss_cfg, ts.optimizer.step[...])
       return loss, metrics
 
