@@ -153,11 +153,10 @@ def _hypothesis_task(model, batch):
   (_, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   # What inference does: the task heads on the greedy CTC hypothesis, LID-routed decoder.
   encoded = model.encode(batch)
-  max_len = batch["tokens"].shape[1]
   hyp, lengths, _ = greedy.ctc_greedy(encoded.ctc_logits, encoded.enc.mask)
-  hyp = jnp.pad(hyp, ((0, 0), (0, max(max_len - hyp.shape[1], 0))))[:, :max_len]
+  max_len = min(hyp.shape[1], model.decoder.max_len - 1)
   mask = greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
-  _, task = model.decode_tokens(encoded, hyp, mask)
+  _, task = model.decode_tokens(encoded, hyp[:, :max_len], mask)
   return out, grads, task.intent_log_probs, lengths
 
 

@@ -257,7 +257,7 @@ class MoeAsr(nnx.Module):
         token being predicted (teacher forcing) where it is known; otherwise
         by their LID context.
       hypothesis_task: also run the decoder and task heads on the greedy CTC
-        hypothesis (cut to the label length), as inference does, and return its
+        hypothesis, as inference does, and return its
         intent posteriors; no gradient flows through the hypothesis itself.
 
     Returns:
@@ -274,11 +274,11 @@ class MoeAsr(nnx.Module):
     )
     hyp_intent = None
     if hypothesis_task and self.task_heads is not None:
-      max_len = token_mask.shape[1]
       hyp, lengths, _ = greedy.ctc_greedy(jax.lax.stop_gradient(encoded.ctc_logits), enc.mask)
-      hyp = jnp.pad(hyp, ((0, 0), (0, max(max_len - hyp.shape[1], 0))))[:, :max_len]
+      # Cut as `decoding.decode` cuts a greedy hypothesis (room for eos).
+      max_len = min(hyp.shape[1], self.decoder.max_len - 1)
       _, hyp_task = self.decode_tokens(
-        encoded, hyp, greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
+        encoded, hyp[:, :max_len], greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
       )
       hyp_intent = hyp_task.intent_log_probs
     return MoeAsrOutput(
