@@ -175,6 +175,32 @@ def test_hypothesis_task_reads_the_greedy_hypothesis_and_trains_the_encoder():
   assert _forward(model, batch).hyp_intent_log_probs is None  # Off by default.
 
 
+@nnx.jit
+def _gated_hypothesis_task(model, batch, run_it):
+  def loss_fn(model):
+    out = model(batch, hypothesis_task=run_it)
+    return task_heads.intent_loss(out.hyp_intent_log_probs, batch["intent"])[0], out
+
+  (_, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  return out.hyp_intent_log_probs, grads
+
+
+def test_hypothesis_task_gated_by_a_traced_flag():
+  # The training step passes "the task_hyp term is on at this step" as a traced bool.
+  model = _model()
+  batch = _batch(16000, 12)
+  static_out, static_grads, _, _ = _hypothesis_task(model, batch)
+  on, on_grads = _gated_hypothesis_task(model, batch, jnp.asarray(True))
+  # The same computation inside a cond (float32; stated tolerance 1e-5).
+  np.testing.assert_allclose(on, static_out.hyp_intent_log_probs, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(on_grads), jax.tree.leaves(static_grads), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  off, off_grads = _gated_hypothesis_task(model, batch, jnp.asarray(False))
+  num_intents = off.shape[-1]
+  np.testing.assert_allclose(off, np.full(off.shape, -np.log(num_intents)), rtol=1e-6)
+  assert _max_abs(off_grads) == 0.0  # Skipped: nothing trains through it.
+
+
 def test_specaugment_only_in_training():
   model = _model()
   batch = _batch(16000, 12)

@@ -244,7 +244,7 @@ class MoeAsr(nnx.Module):
     *,
     oracle_mix: float | jax.Array = 0.0,
     oracle_token_lang: bool = True,
-    hypothesis_task: bool = False,
+    hypothesis_task: bool | jax.Array = False,
   ) -> MoeAsrOutput:
     """Runs the model on a pipeline batch.
 
@@ -258,7 +258,9 @@ class MoeAsr(nnx.Module):
         by their LID context.
       hypothesis_task: also run the decoder and task heads on the greedy CTC
         hypothesis, as inference does, and return its
-        intent posteriors; no gradient flows through the hypothesis itself.
+        intent posteriors; no gradient flows through the hypothesis itself. A
+        traced bool runs that pass only where it is True (uniform posteriors
+        elsewhere).
 
     Returns:
       A `MoeAsrOutput`.
@@ -273,14 +275,32 @@ class MoeAsr(nnx.Module):
       batch["token_lang"] if oracle_token_lang else None,
     )
     hyp_intent = None
-    if hypothesis_task and self.task_heads is not None:
-      hyp, lengths, _ = greedy.ctc_greedy(jax.lax.stop_gradient(encoded.ctc_logits), enc.mask)
-      # Cut as `decoding.decode` cuts a greedy hypothesis (room for eos).
-      max_len = min(hyp.shape[1], self.decoder.max_len - 1)
-      _, hyp_task = self.decode_tokens(
-        encoded, hyp[:, :max_len], greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
-      )
-      hyp_intent = hyp_task.intent_log_probs
+    if hypothesis_task is not False and self.task_heads is not None:
+
+      def on_hypothesis(model: MoeAsr, encoded: Encoded) -> jax.Array:
+        hyp, lengths, _ = greedy.ctc_greedy(jax.lax.stop_gradient(encoded.ctc_logits), enc.mask)
+        # Cut as `decoding.decode` cuts a greedy hypothesis (room for eos).
+        max_len = min(hyp.shape[1], model.decoder.max_len - 1)
+        _, hyp_task = model.decode_tokens(
+          encoded, hyp[:, :max_len], greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
+        )
+        return hyp_task.intent_log_probs
+
+      if hypothesis_task is True:
+        hyp_intent = on_hypothesis(self, encoded)
+      else:
+        # Traced: only the taken branch runs (forward and backward), e.g. not before
+        # the term's warm-up starts. Skipped, it gives uniform posteriors.
+        num_intents = self.task_heads.intent_bias.shape[-1]
+
+        def skipped(model: MoeAsr, encoded: Encoded) -> jax.Array:
+          del model
+          shape = (encoded.ctc_logits.shape[0], num_intents)
+          return jnp.full(shape, -np.log(num_intents), jnp.float32)
+
+        hyp_intent = nnx.cond(
+          jnp.asarray(hypothesis_task, bool), on_hypothesis, skipped, self, encoded
+        )
     return MoeAsrOutput(
       ctc_logits=encoded.ctc_logits,
       enc_mask=enc.mask,

@@ -134,10 +134,15 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
     nnx.reseed(ts.model, dropout=keys[0], specaug=keys[1], condition=keys[2])
 
     def loss_fn(model):
-      out = model(
-        batch, oracle_mix=_oracle_mix(cfg, step), hypothesis_task=loss_cfg.get("task_hyp", 0.0) > 0
-      )
+      # The hypothesis pass (an extra decoder run) only where its loss term counts.
+      hyp_task = loss_cfg.get("task_hyp", 0.0) > 0
+      if hyp_task:
+        hyp_task = losses.term_weight(loss_cfg, "task_hyp", ts.optimizer.step[...]) > 0
+      out = model(batch, oracle_mix=_oracle_mix(cfg, step), hypothesis_task=hyp_task)
       loss, metrics = losses.joint_loss(out, batch, loss_cfg, ts.optimizer.step[...])
+      for name in ("task_hyp", "hyp_intent_acc"):  # Not measured where the pass was skipped.
+        if name in metrics:
+          metrics[name] = jnp.where(hyp_task, metrics[name], jnp.nan)
       return loss, metrics
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
