@@ -42,36 +42,10 @@ import numpy as np
 
 _LOG = logging.getLogger(__name__)
 
-WORD_START = "\u2581"  # SentencePiece's word-start marker.
-
 
 # ---------------------------------------------------------------------------
 # Words from hypothesis tokens (host side).
 # ---------------------------------------------------------------------------
-
-
-def _word_spans(tokens: Sequence[int], tokenizer) -> list[list[int]]:
-  """Positions of each word's tokens; a piece starting with "▁" starts a word.
-
-  Pad, bos, eos, language tags and task tokens belong to no word (and end the
-  current one).
-  """
-  skip = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
-  spans: list[list[int]] = []
-  current: list[int] = []
-  for pos, tok in enumerate(tokens):
-    if tok in skip or tokenizer.is_symbol(tok):
-      if current:
-        spans.append(current)
-      current = []
-      continue
-    if current and tokenizer.id_to_piece(tok).startswith(WORD_START):
-      spans.append(current)
-      current = []
-    current.append(pos)
-  if current:
-    spans.append(current)
-  return spans
 
 
 def words_from_tokens(
@@ -112,7 +86,7 @@ def words_from_tokens(
   frames = np.asarray(token_frames).tolist()
   langs = np.asarray(token_lang).tolist()
   spans = []
-  for span in _word_spans(tokens, tokenizer):
+  for span in tokenizer.word_spans(tokens):
     text = text_lib.normalize(tokenizer.decode([tokens[p] for p in span]))
     if text:  # Pieces with nothing word-like (a lone "▁", punctuation, unk) make no word.
       spans.append((span, text))

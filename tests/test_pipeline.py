@@ -177,7 +177,7 @@ def test_labels(source, tokenizer):
       tokens = b["tokens"][r][b["token_mask"][r]]
       assert tokenizer.decode(tokens.tolist()) == text
       assert b["text"][r] == text and b["id"][r] == ex["id"].decode()
-      # Slot tags: the tokens of each slot value start with B- and continue with I-.
+      # Slot tags: the tokens of a slot value's first word are B-, those of its other words I-.
       tags = [VOCAB.slot_tags[t] for t in b["slot_tags"][r][b["token_mask"][r]]]
       for slot_type, value in zip(ex["slots"]["type"], ex["slots"]["value"], strict=True):
         value_tokens = tokenizer.encode(value.decode())
@@ -187,8 +187,9 @@ def test_labels(source, tokenizer):
         ]
         assert starts, (text, value)
         s = starts[0]
-        assert tags[s] == f"B-{slot_type.decode()}"
-        assert all(t == f"I-{slot_type.decode()}" for t in tags[s + 1 : s + n])
+        first = len(tokenizer.encode(value.decode().split()[0]))
+        assert all(t == f"B-{slot_type.decode()}" for t in tags[s : s + first])
+        assert all(t == f"I-{slot_type.decode()}" for t in tags[s + first : s + n])
       assert tags.count("O") == len(tags) - sum(t != "O" for t in tags)
       # Languages.
       words_lang = [langs_lib.language_index(w.decode()) for w in ex["words_lang"]]

@@ -14,7 +14,7 @@ from moe_asr import transcribe
 from moe_asr.data import audio_io, pipeline
 from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import confidence as confidence_lib
-from moe_asr.training import inputs, score
+from moe_asr.training import evaluate, inputs, score
 
 pytestmark = pytest.mark.slow
 
@@ -148,6 +148,24 @@ def test_unknown_override_is_refused_before_decoding(tiny_workdir, audio_files):
     transcribe.transcribe_files(
       tiny_workdir, [files["mono"]], overrides=["--config.decode.no_such_key=1"]
     )
+
+
+def test_slot_spans_read_each_words_last_token(run_data):
+  tok = run_data.tokenizer
+  pieces = [tok.encode(w) for w in ["la", "xyzzy", "pas", "xyzzy"]]
+  assert len(pieces[1]) >= 2 and len(pieces[2]) >= 1
+  names = ("O", "B-song", "I-song", "B-city", "I-city")
+  o, b_song, i_song, b_city = 0, 1, 2, 3
+  tags = [
+    [o] * len(pieces[0]),
+    [b_city] * (len(pieces[1]) - 1) + [b_song],  # Flicker inside the word: its last token wins.
+    [o] * (len(pieces[2]) - 1) + [i_song],  # Continues the span.
+    [b_city] + [o] * (len(pieces[3]) - 1),  # B on a first token only: not a slot.
+  ]
+  tokens = np.array(sum(pieces, []) + [tok.eos_id])
+  tags = np.array(sum(tags, []) + [b_city])  # The eos is no word.
+  spans = evaluate._slot_spans(tokens, tags, names, tok)
+  assert spans == (("song", "xyzzy pas"),)
 
 
 def test_words_from_tokens_hand_computed(run_data):

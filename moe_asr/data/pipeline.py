@@ -428,14 +428,11 @@ class _LoadBatch:
         zip([_as_str(t) for t in slots["type"]], [_as_str(v) for v in slots["value"]], strict=True)
       )
       if pairs or intent:
+        # Every piece of a word carries the word's tag: the task heads read causal decoder
+        # states, so the word's last piece (the state that has read the whole word) is the
+        # one inference reads (`evaluate._slot_spans`).
         word_tags = slot_word_tags(words, pairs)
-        tags = []
-        for i, w in enumerate(token_word):
-          tag = word_tags[w]
-          if tag.startswith("B-") and i > 0 and token_word[i - 1] == w:
-            tag = "I-" + tag[2:]  # Later pieces of a word continue its slot.
-          tags.append(self.slot_ids.get(tag, NO_LABEL))
-        batch["slot_tags"][r, :n] = tags
+        batch["slot_tags"][r, :n] = [self.slot_ids.get(word_tags[w], NO_LABEL) for w in token_word]
 
 
 def _empty_batch(bucket: Bucket, rows: int, max_lang_runs: int) -> dict[str, np.ndarray]:

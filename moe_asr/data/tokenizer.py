@@ -31,6 +31,7 @@ PAD_PIECE = "<pad>"
 UNK_PIECE = "<unk>"
 BOS_PIECE = "<s>"
 EOS_PIECE = "</s>"
+WORD_START = "\u2581"  # SentencePiece's word-start marker.
 
 # Task and condition tokens placed in decoder prompts.
 TASK_TOKENS: tuple[str, ...] = ("<asr>", "<intent>", "<slots>", "<nolang>", "<cs>")
@@ -248,6 +249,29 @@ class Tokenizer:
   def is_symbol(self, token_id: int) -> bool:
     """True for language tags and task tokens."""
     return self.id_to_piece(token_id) in self._symbol_ids
+
+  def word_spans(self, tokens: Iterable[int]) -> list[list[int]]:
+    """Positions of each word's tokens; a piece starting with "▁" starts a word.
+
+    Pad, bos, eos, language tags and task tokens belong to no word (and end the
+    current one).
+    """
+    skip = {self.pad_id, self.bos_id, self.eos_id}
+    spans: list[list[int]] = []
+    current: list[int] = []
+    for pos, tok in enumerate(int(t) for t in tokens):
+      if tok in skip or self.is_symbol(tok):
+        if current:
+          spans.append(current)
+        current = []
+        continue
+      if current and self.id_to_piece(tok).startswith(WORD_START):
+        spans.append(current)
+        current = []
+      current.append(pos)
+    if current:
+      spans.append(current)
+    return spans
 
   # --- Encoding ---------------------------------------------------------------
 

@@ -188,7 +188,8 @@ class MoeAsr(nnx.Module):
     """Runs the attention decoder (teacher forcing) and the task heads on `tokens`.
 
     The decoder reads bos + tokens and predicts tokens + eos, so its outputs have
-    one more position than `tokens`; the task heads read the first `L` states.
+    one more position than `tokens`; the task heads read the last `L` states, the
+    state of token i being the one that has read it (and all before it).
 
     Args:
       encoded: `encode`'s output.
@@ -229,7 +230,7 @@ class MoeAsr(nnx.Module):
     task = None
     if self.task_heads is not None:
       task = self.task_heads(
-        dec.states[:, : tokens.shape[1]],
+        dec.states[:, 1 : tokens.shape[1] + 1],
         token_mask,
         enc.x,
         enc.mask,

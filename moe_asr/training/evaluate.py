@@ -80,16 +80,26 @@ def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def _slot_spans(
   tokens: np.ndarray, tags: np.ndarray, tag_names: tuple[str, ...], tokenizer
 ) -> tuple[tuple[str, str], ...]:
-  """(type, value) pairs from BIO tags over hypothesis tokens."""
+  """(type, value) pairs from BIO tags over hypothesis tokens, read per word.
+
+  A word takes the tag of its last token: the task heads read causal decoder
+  states, and the last token's state is the one that has read the whole word
+  (every token of a word is trained on the word's tag, `pipeline._LoadBatch`).
+  So a span is whole words, and a tag flickering inside a word neither splits
+  nor cuts it.
+  """
   spans, current, kind = [], [], None
-  for tok, tag in zip(tokens.tolist(), tags.tolist(), strict=True):
+  tokens, tags = tokens.tolist(), tags.tolist()
+  for positions in tokenizer.word_spans(tokens):
+    tag = tags[positions[-1]]
     name = tag_names[tag] if 0 <= tag < len(tag_names) else "O"
+    words = [tokens[p] for p in positions]
     if name.startswith("B-") or (name.startswith("I-") and name[2:] != kind):
       if current:
         spans.append((kind, current))
-      current, kind = [tok], name[2:]
+      current, kind = list(words), name[2:]
     elif name.startswith("I-"):
-      current.append(tok)
+      current.extend(words)
     else:
       if current:
         spans.append((kind, current))
