@@ -1,4 +1,4 @@
-"""The demo corpus: a few hours of speech, built in minutes on a 2-core CPU.
+"""The demo corpus: about five hours of speech, built in about four minutes on a 2-core CPU.
 
 moe-asr corpus build --config configs/corpus/demo.py --data-dir data
 """
@@ -9,8 +9,12 @@ from configs.corpus import base
 def get_config():
   c = base.get_config()
   c.name = "demo"
+  # 12000 train utterances: configs/demo.py passes over them about 2.5 times. Measured with
+  # moe-asr demo (3000 steps) against 6000 (5 passes, training intent 1.0): test CER 0.253
+  # against 0.280, intent 0.720 against 0.688, LID 0.958 against 0.945; test_cs MER 0.490
+  # against 0.501; building takes about 1.5 minutes longer.
   c.splits = dict(
-    train=6000,
+    train=12000,
     validation=300,
     test=600,
     test_cs=400,
