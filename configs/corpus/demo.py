@@ -1,4 +1,5 @@
-"""The demo corpus: about five hours of speech, built in about four minutes on a 2-core CPU.
+"""The demo corpus: about eight hours of speech (six to train on), built in about four minutes
+on a 2-core CPU.
 
 moe-asr corpus build --config configs/corpus/demo.py --data-dir data
 """
