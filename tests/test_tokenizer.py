@@ -151,6 +151,10 @@ def test_training_errors():
     tok.Tokenizer.train(_sentences(["en"], 20), vocab_size=5000)
   with pytest.raises(ValueError, match="no room"):
     tok.Tokenizer.train(_sentences(["en"], 20), vocab_size=200)
+  # 200 distinct characters and the word marker, all kept (coverage 1.0), and 272 fixed pieces.
+  han = [" ".join(chr(0x4E00 + i + j) for j in range(10)) for i in range(0, 200, 10)]
+  with pytest.raises(ValueError, match="needs at least 473 pieces"):
+    tok.Tokenizer.train(han * 5, vocab_size=300, character_coverage=1.0)
 
 
 def test_extend_with_a_new_language():

@@ -128,7 +128,8 @@ class Tokenizer:
 
     Raises:
       ValueError: if `texts` is empty, or `vocab_size` is too small for the
-        fixed pieces or too large for the text (the message gives the limit).
+        fixed pieces or the kept characters, or too large for the text (the
+        message gives the limit).
     """
     texts = _clean_texts(texts, "Tokenizer.train")
     symbols = [language_tag(code) for code in languages] + list(TASK_TOKENS)
@@ -164,6 +165,14 @@ class Tokenizer:
         raise ValueError(
           f"vocab_size={vocab_size} is too large for this training text, which supports at "
           f"most {limit.group(1)} pieces; use vocab_size <= {limit.group(1)} or more text."
+        ) from None
+      chars = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+      if chars:
+        raise ValueError(
+          f"vocab_size={vocab_size} cannot hold the characters that character_coverage="
+          f"{character_coverage} keeps from this training text: it needs at least "
+          f"{chars.group(1)} pieces; raise vocab_size or lower character_coverage (the rest "
+          "then falls back to bytes)."
         ) from None
       raise
     return cls(proto)
