@@ -135,13 +135,13 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
 
     def loss_fn(model):
       # The hypothesis pass (an extra decoder run) only where its loss term counts.
-      hyp_task = loss_cfg.get("task_hyp", 0.0) > 0
-      if hyp_task:
+      hyp_task = False
+      if loss_cfg.get("task_hyp", 0.0) > 0:
         hyp_task = losses.term_weight(loss_cfg, "task_hyp", ts.optimizer.step[...]) > 0
       out = model(batch, oracle_mix=_oracle_mix(cfg, step), hypothesis_task=hyp_task)
       loss, metrics = losses.joint_loss(out, batch, loss_cfg, ts.optimizer.step[...])
-      for name in ("task_hyp", "hyp_intent_acc"):  # Not measured where the pass was skipped.
-        if name in metrics:
+      if hyp_task is not False:  # Not measured (logged as null) where the pass was skipped.
+        for name in ("task_hyp", "hyp_intent_acc"):
           metrics[name] = jnp.where(hyp_task, metrics[name], jnp.nan)
       return loss, metrics
 
