@@ -93,13 +93,13 @@ def _slot_spans(
   for positions in tokenizer.word_spans(tokens):
     tag = tags[positions[-1]]
     name = tag_names[tag] if 0 <= tag < len(tag_names) else "O"
-    words = [tokens[p] for p in positions]
+    word = [tokens[p] for p in positions]
     if name.startswith("B-") or (name.startswith("I-") and name[2:] != kind):
       if current:
         spans.append((kind, current))
-      current, kind = list(words), name[2:]
+      current, kind = word, name[2:]
     elif name.startswith("I-"):
-      current.extend(words)
+      current.extend(word)
     else:
       if current:
         spans.append((kind, current))
