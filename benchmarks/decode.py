@@ -260,7 +260,7 @@ def dump_logprobs(
     encoded = model.encode(batch)
     return {
       "log_probs": jax.nn.log_softmax(encoded.ctc_logits.astype(jnp.float32), -1),
-      "lengths": encoded.enc.mask.sum(-1).astype(jnp.int32),
+      "lengths": encoded.ctc_mask.sum(-1).astype(jnp.int32),
       "index": batch["index"],
       "example_mask": batch["example_mask"],
     }

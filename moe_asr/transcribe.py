@@ -16,9 +16,10 @@ or `{"file", "error"}` for a file that cannot be used (unreadable, empty, NaN,
 longer than the longest bucket); the other files go on. The command exits 0
 when every file was transcribed and 1 when any failed.
 
-Word times come from the encoder frame at which each word's first token was
-emitted (40 ms frames): a word ends where the next one starts; the last word
-ends one frame per token after its start, capped at the audio's duration.
+Word times come from the CTC frame at which each word's first token was
+emitted (40 ms frames, or 40 / `model.ctc_upsample` ms): a word ends where the
+next one starts; the last word ends one frame per token after its start, capped
+at the audio's duration.
 Searches that do not align tokens to frames (joint CTC/attention) give null
 times and null word confidences. With a fitted calibration (`W/calibration.json`)
 the confidences are calibrated and `deferred` says whether the utterance
@@ -65,7 +66,7 @@ def words_from_tokens(
   Args:
     tokens: int [n] the hypothesis (its valid tokens only).
     token_conf: float [n] token confidences.
-    token_frames: int [n] encoder frame of each token's emission, -1 where unknown.
+    token_frames: int [n] CTC frame of each token's emission, -1 where unknown.
     token_lang: int [n] language index (`languages.LANGUAGE_CODES`) of each token, -1 unknown.
     tokenizer: the run's `Tokenizer`.
     duration_s: the audio's duration (caps the last word's end).
@@ -277,7 +278,9 @@ def transcribe_files(
     pipeline_lib.PipelineConfig.from_config(cfg.data), feature_cfg
   )
   max_seconds = buckets[-1].max_samples / schema.SAMPLE_RATE
-  seconds_per_frame = conformer._SUBSAMPLING * feature_cfg.frame_shift_ms / 1000.0
+  # `token_frames` count CTC frames: `ctc_upsample` per encoder frame.
+  ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
+  seconds_per_frame = ctc_frames * feature_cfg.frame_shift_ms / 1000.0
 
   names = [str(f) for f in files]
   records: list[dict | None] = [None] * len(names)

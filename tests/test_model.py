@@ -12,6 +12,7 @@ from flax import nnx
 
 from moe_asr import config_lib
 from moe_asr.data import features
+from moe_asr.decoding import decode as decode_lib
 from moe_asr.decoding import greedy
 from moe_asr.models import info, task_heads
 from moe_asr.models import model as model_lib
@@ -326,3 +327,75 @@ def test_joint_loss_adds_the_hypothesis_intent_term():
   cfg.task_hyp = 0.0
   without, _ = losses.joint_loss(out, batch, cfg.to_dict())
   np.testing.assert_allclose(with_hyp - without, 0.5 * by_hand, rtol=1e-5)
+
+
+def test_ctc_upsampling_doubles_the_ctc_frames_only():
+  model = _model(["--config.model.ctc_upsample=2"])
+  small = _forward(model, _batch(16000, 12))
+  big = _forward(model, _batch(32000, 20, garbage=True))
+  frames = small.enc_mask.shape[1]
+  assert small.ctc_logits.shape == (2, 2 * frames, VOCAB)
+  assert small.lid_probs.shape[1] == frames  # LID and the decoder stay at the encoder rate.
+  np.testing.assert_array_equal(small.ctc_mask, np.repeat(small.enc_mask, 2, axis=1))
+  for i in range(2):
+    f = 2 * int(small.enc_mask[i].sum())
+    assert int(big.ctc_mask[i].sum()) == f
+    # Float32 throughout: only summation order differs (stated tolerance 1e-4).
+    np.testing.assert_allclose(big.ctc_logits[i, :f], small.ctc_logits[i, :f], atol=1e-4)
+  with pytest.raises(ValueError, match="ctc_upsample=0"):
+    _model(["--config.model.ctc_upsample=0"])
+
+
+def test_ctc_upsampling_makes_fast_speech_feasible():
+  """17 encoder frames cannot align 20 tokens; 34 CTC frames can, and CTC then trains."""
+  batch = _batch(16000, 24, valid_samples=(12000, 12000), valid_tokens=(20, 8))
+  batch.update(
+    example_mask=np.ones(2, bool),
+    language=np.array([1, 4], np.int32),
+    lang_runs=np.full((2, 4), -1, np.int32),
+  )
+  cfg = losses.loss_config().to_dict()
+  infeasible = {}
+  for upsample in (1, 2):
+    model = _model([f"--config.model.ctc_upsample={upsample}"])
+    out = _forward(model, batch)
+    assert int(out.enc_mask[0].sum()) == 17
+    _, metrics = losses.joint_loss(out, batch, cfg)
+    infeasible[upsample] = float(metrics["ctc_infeasible"])
+    # Both rows' tokens count only where an alignment exists.
+    assert float(metrics["tokens"]) == (8.0 if upsample == 1 else 28.0)
+  assert infeasible == {1: 1.0, 2: 0.0}
+
+  model = _model(["--config.model.ctc_upsample=2"])
+
+  @nnx.jit
+  def ctc_grads(model, batch):
+    def loss_fn(model):
+      out = model(batch)
+      return losses.ctc_loss(
+        out.ctc_logits, out.ctc_mask, batch["tokens"], batch["token_mask"], batch["example_mask"]
+      )[0]
+
+    return nnx.grad(loss_fn)(model)
+
+  grads = ctc_grads(model, batch)
+  assert np.isfinite(_max_abs(grads))
+  assert _max_abs(grads.ctc_upsampler) > 0 and _max_abs(grads.encoder) > 0
+
+
+def test_greedy_decoding_on_upsampled_ctc_frames():
+  model = _model(["--config.model.ctc_upsample=2"])
+  batch = _batch(16000, 12)
+  cfg = decode_lib.default_config()
+  out = nnx.jit(decode_lib.make_decode_fn(cfg, decoder_max_len=model.decoder.max_len))(model, batch)
+  encoded = nnx.jit(lambda m, b: m.encode(b))(model, batch)
+  tokens, lengths, _ = greedy.ctc_greedy(encoded.ctc_logits, encoded.ctc_mask)
+  n = np.minimum(np.asarray(lengths), out["tokens"].shape[1])
+  frame_lang = np.asarray(jnp.argmax(encoded.enc.lid_probs, -1))
+  for i in range(2):
+    np.testing.assert_array_equal(out["tokens"][i, : n[i]], tokens[i, : n[i]])
+    frames = np.asarray(out["token_frames"][i, : n[i]])
+    # Emission frames count CTC frames (strictly increasing, inside the valid ones) and
+    # the token's language is the frame LID of the encoder frame holding that CTC frame.
+    assert np.all(np.diff(frames) > 0) and frames.max() < int(encoded.ctc_mask[i].sum())
+    np.testing.assert_array_equal(out["token_lang"][i, : n[i]], frame_lang[i, frames // 2])

@@ -64,6 +64,10 @@ def model_config(
   # frame rate on a 2-D grid, so its cost grows with the square of this.
   e.subsampling_channels = 0
 
+  # CTC frames per encoder frame (1: the encoder rate, 25 Hz). 2 lets the CTC head emit up to
+  # one token per 20 ms, for character tokens of fast speech (`MoeAsr.ctc_upsample`).
+  m.ctc_upsample = 1
+
   d = m.decoder = ml_collections.ConfigDict()
   d.d_model = d_model
   d.num_heads = num_heads

@@ -164,7 +164,8 @@ def make_decode_fn(
     A function of (MoeAsr in eval mode, batch) returning: `tokens` int32 [B, L],
     `lengths` [B], `confidence` [B] (raw utterance confidence: the mean emitted-token
     posterior for greedy, the n-best posterior of the winner for beams), `token_conf`
-    [B, L], `token_frames` [B, L] (-1 where unknown), `token_lang` [B, L] (frame
+    [B, L], `token_frames` [B, L] (CTC frame of each token, `model.ctc_upsample` per
+    encoder frame; -1 where unknown), `token_lang` [B, L] (frame
     LID at the token's frame), `utt_lid_logits` [B, languages], `scores` [B, n]
     (n-best ranking scores; [B, 1] for greedy) and, with task heads, `intent_log_probs`
     [B, intents] and `slot_tags` [B, L].
@@ -188,26 +189,29 @@ def make_decode_fn(
   def decode(model, batch) -> dict[str, jax.Array]:
     encoded = model.encode(batch)
     enc = encoded.enc
+    ctc_mask = encoded.ctc_mask  # CTC frames: `model.ctc_upsample` per encoder frame.
+    upsample = encoded.ctc_logits.shape[1] // enc.mask.shape[1]
     log_probs = jax.nn.log_softmax(encoded.ctc_logits, axis=-1)
     max_len = min(cfg.get("max_len") or decoder_max_len - 1, decoder_max_len - 1)
     max_len = min(max_len, log_probs.shape[1])
     out: dict[str, jax.Array] = {}
     nbest = None
     if method == "greedy":
-      tokens, lengths, conf = greedy.ctc_greedy(encoded.ctc_logits, enc.mask)
+      tokens, lengths, conf = greedy.ctc_greedy(encoded.ctc_logits, ctc_mask)
       tokens, lengths = tokens[:, :max_len], jnp.minimum(lengths, max_len)
-      frames = _emission_frames(log_probs, enc.mask, max_len)
+      frames = _emission_frames(log_probs, ctc_mask, max_len)
       scores = conf[:, None]
     else:
       beam = int(cfg.beam)
       n = int(cfg.get("nbest") or beam)
       if method == "ctc_beam":
         frame_weights = jnp.einsum("btl,l->bt", enc.lid_probs.astype(jnp.float32), lang_weights)
+        frame_weights = jnp.repeat(frame_weights, upsample, axis=1)
         if tunable:
           frame_weights = jnp.broadcast_to(batch["decode_lm_weight"][:, None], frame_weights.shape)
         nbest = ctc_beam.ctc_prefix_beam_search(
           log_probs,
-          enc.mask,
+          ctc_mask,
           beam=beam,
           max_len=max_len,
           token_topk=int(cfg.get("token_topk") or 0) or None,
@@ -260,14 +264,14 @@ def make_decode_fn(
     token_conf = jnp.where(
       known,
       confidence_lib.token_confidence(
-        log_probs, enc.mask, tokens, lengths, jnp.where(known, frames, 0)
+        log_probs, ctc_mask, tokens, lengths, jnp.where(known, frames, 0)
       ),
       0.0,
     )
     frame_lang = jnp.argmax(enc.lid_probs, axis=-1).astype(jnp.int32)  # [B, T]
     token_lang = jnp.where(
       known,
-      jnp.take_along_axis(frame_lang, jnp.maximum(frames, 0), axis=1),
+      jnp.take_along_axis(frame_lang, jnp.maximum(frames, 0) // upsample, axis=1),
       jnp.argmax(encoded.utt_probs, -1)[:, None].astype(jnp.int32),
     )
     out.update(

@@ -363,7 +363,7 @@ def joint_beam_search(
     )
   return label_synchronous_search(
     jax.nn.log_softmax(encoded.ctc_logits.astype(jnp.float32), axis=-1),
-    enc.mask,
+    encoded.ctc_mask,
     scorers=scorers,
     beam=beam,
     max_len=max_len,

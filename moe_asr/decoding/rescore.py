@@ -63,6 +63,7 @@ def _repeat_encoded(encoded: model_lib.Encoded, n: int) -> model_lib.Encoded:
       lid_probs=rep(enc.lid_probs),
     ),
     ctc_logits=rep(encoded.ctc_logits),
+    ctc_mask=rep(encoded.ctc_mask),
     frame_lang=rep(encoded.frame_lang),
     utt_probs=rep(encoded.utt_probs),
   )

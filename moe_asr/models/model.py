@@ -34,7 +34,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class MoeAsrOutput:
   """Everything the losses, decoding and evaluation read."""
 
-  ctc_logits: jax.Array  # [batch, frames, vocab] float32
+  ctc_logits: jax.Array  # [batch, frames * ctc_upsample, vocab] float32
+  ctc_mask: jax.Array  # [batch, frames * ctc_upsample] bool
   enc_mask: jax.Array  # [batch, frames] bool
   enc_states: jax.Array  # [batch, frames, d_model]
   decoder_logits: jax.Array | None  # [batch, tokens + 1, vocab] float32 (None without a decoder)
@@ -62,7 +63,8 @@ class Encoded:
   """What `MoeAsr.encode` computes once per utterance (decoding reuses it)."""
 
   enc: conformer.EncoderOutput
-  ctc_logits: jax.Array  # [batch, frames, vocab] float32
+  ctc_logits: jax.Array  # [batch, frames * ctc_upsample, vocab] float32
+  ctc_mask: jax.Array  # [batch, frames * ctc_upsample] bool: valid CTC frames
   frame_lang: jax.Array  # [batch, frames] frame language targets at encoder rate (-1 unknown)
   utt_probs: jax.Array  # [batch, languages] utterance LID posterior
 
@@ -131,6 +133,20 @@ class MoeAsr(nnx.Module):
       _section(cfg.encoder, dtype=cfg.dtype, num_mel_bins=self.feature_cfg.num_mel_bins), rngs=rngs
     )
     d_model = cfg.encoder.d_model
+    # CTC frames per encoder frame. Above 1, a Linear maps each encoder frame to that many
+    # vectors, each read by the CTC head: CTC then needs at most one token per CTC frame
+    # (plus a blank between repeats), not per 40 ms encoder frame, which fast speech in
+    # a spelling-heavy language exceeds (as the output upsampling of non-autoregressive
+    # CTC translation models). The encoder, LID and decoder stay at the encoder rate.
+    self.ctc_upsample = int(cfg.get("ctc_upsample", 1))
+    if self.ctc_upsample < 1:
+      raise ValueError(f"model.ctc_upsample={self.ctc_upsample}; expected an integer >= 1")
+    upsampler = None
+    if self.ctc_upsample > 1:
+      upsampler = partitioning.dense(
+        d_model, self.ctc_upsample * d_model, ("embed", "mlp"), rngs=rngs, dtype=self.dtype
+      )
+    self.ctc_upsampler = nnx.data(upsampler)
     self.ctc_head = partitioning.dense(
       d_model, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=self.dtype
     )
@@ -171,9 +187,16 @@ class MoeAsr(nnx.Module):
     frame_lang = conformer.subsample_frame_targets(frame_lang[:, : feats.shape[1]], int(enc_frames))
     oracle = lid.oracle_lang_probs(frame_lang, frame_lang >= 0, num_languages)
     enc = self.encoder(feats, frame_mask, oracle_lang_probs=oracle, oracle_mix=oracle_mix)
+    ctc_in, ctc_mask = enc.x, enc.mask
+    if self.ctc_upsampler is not None:
+      batch_size, frames, width = enc.x.shape
+      u = self.ctc_upsample
+      ctc_in = self.ctc_upsampler(enc.x).reshape(batch_size, frames * u, width)
+      ctc_mask = jnp.repeat(enc.mask, u, axis=1)
     return Encoded(
       enc=enc,
-      ctc_logits=self.ctc_head(enc.x).astype(jnp.float32),
+      ctc_logits=self.ctc_head(ctc_in).astype(jnp.float32),
+      ctc_mask=ctc_mask,
       frame_lang=jnp.where(enc.mask, frame_lang, -1),
       utt_probs=jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1),
     )
@@ -279,7 +302,9 @@ class MoeAsr(nnx.Module):
     if hypothesis_task is not False and self.task_heads is not None:
 
       def on_hypothesis(model: MoeAsr, encoded: Encoded) -> jax.Array:
-        hyp, lengths, _ = greedy.ctc_greedy(jax.lax.stop_gradient(encoded.ctc_logits), enc.mask)
+        hyp, lengths, _ = greedy.ctc_greedy(
+          jax.lax.stop_gradient(encoded.ctc_logits), encoded.ctc_mask
+        )
         # Cut as `decoding.decode` cuts a greedy hypothesis (room for eos).
         max_len = min(hyp.shape[1], model.decoder.max_len - 1)
         _, hyp_task = model.decode_tokens(
@@ -304,6 +329,7 @@ class MoeAsr(nnx.Module):
         )
     return MoeAsrOutput(
       ctc_logits=encoded.ctc_logits,
+      ctc_mask=encoded.ctc_mask,
       enc_mask=enc.mask,
       enc_states=enc.x,
       decoder_logits=None if dec is None else dec.logits,

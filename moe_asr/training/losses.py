@@ -144,7 +144,7 @@ def joint_loss(
   metrics: dict[str, jax.Array] = {}
 
   ctc, ctc_tokens, infeasible = ctc_loss(
-    out.ctc_logits, out.enc_mask, tokens, token_mask, example_mask
+    out.ctc_logits, out.ctc_mask, tokens, token_mask, example_mask
   )
   metrics.update(ctc=ctc, tokens=ctc_tokens, ctc_infeasible=infeasible)
 
