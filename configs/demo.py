@@ -24,6 +24,13 @@ def get_config():
   c.data.vocab_size = 1190
   c.data.character_coverage = 1.0
   c.data.tokens_per_second = 20.0
+  # One CTC frame per encoder frame (25 Hz), although 9% of the test utterances (34% of the
+  # French ones) then have more characters (plus repeats) than frames, and the CTC loss
+  # drops such utterances in training. Measured over the 3000 steps with
+  # `c.model.ctc_upsample = 2` (50 Hz CTC frames), against 1: French test CER 0.359
+  # against 0.43 and German 0.217 against 0.28, but Mandarin 0.455 against 0.41 and Hindi
+  # 0.25 against 0.21; test CER 0.265 against 0.253, test_cs CER 0.269 against 0.208,
+  # intent 0.713 against 0.730, and an 8% slower step.
   c.data.eval_splits = ("validation",)
   # No SpecAugment and no dropout in the recogniser: in a few passes over the data both
   # only slowed it. Measured over 800 half-size steps (character tokens, ctc 1.0, att 0.3):
