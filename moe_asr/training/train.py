@@ -168,14 +168,56 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
 
 
 class CompiledSteps:
-  """`fn(state, rng_state, batch)` compiled ahead of time once per batch shape, counted."""
+  """`fn(state, rng_state, batch)` compiled ahead of time once per batch shape, counted.
 
-  def __init__(self, fn: Callable, run: Run, out_shardings, donate: bool):
-    self.fn, self.run, self.out_shardings, self.donate = fn, run, out_shardings, donate
+  With `flat=True` the compiled step takes and returns the state and RNG state as
+  flat lists of arrays (`flatten` / `unflatten` convert): a loop that keeps the
+  leaves between steps skips flattening the nnx `State` pytree (about a thousand
+  leaves) on every call, host time that on a CPU competes with the step itself.
+  """
+
+  def __init__(self, fn: Callable, run: Run, out_shardings, donate: bool, flat: bool = False):
+    self.run, self.donate, self.flat = run, donate, flat
     replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
     self.rng_shardings = jax.tree.map(lambda _: replicated, run.rng_state)
+    self.state_shardings = run.state_shardings
+    self.fn, self.out_shardings = fn, out_shardings
+    # What later shapes compile against: the state's buffers may have been donated by then.
+    self.example_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s, weak_type=a.weak_type),
+      run.state,
+      run.state_shardings,
+    )
+    self.example_rng = run.rng_state
+    if flat:
+      self.state_def = jax.tree.structure(run.state)
+      self.rng_def = jax.tree.structure(run.rng_state)
+      self.state_shardings = self.state_def.flatten_up_to(run.state_shardings)
+      self.rng_shardings = self.rng_def.flatten_up_to(self.rng_shardings)
+      self.out_shardings = (self.state_def.flatten_up_to(out_shardings[0]), *out_shardings[1:])
+      self.example_state = self.flatten(self.example_state)
+      self.example_rng = jax.tree.leaves(self.example_rng)
+      self.fn = self._flat_fn(fn)
     self.cache: dict = {}
     self.compiles = 0
+
+  def _flat_fn(self, fn: Callable) -> Callable:
+    def flat_step(state_leaves, rng_leaves, batch):
+      state, *rest = fn(self.unflatten(state_leaves), self.rng_def.unflatten(rng_leaves), batch)
+      if jax.tree.structure(state) != self.state_def:
+        raise ValueError(f"{fn.__name__} returned a state of another structure than it took")
+      return (jax.tree.leaves(state), *rest)
+
+    flat_step.__name__ = getattr(fn, "__name__", "step")
+    return flat_step
+
+  def flatten(self, state) -> list:
+    """The state's leaves in the order the flat step takes them."""
+    return self.state_def.flatten_up_to(state)
+
+  def unflatten(self, leaves: list):
+    """The nnx `State` of `flatten`ed (or returned) leaves."""
+    return self.state_def.unflatten(leaves)
 
   def __call__(self, batch: Mapping[str, jax.Array]) -> Callable:
     key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
@@ -183,15 +225,11 @@ class CompiledSteps:
       start = time.perf_counter()
       jitted = jax.jit(
         self.fn,
-        in_shardings=(
-          self.run.state_shardings,
-          self.rng_shardings,
-          self.run.batch_shardings(batch),
-        ),
+        in_shardings=(self.state_shardings, self.rng_shardings, self.run.batch_shardings(batch)),
         out_shardings=self.out_shardings,
         donate_argnums=(0,) if self.donate else (),
       )
-      compiled = jitted.lower(self.run.state, self.run.rng_state, batch).compile()
+      compiled = jitted.lower(self.example_state, self.example_rng, batch).compile()
       self.cache[key] = compiled
       self.compiles += 1
       memory = compiled.memory_analysis() if self.compiles == 1 else None
@@ -460,14 +498,25 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
   log = MetricsLog(workdir, primary, run.start_step)
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   train_steps = CompiledSteps(
-    make_train_step(cfg, run.graphdef), run, (run.state_shardings, replicated), donate=True
+    make_train_step(cfg, run.graphdef),
+    run,
+    (run.state_shardings, replicated),
+    donate=True,
+    flat=True,
   )
+  # Between steps the state lives as `leaves`; `run.state` is rebuilt where it is read.
+  leaves, rng_leaves = train_steps.flatten(run.state), jax.tree.leaves(run.rng_state)
   eval_steps = make_eval_steps(run)
   tokenizer_bytes = run.data.tokenizer.to_bytes()
   summary: dict = {}
 
+  def sync_state():
+    run.state = train_steps.unflatten(leaves)
+    return run.state
+
   def save(step: int, force: bool = False) -> None:
     if force or run.checkpointer.should_save(step):
+      sync_state()
       run.checkpointer.save(
         step,
         run.state,
@@ -478,6 +527,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
       )
 
   def run_validation(step: int) -> None:
+    sync_state()
     for split in cfg.data.eval_splits:
       val, _, info = validate(run, eval_steps, split, t.eval_max_batches)
       values = {f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)}
@@ -505,12 +555,12 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
         pipeline_lib.device_arrays(host_batch), run.batch_shardings(host_batch)
       )
       audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
-      run.state, metrics = train_steps(batch)(run.state, run.rng_state, batch)
+      leaves, metrics = train_steps(batch)(leaves, rng_leaves, batch)
       step += 1
       window_steps += 1
       pending.append(metrics)
       if t.nonfinite == "stop" or step % t.log_every == 0 or step == t.steps:
-        _check_finite(pending, step, host_batch, t, run.state)
+        _check_finite(pending, step, host_batch, t, sync_state)
       if step % t.log_every == 0 or step == t.steps:
         values = _mean_metrics(pending)
         pending = []
@@ -566,7 +616,7 @@ def _mean_metrics(pending: list) -> dict[str, float]:
   return out
 
 
-def _check_finite(pending: list, step: int, host_batch: Mapping, t, state) -> None:
+def _check_finite(pending: list, step: int, host_batch: Mapping, t, get_state: Callable) -> None:
   """Applies `train.nonfinite` to the steps since the last check."""
   finite = np.asarray(jax.device_get([m["finite"] for m in pending]))
   if finite.all():
@@ -578,7 +628,7 @@ def _check_finite(pending: list, step: int, host_batch: Mapping, t, state) -> No
       f"Step {bad}: the loss or the gradients are not finite (batch ids {ids}); stopping "
       "as config.train.nonfinite='stop' says. The last checkpoint is untouched."
     )
-  run_length = int(jax.device_get(state["nonfinite_run"][...]))
+  run_length = int(jax.device_get(get_state()["nonfinite_run"][...]))
   if run_length >= t.max_nonfinite:
     raise NonFiniteError(
       f"Step {step}: {run_length} steps in a row had non-finite loss or gradients "
