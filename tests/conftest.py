@@ -14,7 +14,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # (on an H200, 18 of them failed by up to 1e-3 relative; all pass with this). No effect on CPU.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# One persistent XLA compilation cache for the session: this process and every subprocess it
+# starts (the CLI runs inherit the environment) compile a given program once, e.g. the tiny
+# model's initialisation and steps, which many command-line tests run again. A run whose
+# config names its own `compilation_cache` uses that instead.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="moe_asr_test_xla_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "corpus" / "tiny.py"

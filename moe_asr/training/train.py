@@ -30,7 +30,6 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
-from clu import metric_writers
 from flax import nnx
 
 from moe_asr.data import pipeline as pipeline_lib
@@ -78,6 +77,10 @@ class MetricsLog:
   def __init__(self, workdir: pathlib.Path, primary: bool, start_step: int):
     self.primary = primary
     self.path = workdir / "metrics.jsonl"
+    # Imported here: clu's TensorBoard writer loads TensorFlow (seconds), which evaluation
+    # and transcription, importing this module, do not need.
+    from clu import metric_writers
+
     self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not primary)
     if primary and self.path.exists():
       # A resumed run rewrites what came after its checkpoint.
