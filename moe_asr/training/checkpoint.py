@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -57,15 +58,14 @@ _JSON_ITEMS = (TOKENIZER, CONFIG, EXTRA)
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
+@functools.cache
 def _register_array_handler() -> None:
-  """Makes orbax save jax.Arrays with `MIN_REPLICA_SLICE_BYTES` (idempotent)."""
-  if not getattr(_register_array_handler, "done", False):
-    ocp.type_handlers.register_type_handler(
-      jax.Array,
-      ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
-      override=True,
-    )
-    _register_array_handler.done = True
+  """Makes orbax save jax.Arrays with `MIN_REPLICA_SLICE_BYTES` (once per process)."""
+  ocp.type_handlers.register_type_handler(
+    jax.Array,
+    ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+    override=True,
+  )
 
 
 class CheckpointError(RuntimeError):

@@ -186,11 +186,7 @@ class CompiledSteps:
     self.state_shardings = run.state_shardings
     self.fn, self.out_shardings = fn, out_shardings
     # What later shapes compile against: the state's buffers may have been donated by then.
-    self.example_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s, weak_type=a.weak_type),
-      run.state,
-      run.state_shardings,
-    )
+    self.example_state = _abstract(run.state, run.state_shardings)
     self.example_rng = run.rng_state
     if flat:
       self.state_def = jax.tree.structure(run.state)
