@@ -1,7 +1,7 @@
 """Training-step throughput and MFU of a config, float32 against bfloat16, in one run.
 
     python benchmarks/train_step.py --config configs/demo.py [--seconds 2.4 --batch 24] \
-        [--repeats 10] [--dtypes float32,bfloat16]
+        [--repeats 10] [--dtypes float32,bfloat16] [--set model.decoder.num_layers=0 ...]
 
 For each compute dtype it builds the real train state and the jitted, donated
 train step (`moe_asr.training.train.make_train_step`) on one synthetic batch of
@@ -108,13 +108,22 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=24, help="global batch size")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config override, as --config.KEY=VALUE of moe-asr train (repeatable)",
+  )
   args = parser.parse_args()
   max_tokens = int(np.ceil(args.seconds * 12 + 2) / 8 + 1) * 8
   batch = synthetic_batch(args.batch, args.seconds, max_tokens)
   audio_s = float(batch["audio_mask"].sum()) / 16000
   results = {}
   for dtype in args.dtypes.split(","):
-    cfg = config_lib.load_config(args.config, [f"model.dtype='{dtype}'", "compilation_cache=''"])
+    cfg = config_lib.load_config(
+      args.config, [*args.set, f"model.dtype='{dtype}'", "compilation_cache=''"]
+    )
     r = measure(cfg, batch, args.repeats)
     peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
     r.update(peak=peak, mfu=r["flops"] / r["step_s"] / peak)

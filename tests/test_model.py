@@ -16,7 +16,8 @@ from moe_asr.decoding import decode as decode_lib
 from moe_asr.decoding import greedy
 from moe_asr.models import info, task_heads
 from moe_asr.models import model as model_lib
-from moe_asr.training import losses
+from moe_asr.training import losses, train
+from moe_asr.training import state as state_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 VOCAB, INTENTS, SLOT_TAGS = 60, 5, 7
@@ -327,6 +328,28 @@ def test_joint_loss_adds_the_hypothesis_intent_term():
   cfg.task_hyp = 0.0
   without, _ = losses.joint_loss(out, batch, cfg.to_dict())
   np.testing.assert_allclose(with_hyp - without, 0.5 * by_hand, rtol=1e-5)
+
+
+def test_a_ctc_only_model_builds_its_train_step_with_the_hypothesis_term_configured():
+  # No decoder, so no task heads: task_hyp (on in the demo preset) has nothing to read. The
+  # step must still trace without the hypothesis metric; traced
+  # abstractly, since compiling it on the 8 test devices would take a minute.
+  cfg = config_lib.load_config(
+    CONFIGS / "tiny.py", ["model.decoder.num_layers=0", "train.loss.task_hyp=0.5"]
+  )
+  kwargs = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
+  ts = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **kwargs))
+  graphdef, rng_state, state = nnx.split(ts, nnx.RngState, ...)
+  batch = _batch(16000, 12)
+  batch.update(
+    example_mask=np.ones(2, bool),
+    language=np.array([1, 4], np.int32),
+    lang_runs=np.full((2, 4), -1, np.int32),
+  )
+  new_state, metrics = jax.eval_shape(train.make_train_step(cfg, graphdef), state, rng_state, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert "hyp_intent_acc" not in metrics and metrics["task_hyp"].shape == ()
+  assert {"loss", "ctc", "finite"} <= metrics.keys()
 
 
 def test_ctc_upsampling_doubles_the_ctc_frames_only():

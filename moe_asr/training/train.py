@@ -143,7 +143,9 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
         hyp_task = losses.term_weight(loss_cfg, "task_hyp", ts.optimizer.step[...]) > 0
       out = model(batch, oracle_mix=_oracle_mix(cfg, step), hypothesis_task=hyp_task)
       loss, metrics = losses.joint_loss(out, batch, loss_cfg, ts.optimizer.step[...])
-      if hyp_task is not False:  # Not measured (logged as null) where the pass was skipped.
+      # Not measured (logged as null) where the pass was skipped. A model without task
+      # heads (CTC only, or a corpus without intents) has no hypothesis pass at all.
+      if hyp_task is not False and "hyp_intent_acc" in metrics:
         for name in ("task_hyp", "hyp_intent_acc"):
           metrics[name] = jnp.where(hyp_task, metrics[name], jnp.nan)
       return loss, metrics
