@@ -352,6 +352,76 @@ def test_a_ctc_only_model_builds_its_train_step_with_the_hypothesis_term_configu
   assert {"loss", "ctc", "finite"} <= metrics.keys()
 
 
+def _loss_batch():
+  batch = _batch(16000, 12)
+  batch.update(
+    example_mask=np.ones(2, bool),
+    language=np.array([1, 4], np.int32),
+    lang_runs=np.full((2, 4), -1, np.int32),
+  )
+  return batch
+
+
+def _block_output(model, batch, block):
+  """The encoder's block `block` output on `batch` (eval mode), through a pass-through tap."""
+  feats, mask = features.log_mel(batch["audio"], batch["audio_mask"], model.feature_cfg)
+  feats = features.normalize_features(feats, mask)
+  enc = model.encoder(feats, mask, intermediate={block: lambda x, m: (x, x)})
+  return enc.intermediate[0]
+
+
+@nnx.jit
+def _inter_ctc_pass(model, batch, weights):
+  """One compile per model: (grads of the weighted joint loss, its metrics, the model's
+  output, the CTC head on block 1's output)."""
+
+  def loss_fn(model):
+    cfg = losses.loss_config().to_dict()
+    cfg.update({"ctc": 0.0, "att": 0.0, "lid": 0.0, "task": 0.0, "aux": 0.0, **weights})
+    out = model(batch)
+    loss, metrics = losses.joint_loss(out, batch, cfg)
+    return loss, (metrics, out)
+
+  grads, (metrics, out) = nnx.grad(loss_fn, has_aux=True)(model)
+  return grads, metrics, out, model.ctc_head(_block_output(model, batch, 1))
+
+
+def test_intermediate_ctc_taps_a_block_and_self_conditions_the_next():
+  batch = _loss_batch()
+  ref = _forward(_model(), _batch(16000, 12))
+  model = _model(["model.inter_ctc.layers=(1,)", "model.inter_ctc.self_condition=True"])
+  grads, metrics, out, by_hand = _inter_ctc_pass(model, batch, {"ctc": 0.0, "inter_ctc": 1.0})
+  # The tap is the shared CTC head on block 1's output (float32; 1e-5).
+  (tap,) = out.inter_ctc_logits
+  assert tap.shape == out.ctc_logits.shape and tap.dtype == jnp.float32
+  np.testing.assert_allclose(tap, by_hand, atol=1e-5)
+  # Its loss is the CTC loss of the tap, and trains the blocks up to the tap only.
+  mask, tokens = batch["token_mask"], batch["tokens"]
+  expected = losses.ctc_loss(tap, out.ctc_mask, tokens, mask, batch["example_mask"])[0]
+  np.testing.assert_allclose(metrics["inter_ctc"], expected, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+  blocks = grads["encoder"]["blocks"]
+  assert _max_abs(blocks[0]) > 1e-6 and _max_abs(blocks[1]) > 1e-6
+  assert _max_abs(blocks[2]) == 0.0 and _max_abs(blocks[3]) == 0.0
+  assert _max_abs(grads["ctc_head"]) > 1e-6
+  # Self-conditioning: block 2 reads x + Linear(tap posteriors), and the final CTC loss
+  # trains that projection.
+  assert _max_abs(out.ctc_logits - ref.ctc_logits) > 1e-3
+  grads = _inter_ctc_pass(model, batch, {"ctc": 1.0, "inter_ctc": 0.0})[0]
+  assert _max_abs(grads["inter_ctc_conditioner"]) > 1e-6
+  # A zero projection adds nothing: the encoder is then the unconditioned one.
+  conditioner = nnx.state(model.inter_ctc_conditioner, nnx.Param)
+  nnx.update(model.inter_ctc_conditioner, jax.tree.map(jnp.zeros_like, conditioner))
+  zeroed = _inter_ctc_pass(model, batch, {"ctc": 1.0, "inter_ctc": 0.0})[2]
+  np.testing.assert_allclose(zeroed.ctc_logits, ref.ctc_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", ["(3,)", "(-1,)"])
+def test_intermediate_ctc_layers_must_be_below_the_last_block(layers):
+  with pytest.raises(ValueError, match="inter_ctc.layers"):
+    _model([f"model.inter_ctc.layers={layers}"])
+
+
 def test_ctc_upsampling_doubles_the_ctc_frames_only():
   model = _model(["--config.model.ctc_upsample=2"])
   small = _forward(model, _batch(16000, 12))

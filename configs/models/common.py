@@ -67,6 +67,10 @@ def model_config(
   # CTC frames per encoder frame (1: the encoder rate, 25 Hz). 2 lets the CTC head emit up to
   # one token per 20 ms, for character tokens of fast speech (`MoeAsr.ctc_upsample`).
   m.ctc_upsample = 1
+  # Intermediate CTC: encoder blocks (0-based, below the last) whose outputs the CTC head
+  # also reads, each with its own CTC loss (weight `train.loss.inter_ctc`); self_condition
+  # adds a projection of their posteriors to the next block's input (self-conditioned CTC).
+  m.inter_ctc = ml_collections.ConfigDict(dict(layers=(), self_condition=True))
 
   d = m.decoder = ml_collections.ConfigDict()
   d.d_model = d_model

@@ -14,7 +14,8 @@ module zeroes padded frames before its depthwise convolution.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax
 import jax
@@ -451,6 +452,8 @@ class EncoderOutput:
   expert_load: jax.Array  # float32 [num_moe_layers, num_experts].
   # float32 [num_moe_layers, batch, frames, num_experts]: each frame's routing weights.
   token_expert_load: jax.Array
+  # What the `intermediate` hooks returned, in block order (e.g. intermediate CTC logits).
+  intermediate: tuple = ()
 
 
 class ConformerEncoder(nnx.Module):
@@ -613,6 +616,8 @@ class ConformerEncoder(nnx.Module):
     oracle_lang_probs: jax.Array | None = None,
     oracle_mix: float | jax.Array = 0.0,
     stop_lid_gradient: bool = True,
+    intermediate: Mapping[int, Callable[[jax.Array, jax.Array], tuple[Any, jax.Array]]]
+    | None = None,
   ) -> EncoderOutput:
     """Encodes log-mel features.
 
@@ -627,6 +632,9 @@ class ConformerEncoder(nnx.Module):
         stream is used).
       stop_lid_gradient: condition (and route) on stop_gradient(posteriors), so
         losses on the encoder output do not train the LID heads.
+      intermediate: {block index: fn(x, mask) -> (output, x')} run on that block's
+        output, whose `x'` the next block reads instead (intermediate and
+        self-conditioned CTC); the outputs are returned in block order.
 
     Returns:
       An `EncoderOutput`.
@@ -638,6 +646,10 @@ class ConformerEncoder(nnx.Module):
     x = partitioning.constrain(x, ("batch", "length", "embed"))
     pos_emb = relative_position_encoding(t, self.d_model)  # [2 frames' - 1, d_model]
 
+    intermediate = dict(intermediate or {})
+    if any(not 0 <= i < self.num_layers for i in intermediate):
+      raise ValueError(f"intermediate blocks {sorted(intermediate)} outside [0, {self.num_layers})")
+    taps = []
     auxes, lang_probs, cond_probs = [], None, None
     frame_logits = ctc_logits = utt_logits = None
     for i, block in enumerate(self.blocks):
@@ -652,6 +664,9 @@ class ConformerEncoder(nnx.Module):
         predicted = jax.nn.softmax(frame_logits, axis=-1)
         lang_probs = self._choose_lang_probs(predicted, oracle_lang_probs, oracle_mix)
         cond_probs = jax.lax.stop_gradient(lang_probs) if stop_lid_gradient else lang_probs
+      if i in intermediate:
+        tap, x = intermediate[i](x, mask)
+        taps.append(tap)
 
     if auxes:
       moe_aux = MoeAux.mean(auxes)
@@ -671,4 +686,5 @@ class ConformerEncoder(nnx.Module):
       moe_aux=moe_aux,
       expert_load=expert_load,
       token_expert_load=token_expert_load,
+      intermediate=tuple(taps),
     )

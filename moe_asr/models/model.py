@@ -56,6 +56,8 @@ class MoeAsrOutput:
   decoder_expert_load: jax.Array  # [decoder MoE layers, experts]
   # [batch, intents]: the task heads on the greedy CTC hypothesis (`hypothesis_task`).
   hyp_intent_log_probs: jax.Array | None = None
+  # Intermediate CTC logits, one [batch, frames * ctc_upsample, vocab] per `inter_ctc.layers`.
+  inter_ctc_logits: tuple = ()
 
 
 @flax.struct.dataclass
@@ -67,6 +69,7 @@ class Encoded:
   ctc_mask: jax.Array  # [batch, frames * ctc_upsample] bool: valid CTC frames
   frame_lang: jax.Array  # [batch, frames] frame language targets at encoder rate (-1 unknown)
   utt_probs: jax.Array  # [batch, languages] utterance LID posterior
+  inter_ctc_logits: tuple = ()  # Intermediate CTC logits per `inter_ctc.layers`.
 
 
 def _section(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
@@ -150,6 +153,25 @@ class MoeAsr(nnx.Module):
     self.ctc_head = partitioning.dense(
       d_model, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=self.dtype
     )
+    # Intermediate CTC (ESPnet's interctc; Lee & Watanabe, 2021): the CTC head (shared)
+    # also reads the outputs of these encoder blocks, each with its own CTC loss
+    # (`train.loss.inter_ctc`). With self_condition (Nozaki & Komatsu, 2021) the next
+    # block reads x + Linear(CTC posteriors), so the upper blocks refine an explicit
+    # transcript hypothesis, which they see also at inference.
+    inter = cfg.get("inter_ctc") or ml_collections.ConfigDict({"layers": ()})
+    self.inter_ctc_layers = tuple(sorted({int(i) for i in inter.layers}))
+    last = cfg.encoder.num_layers - 1
+    if any(not 0 <= i < last for i in self.inter_ctc_layers):
+      raise ValueError(
+        f"model.inter_ctc.layers={tuple(inter.layers)}: blocks in [0, {last}) (block {last}'s"
+        " output is what the CTC head reads anyway)"
+      )
+    conditioner = None
+    if self.inter_ctc_layers and inter.get("self_condition", False):
+      conditioner = partitioning.dense(
+        vocab_size, d_model, ("vocab", "embed"), rngs=rngs, dtype=self.dtype
+      )
+    self.inter_ctc_conditioner = nnx.data(conditioner)
     decoder = None
     if cfg.decoder.num_layers > 0:
       decoder = decoder_lib.TransformerDecoder.from_config(
@@ -186,20 +208,40 @@ class MoeAsr(nnx.Module):
       frame_lang = jnp.full(feats.shape[:2], -1, jnp.int32)
     frame_lang = conformer.subsample_frame_targets(frame_lang[:, : feats.shape[1]], int(enc_frames))
     oracle = lid.oracle_lang_probs(frame_lang, frame_lang >= 0, num_languages)
-    enc = self.encoder(feats, frame_mask, oracle_lang_probs=oracle, oracle_mix=oracle_mix)
-    ctc_in, ctc_mask = enc.x, enc.mask
-    if self.ctc_upsampler is not None:
-      batch_size, frames, width = enc.x.shape
-      u = self.ctc_upsample
-      ctc_in = self.ctc_upsampler(enc.x).reshape(batch_size, frames * u, width)
-      ctc_mask = jnp.repeat(enc.mask, u, axis=1)
+    enc = self.encoder(
+      feats,
+      frame_mask,
+      oracle_lang_probs=oracle,
+      oracle_mix=oracle_mix,
+      intermediate={i: self._inter_ctc for i in self.inter_ctc_layers},
+    )
     return Encoded(
       enc=enc,
-      ctc_logits=self.ctc_head(ctc_in).astype(jnp.float32),
-      ctc_mask=ctc_mask,
+      ctc_logits=self._ctc_logits(enc.x),
+      ctc_mask=jnp.repeat(enc.mask, self.ctc_upsample, axis=1),
       frame_lang=jnp.where(enc.mask, frame_lang, -1),
       utt_probs=jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1),
+      inter_ctc_logits=enc.intermediate,
     )
+
+  def _ctc_logits(self, x: jax.Array) -> jax.Array:
+    """CTC logits, float32 [batch, frames * ctc_upsample, vocab], of encoder states x."""
+    if self.ctc_upsampler is not None:
+      batch_size, frames, width = x.shape
+      x = self.ctc_upsampler(x).reshape(batch_size, frames * self.ctc_upsample, width)
+    return self.ctc_head(x).astype(jnp.float32)
+
+  def _inter_ctc(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An intermediate CTC tap: (its logits, what the next encoder block reads)."""
+    logits = self._ctc_logits(x)
+    if self.inter_ctc_conditioner is not None:
+      probs = jax.nn.softmax(logits, axis=-1)
+      batch_size, frames, _ = x.shape
+      # Upsampled CTC frames: the mean posterior of each encoder frame's CTC frames.
+      probs = probs.reshape(batch_size, frames, self.ctc_upsample, -1).mean(2)
+      update = self.inter_ctc_conditioner(probs.astype(self.dtype)).astype(x.dtype)
+      x = jnp.where(mask[..., None], x + update, x)
+    return logits, x
 
   def decode_tokens(
     self,
@@ -349,4 +391,5 @@ class MoeAsr(nnx.Module):
       encoder_expert_load=enc.expert_load,
       decoder_expert_load=jnp.zeros((0, 1), jnp.float32) if dec is None else dec.expert_load,
       hyp_intent_log_probs=hyp_intent,
+      inter_ctc_logits=encoded.inter_ctc_logits,
     )

@@ -1,7 +1,7 @@
 """The joint objective (DESIGN §6).
 
-`loss = w_ctc*ctc + w_att*ce + w_lid*(lid + utt_lid) + w_task*(intent + slots)
-        + w_task_hyp*intent_on_hypothesis + w_aux*moe`
+`loss = w_ctc*ctc + w_inter_ctc*mean(intermediate ctc) + w_att*ce + w_lid*(lid + utt_lid)
+        + w_task*(intent + slots) + w_task_hyp*intent_on_hypothesis + w_aux*moe`
 
 Every term is a mean over what it supervises (CTC and attention CE per label
 token, LID per supervised utterance, intent per labelled utterance, slots per
@@ -26,13 +26,14 @@ from moe_asr.models.model import MoeAsrOutput
 from moe_asr.models.moe import MoeAux
 
 # Terms of the joint loss, in the order they are logged.
-TERMS = ("ctc", "att", "lid", "task", "task_hyp", "aux")
+TERMS = ("ctc", "inter_ctc", "att", "lid", "task", "task_hyp", "aux")
 
 
 def loss_config() -> ml_collections.ConfigDict:
   """Default weights of the joint loss (`config.train.loss`)."""
   c = ml_collections.ConfigDict()
   c.ctc = 0.3  # CTC on the encoder.
+  c.inter_ctc = 0.0  # Mean CTC of the intermediate taps (`model.inter_ctc.layers`).
   c.att = 0.7  # Attention-decoder cross-entropy (teacher forcing).
   c.lid = 0.3  # Frame / language-run / utterance LID.
   c.task = 0.5  # Intent + slot tags through the bridge.
@@ -47,6 +48,7 @@ def loss_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.1  # Attention CE.
   # (start_step, ramp_steps) per term: 0 before start, linear up to the weight after.
   c.ctc_warmup = (0, 0)
+  c.inter_ctc_warmup = (0, 0)
   c.att_warmup = (0, 0)
   c.lid_warmup = (0, 0)
   c.task_warmup = (0, 0)
@@ -147,6 +149,11 @@ def joint_loss(
     out.ctc_logits, out.ctc_mask, tokens, token_mask, example_mask
   )
   metrics.update(ctc=ctc, tokens=ctc_tokens, ctc_infeasible=infeasible)
+  inter_ctc = jnp.zeros((), jnp.float32)
+  for logits in out.inter_ctc_logits:
+    inter_ctc += ctc_loss(logits, out.ctc_mask, tokens, token_mask, example_mask)[0]
+  inter_ctc /= max(len(out.inter_ctc_logits), 1)
+  metrics["inter_ctc"] = inter_ctc
 
   if out.decoder_logits is not None:
     # The decoder predicts the tokens, then eos.
@@ -213,6 +220,7 @@ def joint_loss(
 
   values = {
     "ctc": ctc,
+    "inter_ctc": inter_ctc,
     "att": att,
     "lid": frame_lid + utt_lid,
     "task": task,
