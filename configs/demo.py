@@ -48,6 +48,13 @@ def get_config():
   # step (benchmarks/train_step.py, a 12 x 2.4 s batch: 493 ms, 229 ms with 32 channels).
   # Over 800 steps the narrow one ends at CTC 2.37 against 2.24, at 4.0 steps/s against 2.1.
   c.model.encoder.subsampling_channels = 32
+  # Self-conditioned intermediate CTC on block 2 (the LID block, mid-encoder): the upper
+  # blocks read its transcript posteriors. Measured over 800 steps against none: validation
+  # CER 0.525 against 0.548, LID 0.847 against 0.837. Over the 3000 steps: test CER 0.245
+  # against 0.253, intent 0.793 against 0.730; test_cs MER 0.476 against 0.501, intent
+  # 0.888 against 0.868; test_noisy CER 0.417 against 0.420.
+  c.model.inter_ctc.layers = (2,)
+  c.model.inter_ctc.self_condition = True
   t = c.train
   t.steps = 3000
   t.learning_rate = 1e-3
@@ -57,6 +64,7 @@ def get_config():
   # validation CER 0.93 with these weights, 5.19 and 0.98 with the defaults (0.3, 0.7).
   t.loss.ctc = 1.0
   t.loss.att = 0.3
+  t.loss.inter_ctc = 0.3
   # The intent loss also on the greedy CTC hypothesis (what inference reads), brought in
   # once the hypotheses are worth reading. Measured over the 3000 steps, against none:
   # test intent 0.688 against 0.619 and test_cs 0.842 against 0.780, test CER 0.280 both
