@@ -310,14 +310,19 @@ def test_with_eos_places_eos_after_the_last_token():
   np.testing.assert_array_equal(label_mask, [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
 
 
-def test_joint_loss_adds_the_hypothesis_intent_term():
-  model = _model()
+def _loss_batch():
   batch = _batch(16000, 12)
   batch.update(
     example_mask=np.ones(2, bool),
     language=np.array([1, 4], np.int32),
     lang_runs=np.full((2, 4), -1, np.int32),
   )
+  return batch
+
+
+def test_joint_loss_adds_the_hypothesis_intent_term():
+  model = _model()
+  batch = _loss_batch()
   out = nnx.jit(lambda m, b: m(b, hypothesis_task=True))(model, batch)
   cfg = losses.loss_config()
   cfg.task_hyp = 0.5
@@ -340,26 +345,11 @@ def test_a_ctc_only_model_builds_its_train_step_with_the_hypothesis_term_configu
   kwargs = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
   ts = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **kwargs))
   graphdef, rng_state, state = nnx.split(ts, nnx.RngState, ...)
-  batch = _batch(16000, 12)
-  batch.update(
-    example_mask=np.ones(2, bool),
-    language=np.array([1, 4], np.int32),
-    lang_runs=np.full((2, 4), -1, np.int32),
-  )
+  batch = _loss_batch()
   new_state, metrics = jax.eval_shape(train.make_train_step(cfg, graphdef), state, rng_state, batch)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert "hyp_intent_acc" not in metrics and metrics["task_hyp"].shape == ()
   assert {"loss", "ctc", "finite"} <= metrics.keys()
-
-
-def _loss_batch():
-  batch = _batch(16000, 12)
-  batch.update(
-    example_mask=np.ones(2, bool),
-    language=np.array([1, 4], np.int32),
-    lang_runs=np.full((2, 4), -1, np.int32),
-  )
-  return batch
 
 
 def _block_output(model, batch, block):

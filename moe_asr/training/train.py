@@ -138,14 +138,13 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
 
     def loss_fn(model):
       # The hypothesis pass (an extra decoder run) only where its loss term counts.
+      # A model without task heads (CTC only, or a corpus without intents) has no such pass.
       hyp_task = False
-      if loss_cfg.get("task_hyp", 0.0) > 0:
+      if loss_cfg.get("task_hyp", 0.0) > 0 and model.task_heads is not None:
         hyp_task = losses.term_weight(loss_cfg, "task_hyp", ts.optimizer.step[...]) > 0
       out = model(batch, oracle_mix=_oracle_mix(cfg, step), hypothesis_task=hyp_task)
       loss, metrics = losses.joint_loss(out, batch, loss_cfg, ts.optimizer.step[...])
-      # Not measured (logged as null) where the pass was skipped. A model without task
-      # heads (CTC only, or a corpus without intents) has no hypothesis pass at all.
-      if hyp_task is not False and "hyp_intent_acc" in metrics:
+      if hyp_task is not False:  # Not measured (logged as null) where the pass was skipped.
         for name in ("task_hyp", "hyp_intent_acc"):
           metrics[name] = jnp.where(hyp_task, metrics[name], jnp.nan)
       return loss, metrics
