@@ -1,5 +1,12 @@
-"""Shared fixtures: the tiny embedded corpus, built once per test session."""
+"""Shared fixtures: the tiny embedded corpus and a tiny trained run, built once per test run.
 
+`pytest` runs the tests in parallel worker processes (pytest-xdist; `-n auto` in
+pyproject.toml, sized by `pytest_xdist_auto_num_workers` below; `pytest -n 0` runs them in
+this process). The workers share one compilation cache and build the session fixtures once
+between them.
+"""
+
+import json
 import os
 import pathlib
 import subprocess
@@ -15,10 +22,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import atexit  # noqa: E402
+import collections.abc  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+try:
+  import fcntl
+except ImportError:  # Not POSIX: each worker builds its own session fixtures.
+  fcntl = None
 
 # One persistent XLA compilation cache for the session: this process and every subprocess it
 # starts (the CLI runs inherit the environment) compile a given program once, e.g. the tiny
@@ -45,6 +58,43 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   )
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+  """Workers for `-n auto`: one a core, at most one per 8 GiB of memory (a worker and the
+  training run it starts can hold about that), and at most 4 (beyond that the longest test
+  module, test_train.py, sets the pace)."""
+  del config
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  try:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, ValueError, OSError):
+    memory = 16 << 30
+  return max(1, min(cores or 1, memory // (8 << 30), 4))
+
+
+def build_once(
+  tmp_path_factory, name: str, build: collections.abc.Callable[[pathlib.Path], object]
+):
+  """Runs `build(directory)` once per test run; returns (directory, its JSON-able result).
+
+  Alone, the directory is this session's own. Under pytest-xdist the workers share the run's
+  base temporary directory: the first to take the lock builds, the others wait and read the
+  result it wrote. A failed build writes no result, so the next worker tries (and reports)
+  again.
+  """
+  if os.environ.get("PYTEST_XDIST_WORKER") is None or fcntl is None:
+    directory = tmp_path_factory.mktemp(name)
+    return directory, build(directory)
+  root = tmp_path_factory.getbasetemp().parent
+  directory, result = root / name, root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not result.exists():
+      shutil.rmtree(directory, ignore_errors=True)
+      directory.mkdir()
+      result.write_text(json.dumps(build(directory)))
+    return directory, json.loads(result.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
   """Builds configs/corpus/tiny.py with `moe-asr corpus build`.
@@ -52,11 +102,15 @@ def tiny_corpus(tmp_path_factory):
   Returns:
     (data_dir, build seconds, stdout of the build).
   """
-  data_dir = tmp_path_factory.mktemp("data")
-  start = time.time()
-  proc = run_cli("corpus", "build", "--config", str(TINY_CONFIG), "--data-dir", str(data_dir))
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  return data_dir, time.time() - start, proc.stdout
+
+  def build(data_dir):
+    start = time.time()
+    proc = run_cli("corpus", "build", "--config", str(TINY_CONFIG), "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return time.time() - start, proc.stdout
+
+  data_dir, (seconds, stdout) = build_once(tmp_path_factory, "data", build)
+  return data_dir, seconds, stdout
 
 
 @pytest.fixture(scope="session")
@@ -67,19 +121,23 @@ def tiny_workdir(tiny_corpus, tmp_path_factory):
   except under their own subdirectories (copy it to change it).
   """
   data_dir, _, _ = tiny_corpus
-  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
-  proc = run_cli(
-    "train",
-    "--config",
-    str(REPO / "configs" / "tiny.py"),
-    "--workdir",
-    str(workdir),
-    f"--config.data.data_dir={data_dir}",
-    "--config.train.steps=4",
-    "--config.train.log_every=2",
-    "--config.data.buckets=((3.0,8),)",
-    "--config.eval.splits=('test',)",
-    "--config.compilation_cache=''",
-  )
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return workdir
+
+  def build(directory):
+    workdir = directory / "run"
+    proc = run_cli(
+      "train",
+      "--config",
+      str(REPO / "configs" / "tiny.py"),
+      "--workdir",
+      str(workdir),
+      f"--config.data.data_dir={data_dir}",
+      "--config.train.steps=4",
+      "--config.train.log_every=2",
+      "--config.data.buckets=((3.0,8),)",
+      "--config.eval.splits=('test',)",
+      "--config.compilation_cache=''",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+  directory, _ = build_once(tmp_path_factory, "tiny_run", build)
+  return directory / "run"
