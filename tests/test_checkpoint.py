@@ -344,3 +344,16 @@ def test_async_save_in_a_process_that_exits_is_restorable(tmp_path):
     restored = ckptr.restore(abstract)
   np.testing.assert_array_equal(np.asarray(restored.state["w"]), np.arange(1000.0))
   assert restored.data_state == {"next_index": 9} and restored.config == {"x": 1}
+
+
+def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  # `moe-asr eval --workdir runs/demo`: orbax itself refuses relative paths on restore.
+  monkeypatch.chdir(tmp_path)
+  state = {"w": jnp.arange(3.0)}
+  with ckpt.Checkpointer("runs/demo/checkpoints", async_save=False) as ckptr:
+    ckptr.save(1, state, data_state={"next_index": 5})
+  with ckpt.Checkpointer("runs/demo/checkpoints") as ckptr:
+    assert ckptr.directory == tmp_path / "runs" / "demo" / "checkpoints"
+    restored = ckptr.restore(_abstract(state, _one_device()))
+  assert restored.step == 1 and restored.data_state == {"next_index": 5}
+  np.testing.assert_array_equal(np.asarray(restored.state["w"]), [0.0, 1.0, 2.0])

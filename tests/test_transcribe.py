@@ -129,10 +129,11 @@ def test_transcribe_greedy_good_and_bad_files(tiny_workdir, audio_files, tmp_pat
   assert "longer than" in records[5]["error"]
 
 
-def test_transcribe_ctc_beam_and_exit_code(tiny_workdir, audio_files, capsys):
+def test_transcribe_ctc_beam_and_exit_code(tiny_workdir, audio_files, capsys, monkeypatch):
   files, durations = audio_files
+  monkeypatch.chdir(tiny_workdir.parent)  # A relative workdir, as `--workdir runs/demo`.
   args = _parse(
-    ["transcribe", "--workdir", str(tiny_workdir), files["stereo"], files["mono"]]
+    ["transcribe", "--workdir", tiny_workdir.name, files["stereo"], files["mono"]]
     + ["--method", "ctc_beam", "--beam", "4"]
   )
   assert args.func(args, []) == 0

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import types
@@ -267,6 +268,16 @@ def _json_restore_args(step_dir: epath.Path, names: Iterable[str]) -> dict:
 # --- Checkpointer -----------------------------------------------------------
 
 
+def absolute(directory: epath.PathLike) -> epath.Path:
+  """`directory` as an absolute path (a URI such as gs://... as it is).
+
+  Orbax refuses relative paths when it writes or reads arrays, so a run started with
+  `--workdir runs/demo` would fail at its first checkpoint.
+  """
+  text = os.fspath(directory)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 class Checkpointer:
   """Saves and restores train state, data-iterator state, tokenizer and config.
 
@@ -298,7 +309,7 @@ class Checkpointer:
       raise ValueError(f"save_interval_steps must be at least 1, got {save_interval_steps}.")
     _register_array_handler()
     self._manager = ocp.CheckpointManager(
-      epath.Path(directory),
+      absolute(directory),
       options=ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         # Orbax's default also saves the first step seen when none exists; a

@@ -344,7 +344,7 @@ def _saved_params(directory: str) -> dict[str, np.ndarray]:
   step = source.latest_step()
   if step is None:
     raise FileNotFoundError(f"config.init_from={directory!r} holds no checkpoint")
-  path = pathlib.Path(directory) / str(step) / "state"
+  path = checkpoint_lib.absolute(directory) / str(step) / "state"
   # As host numpy arrays: the source run's mesh (8 devices, 2 processes) need not exist here.
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
