@@ -1,6 +1,7 @@
 """`moe-asr demo` end to end on the tiny corpus: build (found) -> train -> score -> table."""
 
 import json
+import os
 
 import pytest
 from conftest import REPO, run_cli
@@ -11,10 +12,10 @@ pytestmark = pytest.mark.slow
 def test_demo_trains_scores_and_prints_the_table(tiny_corpus, tmp_path):
   data_dir, _, _ = tiny_corpus
   workdir = tmp_path / "demo"
-  proc = run_cli(
+  proc = run_cli(  # The workdir relative to the working directory, as in the README.
     "demo",
     "--workdir",
-    str(workdir),
+    os.path.relpath(workdir, REPO),
     "--data-dir",
     str(data_dir),
     "--config",
@@ -40,6 +41,7 @@ def test_demo_trains_scores_and_prints_the_table(tiny_corpus, tmp_path):
     assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), proc.stdout
   assert "Wall time" in proc.stdout
   assert (workdir / "eval" / "report.md").exists()
+  assert (workdir / "checkpoints" / "3" / "state").is_dir()
   steps = [
     json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
   ]
