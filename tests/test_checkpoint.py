@@ -351,7 +351,8 @@ def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   state = {"w": jnp.arange(3.0)}
   with ckpt.Checkpointer("runs/demo/checkpoints", async_save=False) as ckptr:
-    ckptr.save(1, state, data_state={"next_index": 5})
+    ckptr.save(1, state, data_state={"next_index": 5}, config=_CONFIG)
+  assert ckpt.read_config("runs/demo/checkpoints") == _CONFIG_BACK
   with ckpt.Checkpointer("runs/demo/checkpoints") as ckptr:
     assert ckptr.directory == tmp_path / "runs" / "demo" / "checkpoints"
     restored = ckptr.restore(_abstract(state, _one_device()))

@@ -458,7 +458,7 @@ class Checkpointer:
 
 
 def _read_json_item(directory: epath.PathLike, step: int | None, name: str) -> Any:
-  directory = epath.Path(directory)
+  directory = absolute(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f"Checkpoint directory {directory} does not exist.")
   options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
