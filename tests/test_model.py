@@ -406,6 +406,36 @@ def test_intermediate_ctc_taps_a_block_and_self_conditions_the_next():
   np.testing.assert_allclose(zeroed.ctc_logits, ref.ctc_logits, atol=1e-5)
 
 
+@nnx.jit
+def _upsampled_tap(model, batch):
+  """One program: (the model's output, the upsampled CTC head on block 1's output)."""
+  return model(batch), model._ctc_logits(_block_output(model, batch, 1))
+
+
+def test_intermediate_ctc_on_upsampled_ctc_frames():
+  """With ctc_upsample=2 a tap has two CTC frames per encoder frame (frames 2t and 2t+1
+  belong to encoder frame t), and the next block reads the mean posterior of each pair."""
+  model = _model(
+    ["model.inter_ctc.layers=(1,)", "model.inter_ctc.self_condition=True", "model.ctc_upsample=2"]
+  )
+  out, by_hand = _upsampled_tap(model, _batch(16000, 12))
+  (tap,) = out.inter_ctc_logits
+  assert tap.shape == out.ctc_logits.shape == (2, 2 * out.enc_mask.shape[1], VOCAB)
+  # The tap is the upsampled CTC head on block 1's output (float32; 1e-5).
+  np.testing.assert_allclose(tap, by_hand, atol=1e-5)
+  # The conditioning, by hand on random states: padded frames are left alone.
+  width = model.inter_ctc_conditioner.out_features
+  x = jax.random.normal(jax.random.key(0), (2, 5, width))
+  mask = jnp.array([[True, True, True, False, False], [True] * 5])
+  logits, conditioned = model._inter_ctc(x, mask)
+  assert logits.shape == (2, 10, VOCAB)
+  probs = jax.nn.softmax(logits, axis=-1)
+  pooled = 0.5 * (probs[:, 0::2] + probs[:, 1::2])
+  expected = jnp.where(mask[..., None], x + model.inter_ctc_conditioner(pooled), x)
+  np.testing.assert_allclose(conditioned, expected, atol=1e-5)
+  np.testing.assert_array_equal(conditioned[0, 3:], x[0, 3:])
+
+
 @pytest.mark.parametrize("layers", ["(3,)", "(-1,)"])
 def test_intermediate_ctc_layers_must_be_below_the_last_block(layers):
   with pytest.raises(ValueError, match="inter_ctc.layers"):
