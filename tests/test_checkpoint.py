@@ -347,7 +347,7 @@ def test_async_save_in_a_process_that_exits_is_restorable(tmp_path):
 
 
 def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
-  # `moe-asr eval --workdir runs/demo`: orbax itself refuses relative paths on restore.
+  # `moe-asr demo --workdir runs/demo`: orbax itself refuses relative paths for arrays.
   monkeypatch.chdir(tmp_path)
   state = {"w": jnp.arange(3.0)}
   with ckpt.Checkpointer("runs/demo/checkpoints", async_save=False) as ckptr:
