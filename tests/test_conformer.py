@@ -193,6 +193,41 @@ def test_rel_position_attention_matches_explicit_reference():
 # --- convolution module -----------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_depthwise_conv_matches_grouped_convolution(dtype):
+  # The shifted multiply-adds against flax's grouped convolution: the same parameters from
+  # the same seed, the same outputs and gradients (products of the dtype-rounded inputs
+  # are exact in float32, so only the summation order differs).
+  k = 7
+  ours = conformer.DepthwiseConv1D(D, k, dtype=dtype, rngs=nnx.Rngs(3))
+  ref = nnx.Conv(
+    D,
+    D,
+    kernel_size=(k,),
+    padding="SAME",
+    feature_group_count=D,
+    dtype=dtype,
+    preferred_element_type=jnp.float32,
+    bias_init=nnx.initializers.normal(1.0),
+    rngs=nnx.Rngs(3),
+  )
+  np.testing.assert_array_equal(np.asarray(ours.kernel[...]), np.asarray(ref.kernel[...]))
+  ours.bias[...] = ref.bias[...]  # Zero at init; a non-zero bias checks that it is added.
+  x = jax.random.normal(jax.random.key(0), (2, T_ENC, D))
+
+  def loss_and_grads(module):
+    def loss(m, x):
+      y = m(x)
+      return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+
+    (g_params, g_x), y = nnx.grad(loss, argnums=(0, 1), has_aux=True)(module, x)
+    return y, g_x, g_params["kernel"][...], g_params["bias"][...]
+
+  for a, b in zip(loss_and_grads(ours), loss_and_grads(ref), strict=True):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
 def test_convolution_module_does_not_leak_across_padding():
   conv = conformer.ConvolutionModule(D, 5, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (2, T_ENC, D))
