@@ -169,6 +169,23 @@ def test_tokenizer_saved_beside_the_data(builder, splits):
     assert tok.decode([tok.language_tag_id(code)], keep_symbols=True) == f"<{code}>"
 
 
+def test_the_data_source_reads_what_tfds_decodes(splits, tiny_corpus):
+  # data_source reads the raw int16 audio tensor without TFDS's decoding: the same examples.
+  data_dir, _, _ = tiny_corpus
+  for split in ("train", "test_cs"):
+    ours = pl.data_source("moe_asr_synth/tiny", split, data_dir=str(data_dir))
+    assert len(ours) == len(splits[split])
+    for i, ref in enumerate(splits[split]):
+      ex = ours[i]
+      assert sorted(ex) == sorted(ref)
+      assert ex["audio"].dtype == np.int16
+      np.testing.assert_array_equal(ex["audio"], ref["audio"], err_msg=f"{split}[{i}]")
+      np.testing.assert_array_equal(ex["segments"], ref["segments"])
+      for key in ("text", "words_lang", "language", "intent", "speaker", "id", "snr_db"):
+        assert str(ex[key]) == str(ref[key]), (split, i, key)
+      assert str(ex["slots"]) == str(ref["slots"])
+
+
 def test_pipeline_reads_the_corpus(builder, tiny_corpus):
   data_dir, _, _ = tiny_corpus
   tok = Tokenizer.load(synth.tokenizer_path(builder))

@@ -96,6 +96,25 @@ def test_batches_take_only_bucket_shapes(source, tokenizer):
   assert len(seen) == len(shapes)
 
 
+def test_example_batches_have_the_shapes_of_every_bucket(source, tokenizer):
+  # What the trainer compiles for before the first batch: each process's rows of each bucket,
+  # with the keys, shapes and dtypes of the batches the pipeline yields.
+  p = _pipeline(source, tokenizer, index=1, count=2)
+  examples = p.example_batches()
+  assert len(examples) == len(p.buckets)
+  seen = set()
+  for batch in itertools.islice(iter(p), 2 * p.batches_per_epoch):
+    b = int(batch["bucket"][0])
+    seen.add(b)
+    ex = examples[b]
+    assert sorted(ex) == sorted(batch)
+    for k in batch:
+      assert (ex[k].shape, ex[k].dtype) == (batch[k].shape, batch[k].dtype), (b, k)
+    assert not ex["example_mask"].any()
+  assert seen == set(range(len(p.buckets)))
+  assert examples[0]["audio"].shape == (p.buckets[0].batch_size // 2, p.buckets[0].max_samples)
+
+
 def test_iterator_state_round_trips(source, tokenizer):
   p = _pipeline(source, tokenizer)
   it = iter(p)

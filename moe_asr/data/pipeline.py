@@ -144,7 +144,11 @@ def data_source(name: str, split: str, *, data_dir: str | None = None, config: s
     from moe_asr.data.builders import synth
 
     synth.check_built(builder)
-  return builder.as_data_source(split=split)
+  # The schema stores audio as a raw int16 tensor (`encoding="none"`): its serialized value
+  # is the decoded array, and reading it as such skips TFDS's decoding of it through
+  # TensorFlow, which took about half of each example's read time (1.3 against 2.9 ms an
+  # example of the demo corpus; the same arrays).
+  return builder.as_data_source(split=split, decoders={"audio": tfds.decode.SkipDecoding()})
 
 
 def example_lengths(
@@ -341,13 +345,20 @@ class _LoadBatch:
     with self._lock:
       self.stats[key] = self.stats.get(key, 0) + n
 
+  def empty(self, bucket_index: int) -> dict[str, np.ndarray]:
+    """This process's rows of a batch of the bucket, all padding."""
+    bucket = self.buckets[bucket_index]
+    per_process = bucket.batch_size // self.process_count
+    batch = _empty_batch(bucket, per_process, self.cfg.max_lang_runs)
+    batch["bucket"] = np.full((per_process,), bucket_index, np.int32)
+    return batch
+
   def __call__(self, planned):
     bucket_index, rows = planned
     bucket = self.buckets[bucket_index]
     per_process = bucket.batch_size // self.process_count
     rows = rows[self.process_index * per_process : (self.process_index + 1) * per_process]
-    batch = _empty_batch(bucket, per_process, self.cfg.max_lang_runs)
-    batch["bucket"] = np.full((per_process,), bucket_index, np.int32)
+    batch = self.empty(bucket_index)
     for r, index in enumerate(rows):
       if index < 0:
         continue
@@ -532,6 +543,10 @@ class Pipeline:
   @property
   def batches_per_epoch(self) -> int:
     return self._plan.batches_per_epoch
+
+  def example_batches(self) -> list[dict[str, np.ndarray]]:
+    """One empty batch of this process's rows per bucket (the shapes the pipeline yields)."""
+    return [self._load.empty(i) for i in range(len(self.buckets))]
 
   def dataset(self) -> grain.MapDataset:
     return grain.MapDataset.source(self._plan).map(self._load)
