@@ -113,6 +113,10 @@ def test_example_batches_have_the_shapes_of_every_bucket(source, tokenizer):
     assert not ex["example_mask"].any()
   assert seen == set(range(len(p.buckets)))
   assert examples[0]["audio"].shape == (p.buckets[0].batch_size // 2, p.buckets[0].max_samples)
+  # A bucket that holds no example yields no batch, so it has no example batch either.
+  wide = _pipeline(source, tokenizer, buckets=((1.5, 4), (2.5, 4), (4.0, 2), (6.0, 2), (9.0, 2)))
+  assert wide.plan_stats["per_bucket"][3:] == [2, 0]
+  assert sorted(wide.example_batches()) == [0, 1, 2, 3]
 
 
 def test_iterator_state_round_trips(source, tokenizer):

@@ -544,9 +544,11 @@ class Pipeline:
   def batches_per_epoch(self) -> int:
     return self._plan.batches_per_epoch
 
-  def example_batches(self) -> list[dict[str, np.ndarray]]:
-    """One empty batch of this process's rows per bucket (the shapes the pipeline yields)."""
-    return [self._load.empty(i) for i in range(len(self.buckets))]
+  def example_batches(self) -> dict[int, dict[str, np.ndarray]]:
+    """The shapes the pipeline yields: an empty batch of this process's rows for each bucket
+    that holds examples, by bucket index."""
+    per_bucket = self.plan_stats["per_bucket"]
+    return {i: self._load.empty(i) for i, n in enumerate(per_bucket) if n}
 
   def dataset(self) -> grain.MapDataset:
     return grain.MapDataset.source(self._plan).map(self._load)

@@ -259,7 +259,7 @@ class CompiledSteps:
     )
 
   def precompile(self, batches: Sequence[Mapping[str, jax.Array]]) -> None:
-    """Compiles the steps of several batch shapes at once, before the first is needed.
+    """Compiles the steps of several batch shapes at once (those not compiled yet).
 
     Tracing and lowering run here one shape after another; the XLA compilations
     (C++, the GIL released, each mostly on one core) run in parallel threads. On
@@ -284,9 +284,7 @@ class CompiledSteps:
   def __call__(self, batch: Mapping[str, jax.Array]) -> Callable:
     key = self._key(batch)
     if key not in self.cache:
-      start = time.perf_counter()
-      compiled = self._lower(batch).compile()
-      self._add(key, compiled, batch["audio"].shape, time.perf_counter() - start)
+      self.precompile([batch])
     return self.cache[key]
 
 
@@ -544,14 +542,11 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
     donate=True,
     flat=True,
   )
-  # Every bucket shape the run will meet (those holding examples), compiled up front.
+  # Every bucket shape the run will meet, compiled up front.
   train_steps.precompile(
     [
       sharding.put_batch(pipeline_lib.device_arrays(b), run.batch_shardings(b))
-      for b, n in zip(
-        train_pipe.example_batches(), train_pipe.plan_stats["per_bucket"], strict=True
-      )
-      if n
+      for b in train_pipe.example_batches().values()
     ]
   )
   # Between steps the state lives as `leaves`; `run.state` is rebuilt where it is read.
