@@ -109,6 +109,9 @@ trap 'exit 143' TERM
 
 for ((i = 0; i < num_processes; i++)); do
   log="${log_dir}/process_${i}.log"
+  # Created here, not only by the background process's redirection (which runs after the
+  # fork): tail below must find it, however the two are scheduled.
+  : >"${log}"
   env "${shared_env[@]}" "MOE_ASR_PROCESS_ID=${i}" "${command[@]}" >"${log}" 2>&1 &
   log_of[$!]="${log}"
   if ((i == 0)); then
