@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   p.add_argument("--experts", type=int, default=8)
   p.add_argument("--top-k", type=int, default=2)
   p.add_argument("--block-size", type=int, default=256, help="rows per grouped-matmul block")
+  p.add_argument(
+    "--grouped-matmul",
+    choices=moe.GROUPED_MATMULS,
+    default="blocks",
+    help="blocks (loops over row blocks) | ragged (jax.lax.ragged_dot)",
+  )
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--repeats", type=int, default=30)
   p.add_argument("--backward", action="store_true", help="time forward + gradient")
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     router="learned",
     top_k=args.top_k,
     block_size=args.block_size,
+    grouped_matmul=args.grouped_matmul,
     dtype=dtype,
     rngs=nnx.Rngs(0),
   )
@@ -155,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   mode = "forward+backward" if args.backward else "forward"
   print(
     f"tokens={args.tokens} d_model={args.d_model} d_ff={args.d_ff} experts={args.experts} "
-    f"top_k={args.top_k} dtype={args.dtype} block<={args.block_size} {mode} "
+    f"top_k={args.top_k} dtype={args.dtype} grouped_matmul={layer.grouped_matmul} "
+    f"block<={args.block_size} {mode} "
     f"backend={jax.default_backend()} devices={jax.device_count()}"
   )
   print(f"{'':28s} {'median ms':>10s} {'min ms':>8s} {'ratio':>6s} {'min ratio':>9s}")

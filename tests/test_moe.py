@@ -92,13 +92,42 @@ def test_sparse_matches_dense(router, top_k, language_soft, shared_expert):
   np.testing.assert_allclose(aux_sparse.expert_load.sum(), 1.0, atol=1e-6)
 
 
-def test_sparse_matches_dense_plain_ffn_and_many_experts():
+@pytest.mark.parametrize("grouped_matmul", ["blocks", "ragged"])
+def test_sparse_matches_dense_plain_ffn_and_many_experts(grouped_matmul):
   # 16 experts for 20 valid assignments: many experts get no block at all (empty
-  # inner loops), the others one partly filled block.
-  layer = _layer(num_experts=16, top_k=2, gated=False, activation="gelu")
+  # inner loops, empty ragged groups), the others one partly filled block.
+  layer = _layer(
+    num_experts=16, top_k=2, gated=False, activation="gelu", grouped_matmul=grouped_matmul
+  )
   x, mask, _ = _inputs(seed=3)
   (y_sparse, _), (y_dense, _) = _sparse_and_dense(layer, x, mask)
   np.testing.assert_allclose(y_sparse, y_dense, atol=ATOL_F32)
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    # Dropped assignments: they join the last ragged group as zero rows.
+    {"router": "learned", "top_k": 2, "capacity_factor": 0.75},
+    # Experts without posterior mass are not dispatched.
+    {"router": "language", "language_soft": True},
+    {"router": "hybrid", "top_k": 1, "shared_expert": True},
+  ],
+)
+def test_ragged_grouped_matmul_matches_dense(kwargs):
+  layer = _layer(grouped_matmul="ragged", **kwargs)
+  x, mask, lang_probs = _inputs(seed=5)
+  (y_sparse, aux_sparse), (y_dense, aux_dense) = _sparse_and_dense(layer, x, mask, lang_probs)
+  np.testing.assert_allclose(y_sparse, y_dense, atol=ATOL_F32)
+  assert float(jnp.abs(y_sparse).max()) > 0.1
+  assert float(jnp.abs(y_sparse[~mask]).max()) == 0.0
+  _assert_aux_close(aux_sparse, aux_dense)
+
+
+def test_grouped_matmul_defaults_to_blocks_and_rejects_unknown():
+  assert _layer().grouped_matmul == "blocks"
+  with pytest.raises(ValueError, match="grouped_matmul"):
+    _layer(grouped_matmul="megablox")
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -251,6 +280,7 @@ def test_padding_invariance(kwargs):
   _assert_aux_close(aux, aux_long)
 
 
+@pytest.mark.parametrize("grouped_matmul", ["blocks", "ragged"])
 @pytest.mark.parametrize(
   "kwargs",
   [
@@ -259,10 +289,10 @@ def test_padding_invariance(kwargs):
     {"router": "learned", "top_k": 2, "capacity_factor": 0.75},
   ],
 )
-def test_gradients_reach_router_and_experts_and_match_dense(kwargs):
-  # The sparse path has a hand-written backward pass; autodiff of the dense
-  # einsum path is the reference.
-  layer = _layer(**kwargs)
+def test_gradients_reach_router_and_experts_and_match_dense(kwargs, grouped_matmul):
+  # The blocks path has a hand-written backward pass, the ragged one autodiff of
+  # `jax.lax.ragged_dot`; autodiff of the dense einsum path is the reference.
+  layer = _layer(grouped_matmul=grouped_matmul, **kwargs)
   x, mask, lang_probs = _inputs()
 
   def loss(model, x, dense):
@@ -414,10 +444,17 @@ def test_aux_zeros_and_mean():
 
 def test_from_config_and_param_counts():
   cfg = ml_collections.ConfigDict(
-    {"num_experts": 4, "router": "hybrid", "top_k": 1, "shared_expert": True}
+    {
+      "num_experts": 4,
+      "router": "hybrid",
+      "top_k": 1,
+      "shared_expert": True,
+      "grouped_matmul": "ragged",
+    }
   )
   layer = moe.MoeFeedForward.from_config(cfg, d_model=D_MODEL, d_ff=D_FF, rngs=nnx.Rngs(0))
   assert (layer.router, layer.top_k, layer.num_experts) == ("hybrid", 1, 4)
+  assert layer.grouped_matmul == "ragged"
   router, expert = D_MODEL * 4, 3 * D_MODEL * D_FF  # SwiGLU: w_gate, w_up, w_down
   # Total: router + 4 experts + shared; active: router + 1 expert + shared.
   assert layer.param_counts() == (router + 5 * expert, router + 2 * expert)

@@ -403,6 +403,7 @@ class ConformerBlock(nnx.Module):
     capacity_factor: float | None = None,
     shared_expert: bool = False,
     language_soft: bool = False,
+    grouped_matmul: str = "blocks",
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -431,6 +432,7 @@ class ConformerBlock(nnx.Module):
         activation="swish",
         dropout=0.0,  # The block applies its own residual dropout.
         language_soft=language_soft,
+        grouped_matmul=grouped_matmul,
         **kw,
       )
     else:
@@ -521,6 +523,7 @@ class ConformerEncoder(nnx.Module):
     conditioning: str = "film",
     language_soft: bool = False,
     subsampling_channels: int = 0,
+    grouped_matmul: str = "blocks",
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -570,6 +573,7 @@ class ConformerEncoder(nnx.Module):
           capacity_factor=capacity_factor,
           shared_expert=shared_expert,
           language_soft=language_soft,
+          grouped_matmul=grouped_matmul,
           num_languages=num_languages,
           **kw,
         )
@@ -602,7 +606,8 @@ class ConformerEncoder(nnx.Module):
     num_languages, dtype ("float32" | "bfloat16", compute dtype; params stay
     float32). Optional: num_mel_bins (default 80), language_soft (default False),
     subsampling_channels (channels of the two subsampling convolutions; default 0 =
-    d_model).
+    d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged";
+    default "blocks", see `moe`).
     """
     dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
@@ -624,6 +629,7 @@ class ConformerEncoder(nnx.Module):
       conditioning=cfg.conditioning,
       language_soft=cfg.get("language_soft", False),
       subsampling_channels=cfg.get("subsampling_channels", 0),
+      grouped_matmul=cfg.get("grouped_matmul", "blocks"),
       dtype=dtype or jnp.float32,
       rngs=rngs,
     )

@@ -113,6 +113,7 @@ class DecoderBlock(nnx.Module):
     num_languages: int = len(LANGUAGE_CODES),
     language_soft: bool = False,
     activation: str = "swish",
+    grouped_matmul: str = "blocks",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -141,6 +142,7 @@ class DecoderBlock(nnx.Module):
         activation=activation,
         dropout=dropout,
         language_soft=language_soft,
+        grouped_matmul=grouped_matmul,
         **kw,
       )
     else:
@@ -358,6 +360,7 @@ class TransformerDecoder(nnx.Module):
     tie_embeddings: bool = True,
     language_soft: bool = False,
     activation: str = "swish",
+    grouped_matmul: str = "blocks",
     rngs: nnx.Rngs,
   ):
     """Builds the decoder.
@@ -383,6 +386,7 @@ class TransformerDecoder(nnx.Module):
       tie_embeddings: output projection = token embedding transposed.
       language_soft: language router mixes experts by posterior instead of top-1.
       activation: FFN activation ("swish", "gelu", "relu").
+      grouped_matmul: the experts' grouped matmul, "blocks" | "ragged" (see `moe`).
       rngs: parameter and dropout keys.
     """
     moe_layers = tuple(sorted(set(int(i) for i in moe_layers)))
@@ -418,6 +422,7 @@ class TransformerDecoder(nnx.Module):
           num_languages=num_languages,
           language_soft=language_soft,
           activation=activation,
+          grouped_matmul=grouped_matmul,
           **kw,
         )
         for i in range(num_layers)
@@ -437,7 +442,7 @@ class TransformerDecoder(nnx.Module):
     top_k [1], capacity_factor [None], shared_expert [False],
     num_languages [7], dtype ["float32" | "bfloat16"], param_dtype
     ["float32"], positions ["sinusoidal"], tie_embeddings [True],
-    language_soft [False], activation ["swish"].
+    language_soft [False], activation ["swish"], grouped_matmul ["blocks"].
     """
     get = cfg.get
     if vocab_size is None:
@@ -463,6 +468,7 @@ class TransformerDecoder(nnx.Module):
       tie_embeddings=get("tie_embeddings", True),
       language_soft=get("language_soft", False),
       activation=get("activation", "swish"),
+      grouped_matmul=get("grouped_matmul", "blocks"),
       rngs=rngs,
     )
 
