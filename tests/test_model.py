@@ -203,17 +203,27 @@ def test_hypothesis_task_gated_by_a_traced_flag():
   assert _max_abs(off_grads) == 0.0  # Skipped: nothing trains through it.
 
 
+def _moe_layers(model) -> list:
+  return [m for _, m in nnx.iter_graph(model) if isinstance(m, moe.MoeFeedForward)]
+
+
 def test_ragged_grouped_matmul_gives_the_same_model():
-  # The experts' grouped matmul as `jax.lax.ragged_dot` instead of padded row blocks: the same
-  # parameters (same seed) give the same outputs and task-loss gradients, encoder and decoder.
+  # The experts' grouped matmul as `jax.lax.ragged_dot` instead of padded row blocks, or with
+  # 8-row blocks: the same parameters (same seed) give the same outputs and task-loss
+  # gradients, encoder and decoder.
   batch = _batch(16000, 12)
   blocks, ragged = _model(), _model(["model.encoder.grouped_matmul='ragged'"])
-  layers = [m for _, m in nnx.iter_graph(ragged) if isinstance(m, moe.MoeFeedForward)]
-  assert len(layers) == 3 and all(m.grouped_matmul == "ragged" for m in layers)  # 2 enc + 1 dec
-  out_b, out_r = _forward(blocks, batch), _forward(ragged, batch)
+  small_blocks = _model(["model.encoder.moe_block_size=8"])
+  assert len(_moe_layers(ragged)) == 3  # 2 encoder blocks + 1 decoder block
+  assert all(m.grouped_matmul == "ragged" for m in _moe_layers(ragged))
+  assert all(m.block_size == 8 for m in _moe_layers(small_blocks))
+  out_b = _forward(blocks, batch)
   # float32, logits of order 1: the same products summed in a different order.
-  for name in ("ctc_logits", "decoder_logits", "intent_log_probs", "utt_lid_logits"):
-    np.testing.assert_allclose(getattr(out_r, name), getattr(out_b, name), atol=1e-4, err_msg=name)
+  for other in (_forward(ragged, batch), _forward(small_blocks, batch)):
+    for name in ("ctc_logits", "decoder_logits", "intent_log_probs", "utt_lid_logits"):
+      np.testing.assert_allclose(
+        getattr(other, name), getattr(out_b, name), atol=1e-4, err_msg=name
+      )
   g_b, g_r = _task_grads(blocks, batch), _task_grads(ragged, batch)
   for path in (("encoder", "blocks", 2, "ff2", "w_up"), ("decoder", "blocks", 1, "ffn", "w_down")):
     gb, gr = g_b, g_r

@@ -59,6 +59,9 @@ def model_config(
   # The experts' grouped matmul: "blocks" (loops over padded row blocks; fastest on XLA:CPU)
   # or "ragged" (`jax.lax.ragged_dot`; 3.7x faster at the demo's size on an H100). See `moe`.
   e.grouped_matmul = "blocks"
+  # Most rows per block of "blocks" (fewer for few tokens). On an H100, at 65536 tokens, d_model
+  # 1024, top 2 of 8 experts, 1024-row blocks ran 2.3x faster than 256 (forward + backward).
+  e.moe_block_size = 256
   e.conditioning = "film"  # LID conditioning of upper blocks: "none" | "add" | "film".
   e.num_languages = m.get_ref("num_languages")
   e.num_mel_bins = 80
@@ -89,6 +92,7 @@ def model_config(
   d.capacity_factor = None
   d.shared_expert = True
   d.grouped_matmul = m.encoder.get_ref("grouped_matmul")
+  d.moe_block_size = m.encoder.get_ref("moe_block_size")
   d.num_languages = m.get_ref("num_languages")
 
   t = m.task = ml_collections.ConfigDict()

@@ -404,6 +404,7 @@ class ConformerBlock(nnx.Module):
     shared_expert: bool = False,
     language_soft: bool = False,
     grouped_matmul: str = "blocks",
+    moe_block_size: int = 256,
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -433,6 +434,7 @@ class ConformerBlock(nnx.Module):
         dropout=0.0,  # The block applies its own residual dropout.
         language_soft=language_soft,
         grouped_matmul=grouped_matmul,
+        block_size=moe_block_size,
         **kw,
       )
     else:
@@ -524,6 +526,7 @@ class ConformerEncoder(nnx.Module):
     language_soft: bool = False,
     subsampling_channels: int = 0,
     grouped_matmul: str = "blocks",
+    moe_block_size: int = 256,
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -574,6 +577,7 @@ class ConformerEncoder(nnx.Module):
           shared_expert=shared_expert,
           language_soft=language_soft,
           grouped_matmul=grouped_matmul,
+          moe_block_size=moe_block_size,
           num_languages=num_languages,
           **kw,
         )
@@ -607,7 +611,8 @@ class ConformerEncoder(nnx.Module):
     float32). Optional: num_mel_bins (default 80), language_soft (default False),
     subsampling_channels (channels of the two subsampling convolutions; default 0 =
     d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged";
-    default "blocks", see `moe`).
+    default "blocks", see `moe`), moe_block_size (most rows per block of the
+    "blocks" grouped matmul; default 256).
     """
     dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
@@ -630,6 +635,7 @@ class ConformerEncoder(nnx.Module):
       language_soft=cfg.get("language_soft", False),
       subsampling_channels=cfg.get("subsampling_channels", 0),
       grouped_matmul=cfg.get("grouped_matmul", "blocks"),
+      moe_block_size=cfg.get("moe_block_size", 256),
       dtype=dtype or jnp.float32,
       rngs=rngs,
     )

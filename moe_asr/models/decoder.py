@@ -114,6 +114,7 @@ class DecoderBlock(nnx.Module):
     language_soft: bool = False,
     activation: str = "swish",
     grouped_matmul: str = "blocks",
+    moe_block_size: int = 256,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -143,6 +144,7 @@ class DecoderBlock(nnx.Module):
         dropout=dropout,
         language_soft=language_soft,
         grouped_matmul=grouped_matmul,
+        block_size=moe_block_size,
         **kw,
       )
     else:
@@ -361,6 +363,7 @@ class TransformerDecoder(nnx.Module):
     language_soft: bool = False,
     activation: str = "swish",
     grouped_matmul: str = "blocks",
+    moe_block_size: int = 256,
     rngs: nnx.Rngs,
   ):
     """Builds the decoder.
@@ -387,6 +390,7 @@ class TransformerDecoder(nnx.Module):
       language_soft: language router mixes experts by posterior instead of top-1.
       activation: FFN activation ("swish", "gelu", "relu").
       grouped_matmul: the experts' grouped matmul, "blocks" | "ragged" (see `moe`).
+      moe_block_size: most rows per block of the "blocks" grouped matmul.
       rngs: parameter and dropout keys.
     """
     moe_layers = tuple(sorted(set(int(i) for i in moe_layers)))
@@ -423,6 +427,7 @@ class TransformerDecoder(nnx.Module):
           language_soft=language_soft,
           activation=activation,
           grouped_matmul=grouped_matmul,
+          moe_block_size=moe_block_size,
           **kw,
         )
         for i in range(num_layers)
@@ -442,7 +447,7 @@ class TransformerDecoder(nnx.Module):
     top_k [1], capacity_factor [None], shared_expert [False],
     num_languages [7], dtype ["float32" | "bfloat16"], param_dtype
     ["float32"], positions ["sinusoidal"], tie_embeddings [True],
-    language_soft [False], activation ["swish"], grouped_matmul ["blocks"].
+    language_soft [False], activation ["swish"], grouped_matmul ["blocks"], moe_block_size [256].
     """
     get = cfg.get
     if vocab_size is None:
@@ -469,6 +474,7 @@ class TransformerDecoder(nnx.Module):
       language_soft=get("language_soft", False),
       activation=get("activation", "swish"),
       grouped_matmul=get("grouped_matmul", "blocks"),
+      moe_block_size=get("moe_block_size", 256),
       rngs=rngs,
     )
 
