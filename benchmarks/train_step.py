@@ -85,6 +85,8 @@ def measure(cfg, batch: dict, repeats: int) -> dict:
     start = time.perf_counter()
     compiled = step.lower(state, rng_state, device_batch).compile()
     compile_s = time.perf_counter() - start
+    # Printed at once: on a GPU the compile (with autotuning) can take minutes.
+    print(f"  {cfg.model.dtype}: compiled in {compile_s:.0f} s", flush=True)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float((cost or {}).get("flops", float("nan")))
