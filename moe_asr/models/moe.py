@@ -539,7 +539,12 @@ class MoeFeedForward(nnx.Module):
     return jnp.einsum("ne,end->nd", combine, y.astype(jnp.float32))
 
   def _sparse_experts(self, x, expert_idx, gates, assigned):
-    """Dropless grouped matmul over expert-sorted, block-padded assignments.
+    """Dropless grouped matmul over expert-sorted assignments.
+
+    "blocks" pads each expert's group to whole row blocks; "ragged" keeps the
+    sorted buffer unpadded, with the undispatched assignments last, reading the
+    zero row and counted in the last group (a zero row gives a zero expert
+    output: every activation maps 0 to 0, and the experts have no biases).
 
     Args:
       x: [n, d] tokens.
@@ -554,35 +559,41 @@ class MoeFeedForward(nnx.Module):
     k = expert_idx.shape[1]
     e = self.num_experts
     a = n * k
-    if self.grouped_matmul == "ragged":
-      return self._ragged_experts(x, expert_idx, gates, assigned)
-    # Block rows: a multiple of 8, at most block_size, and small enough next to
-    # the assignments per expert that padding each group to whole blocks (on
-    # average bk/2 rows per expert) costs little: bk <= a / (4 E).
-    bk = max(8, min(self.block_size, a // (4 * e)) // 8 * 8)
-    # sum_e ceil(c_e / bk) <= (a + e * (bk - 1)) // bk bounds the blocks needed.
-    num_blocks = (a + e * (bk - 1)) // bk
-    rows = num_blocks * bk
 
     # Choice-major flattening: assignment i = j * n + token.
     key = jnp.where(assigned, expert_idx, e).T.reshape(a)  # [a], e = not dispatched
     token = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)
     order = jnp.argsort(key, stable=True)
     sorted_key = key[order]
-    counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)[:e]
-    padded = -(-counts // bk) * bk
-    group_start = jnp.cumsum(counts) - counts
-    padded_end = jnp.cumsum(padded)
-    padded_start = padded_end - padded
-    safe_key = jnp.minimum(sorted_key, e - 1)
-    rank = jnp.arange(a, dtype=jnp.int32) - group_start[safe_key]
-    dest_sorted = jnp.where(sorted_key < e, padded_start[safe_key] + rank, rows)  # [a]
+    counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)
+    # Row n: the zero row that padding and undispatched assignments read.
+    x_pad = jnp.concatenate([x.astype(self.dtype), jnp.zeros((1, d), self.dtype)])
 
-    # Buffer row -> source token (n = the appended zero row).
-    row_token = jnp.full((rows,), n, jnp.int32).at[dest_sorted].set(token[order], mode="drop")
-    x_rows = jnp.concatenate([x.astype(self.dtype), jnp.zeros((1, d), self.dtype)])[row_token]
-    weights = tuple(w for w in self._expert_weights() if w is not None)
-    y_rows = _grouped_ffn(x_rows, weights, padded // bk, bk, self.activation, self.dtype)
+    if self.grouped_matmul == "ragged":
+      row_token = jnp.where(sorted_key < e, token[order], n)
+      group_sizes = counts[:e].at[e - 1].add(counts[e])
+      y_rows = self._ragged_ffn(x_pad[row_token], group_sizes)  # [a, d]
+      dest_sorted = jnp.arange(a, dtype=jnp.int32)
+    else:
+      counts = counts[:e]
+      # Block rows: a multiple of 8, at most block_size, and small enough next to
+      # the assignments per expert that padding each group to whole blocks (on
+      # average bk/2 rows per expert) costs little: bk <= a / (4 E).
+      bk = max(8, min(self.block_size, a // (4 * e)) // 8 * 8)
+      # sum_e ceil(c_e / bk) <= (a + e * (bk - 1)) // bk bounds the blocks needed.
+      rows = (a + e * (bk - 1)) // bk * bk
+      padded = -(-counts // bk) * bk
+      group_start = jnp.cumsum(counts) - counts
+      padded_start = jnp.cumsum(padded) - padded
+      safe_key = jnp.minimum(sorted_key, e - 1)
+      rank = jnp.arange(a, dtype=jnp.int32) - group_start[safe_key]
+      dest_sorted = jnp.where(sorted_key < e, padded_start[safe_key] + rank, rows)  # [a]
+      # Buffer row -> source token.
+      row_token = jnp.full((rows,), n, jnp.int32).at[dest_sorted].set(token[order], mode="drop")
+      weights = tuple(w for w in self._expert_weights() if w is not None)
+      y_rows = _grouped_ffn(
+        x_pad[row_token], weights, padded // bk, bk, self.activation, self.dtype
+      )
 
     # Unpermute: each assignment reads its row back (undispatched ones read 0).
     dest = jnp.zeros((a,), jnp.int32).at[order].set(dest_sorted)
@@ -591,43 +602,18 @@ class MoeFeedForward(nnx.Module):
     # A sum over k slices: XLA:CPU is ~50x slower on reshape(k, n, d).sum(0).
     return sum(y_assign[j * n : (j + 1) * n] * weights[j * n : (j + 1) * n] for j in range(k))
 
-  def _ragged_experts(self, x, expert_idx, gates, assigned):
-    """`_sparse_experts` with `jax.lax.ragged_dot` as the grouped matmul.
-
-    The assignments are sorted by expert into one [n * k, d] buffer with no
-    padding; undispatched ones go last, read the zero row and count in the
-    last group (a zero row gives a zero expert output: every activation maps 0
-    to 0, and the experts have no biases).
-    """
-    n, d = x.shape
-    k = expert_idx.shape[1]
-    e = self.num_experts
-    a = n * k
-    key = jnp.where(assigned, expert_idx, e).T.reshape(a)  # choice-major, as above
-    token = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)
-    order = jnp.argsort(key, stable=True)
-    counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)
-    group_sizes = counts[:e].at[e - 1].add(counts[e])
-    row_token = jnp.where(key[order] < e, token[order], n)
-    x_rows = jnp.concatenate([x.astype(self.dtype), jnp.zeros((1, d), self.dtype)])[row_token]
+  def _ragged_ffn(self, x_rows, group_sizes):
+    """The experts on expert-sorted rows through `jax.lax.ragged_dot`: [rows, d] float32."""
     w_gate, w_up, w_down = self._expert_weights()
     prec = jnp.float32 if self.dtype != jnp.float32 else None
 
     def grouped(lhs, w):
       return jax.lax.ragged_dot(
-        lhs, w.astype(self.dtype), group_sizes, preferred_element_type=prec
+        lhs.astype(self.dtype), w.astype(self.dtype), group_sizes, preferred_element_type=prec
       ).astype(jnp.float32)
 
-    pre = (
-      (grouped(x_rows, w_up),)
-      if w_gate is None
-      else (grouped(x_rows, w_gate), grouped(x_rows, w_up))
-    )
-    y_rows = grouped(_hidden(pre, self.activation).astype(self.dtype), w_down)  # [a, d]
-    # Unpermute: assignment order[i] reads sorted row i.
-    y_assign = jnp.zeros((a, d), jnp.float32).at[order].set(y_rows, unique_indices=True)
-    weights = jnp.where(assigned, gates, 0.0).T.reshape(a, 1)
-    return sum(y_assign[j * n : (j + 1) * n] * weights[j * n : (j + 1) * n] for j in range(k))
+    pre = tuple(grouped(x_rows, w) for w in (w_gate, w_up) if w is not None)
+    return grouped(_hidden(pre, self.activation), w_down)
 
   # --- forward -------------------------------------------------------------
 
