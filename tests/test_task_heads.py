@@ -22,10 +22,10 @@ def _apply(module, *args, stop_gradient=False, **kwargs):
   return module(*args, **kwargs)
 
 
-def _heads(seed: int = 0, dtype=jnp.float32) -> task_heads.TaskHeads:
+def _heads(seed: int = 0, dtype=jnp.float32, token_layers: int = 0) -> task_heads.TaskHeads:
   heads = task_heads.TaskHeads(
     D, INTENTS, TAGS, num_languages=LANGS, num_heads=2, num_queries=3, dtype=dtype,
-    rngs=nnx.Rngs(seed),
+    token_layers=token_layers, d_ff=2 * D, rngs=nnx.Rngs(seed),
   )  # fmt: skip
   heads.eval()
   return heads
@@ -43,9 +43,10 @@ def _inputs(seed: int = 0):
   return dec, token_mask, enc, enc_mask, lang_probs
 
 
+@pytest.mark.parametrize("token_layers", [0, 1])
 @pytest.mark.parametrize("stop_gradient", [False, True])
-def test_stop_gradient_cuts_task_loss_into_asr_states(stop_gradient):
-  heads = _heads()
+def test_stop_gradient_cuts_task_loss_into_asr_states(stop_gradient, token_layers):
+  heads = _heads(token_layers=token_layers)
   dec, token_mask, enc, enc_mask, lang_probs = _inputs()
   labels = jnp.array([0, 3, 1])
   tags = jnp.array([[0, 1, 2, 3, 4], [1, 1, 0, -1, -1], [2, -1, -1, -1, -1]])
@@ -104,8 +105,9 @@ def test_slot_mixture_matches_explicit_sum_and_token_level_posteriors():
   )
 
 
-def test_padding_does_not_change_valid_outputs():
-  heads = _heads()
+@pytest.mark.parametrize("token_layers", [0, 1])
+def test_padding_does_not_change_valid_outputs(token_layers):
+  heads = _heads(token_layers=token_layers)
   dec, token_mask, enc, enc_mask, lang_probs = _inputs()
   ref = _apply(heads, dec, token_mask, enc, enc_mask, lang_probs)
 
@@ -132,6 +134,25 @@ def test_padding_does_not_change_valid_outputs():
   np.testing.assert_allclose(
     np.asarray(out.slot_log_probs)[:, :L][valid], np.asarray(ref.slot_log_probs)[valid], atol=1e-5
   )
+
+
+@pytest.mark.parametrize("token_layers", [0, 1])
+def test_token_layers_let_a_token_read_the_words_after_it(token_layers):
+  """The decoder's states are causal; with bidirectional token layers the first token's slot
+  posteriors change when only the last token's state does, without them they cannot."""
+  heads = _heads(token_layers=token_layers)
+  dec, token_mask, enc, enc_mask, lang_probs = _inputs()
+  ref = _apply(heads, dec, token_mask, enc, enc_mask, lang_probs)
+  changed = dec.at[0, 4].add(3.0 * jax.random.normal(jax.random.key(3), (D,)))  # Row 0: 5 tokens.
+  out = _apply(heads, changed, token_mask, enc, enc_mask, lang_probs)
+  first = np.abs(np.asarray(out.slot_log_probs[0, :4] - ref.slot_log_probs[0, :4])).max()
+  if token_layers:
+    assert first > 1e-3
+  else:
+    assert first == 0.0
+  # Other utterances never see it.
+  np.testing.assert_allclose(out.slot_log_probs[1:], ref.slot_log_probs[1:], atol=1e-6)
+  np.testing.assert_allclose(out.intent_log_probs[1:], ref.intent_log_probs[1:], atol=1e-6)
 
 
 @pytest.mark.parametrize("init_from", [1, None])

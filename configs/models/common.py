@@ -99,6 +99,8 @@ def model_config(
   t.d_model = d_model
   t.num_heads = num_heads
   t.num_queries = 2  # Learned queries of the attention-pooling bridge.
+  t.token_layers = 0  # Bidirectional layers over the bridge's token states (see task_heads).
+  t.d_ff = d_ff  # Their hidden width.
   t.dropout = dropout
   t.stop_gradient = False  # True: the cascade baseline (task loss does not train the ASR).
   t.num_languages = m.get_ref("num_languages")

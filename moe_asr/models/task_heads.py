@@ -42,6 +42,13 @@ class Bridge(nnx.Module):
   states (residually): the decoder already saw the audio through its own
   cross-attention, and this lets the task loss pick acoustic evidence (e.g.
   entity boundaries) the transcript path did not keep.
+
+  The decoder is causal, so a token's state knows nothing of the words after it.
+  `token_layers` bidirectional Transformer layers over the token states (after the
+  cross-attention) give every token the whole transcript, as a text tagger has;
+  the pooling then reads these states in place of the decoder's. With 0 (the
+  default, and what checkpoints from before the setting have) the bridge is as
+  described above.
   """
 
   def __init__(
@@ -50,6 +57,9 @@ class Bridge(nnx.Module):
     num_heads: int = 4,
     num_queries: int = 4,
     *,
+    token_layers: int = 0,
+    d_ff: int | None = None,
+    dropout: float = 0.0,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -61,6 +71,12 @@ class Bridge(nnx.Module):
     self.token_attention = layers.MultiHeadAttention(d_model, num_heads, dtype=dtype, rngs=rngs)
     self.pooled_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
     self.token_norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+    self.token_layers = nnx.List(
+      [
+        TextEncoderLayer(d_model, num_heads, d_ff or 4 * d_model, dropout, dtype=dtype, rngs=rngs)
+        for _ in range(token_layers)
+      ]
+    )
 
   def __call__(
     self,
@@ -98,14 +114,20 @@ class Bridge(nnx.Module):
     memory = self.memory_norm(memory)
     memory_mask = jnp.concatenate([token_mask, enc_mask], axis=1)
 
+    dec_normed, enc_normed = memory[:, :num_tokens], memory[:, num_tokens:]
+    token_states = dec_normed + self.token_attention(dec_normed, enc_normed, key_mask=enc_mask)[0]
+    for layer in self.token_layers:
+      token_states = layer(token_states, token_mask)
+    token_states = self.token_norm(token_states)  # [batch, tokens, d_model]
+    token_states = partitioning.constrain(token_states, ("batch", "length", "embed"))
+    if len(self.token_layers):
+      # Pool over the bidirectional token states (and the audio) instead.
+      token_states = jnp.where(token_mask[..., None], token_states, 0)
+      memory = jnp.concatenate([token_states, enc_normed], axis=1)
+
     queries = jnp.broadcast_to(self.queries[...], (memory.shape[0], *self.queries.shape))
     pooled = self.pool_attention(queries, memory, key_mask=memory_mask)[0].mean(axis=1)
     pooled = partitioning.constrain(self.pooled_norm(pooled), ("batch", "embed"))
-
-    dec_normed, enc_normed = memory[:, :num_tokens], memory[:, num_tokens:]
-    token_states = dec_normed + self.token_attention(dec_normed, enc_normed, key_mask=enc_mask)[0]
-    token_states = self.token_norm(token_states)  # [batch, tokens, d_model]
-    token_states = partitioning.constrain(token_states, ("batch", "length", "embed"))
     return pooled, token_states
 
 
@@ -144,12 +166,23 @@ class TaskHeads(nnx.Module):
     num_queries: int = 4,
     dropout: float = 0.0,
     *,
+    token_layers: int = 0,
+    d_ff: int | None = None,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     self.num_languages = num_languages
     self.dtype = dtype
-    self.bridge = Bridge(d_model, num_heads, num_queries, dtype=dtype, rngs=rngs)
+    self.bridge = Bridge(
+      d_model,
+      num_heads,
+      num_queries,
+      token_layers=token_layers,
+      d_ff=d_ff,
+      dropout=dropout,
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     # Each language slice gets its own fan-in scaled init.
     kernel_init = nnx.initializers.variance_scaling(
@@ -176,7 +209,8 @@ class TaskHeads(nnx.Module):
 
     Fields: d_model, num_intents, num_slot_tags (required); num_languages
     (default len(LANGUAGE_CODES)), num_heads (4), num_queries (4), dropout (0.0),
-    dtype ("float32" | "bfloat16", default float32).
+    token_layers (0: bidirectional layers over the token states, see `Bridge`), d_ff
+    (their hidden width, 4 * d_model), dtype ("float32" | "bfloat16", default float32).
     """
     fields = {**dict(cfg), **overrides}
     return cls(
@@ -187,6 +221,8 @@ class TaskHeads(nnx.Module):
       num_heads=fields.get("num_heads", 4),
       num_queries=fields.get("num_queries", 4),
       dropout=fields.get("dropout", 0.0),
+      token_layers=fields.get("token_layers", 0),
+      d_ff=fields.get("d_ff"),
       dtype=_config_dtype(fields.get("dtype")),
       rngs=rngs,
     )
