@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   p.add_argument("--block-size", type=int, default=256, help="rows per grouped-matmul block")
   p.add_argument(
     "--grouped-matmul",
-    choices=moe.GROUPED_MATMULS,
-    default="blocks",
-    help="blocks (loops over row blocks) | ragged (jax.lax.ragged_dot)",
+    choices=("auto", *moe.GROUPED_MATMULS),
+    default="auto",
+    help="blocks (loops over row blocks) | ragged (jax.lax.ragged_dot) | auto (ragged on GPUs)",
   )
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--repeats", type=int, default=30)

@@ -124,8 +124,14 @@ def test_ragged_grouped_matmul_matches_dense(kwargs):
   _assert_aux_close(aux_sparse, aux_dense)
 
 
-def test_grouped_matmul_defaults_to_blocks_and_rejects_unknown():
-  assert _layer().grouped_matmul == "blocks"
+def test_grouped_matmul_auto_picks_by_backend_and_unknown_is_rejected():
+  expected = "ragged" if jax.default_backend() == "gpu" else "blocks"
+  assert _layer().grouped_matmul == expected
+  assert _layer(grouped_matmul="auto").grouped_matmul == expected
+  assert moe.resolve_grouped_matmul("auto", "gpu") == "ragged"
+  assert moe.resolve_grouped_matmul("auto", "cpu") == "blocks"
+  assert moe.resolve_grouped_matmul("auto", "tpu") == "blocks"
+  assert moe.resolve_grouped_matmul("ragged", "cpu") == "ragged"
   with pytest.raises(ValueError, match="grouped_matmul"):
     _layer(grouped_matmul="megablox")
 

@@ -403,7 +403,7 @@ class ConformerBlock(nnx.Module):
     capacity_factor: float | None = None,
     shared_expert: bool = False,
     language_soft: bool = False,
-    grouped_matmul: str = "blocks",
+    grouped_matmul: str = "auto",
     moe_block_size: int = 256,
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     dtype=jnp.float32,
@@ -525,7 +525,7 @@ class ConformerEncoder(nnx.Module):
     conditioning: str = "film",
     language_soft: bool = False,
     subsampling_channels: int = 0,
-    grouped_matmul: str = "blocks",
+    grouped_matmul: str = "auto",
     moe_block_size: int = 256,
     *,
     dtype=jnp.float32,
@@ -610,8 +610,8 @@ class ConformerEncoder(nnx.Module):
     num_languages, dtype ("float32" | "bfloat16", compute dtype; params stay
     float32). Optional: num_mel_bins (default 80), language_soft (default False),
     subsampling_channels (channels of the two subsampling convolutions; default 0 =
-    d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged";
-    default "blocks", see `moe`), moe_block_size (most rows per block of the
+    d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged" |
+    "auto"; default "auto", see `moe`), moe_block_size (most rows per block of the
     "blocks" grouped matmul; default 256).
     """
     dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
@@ -634,7 +634,7 @@ class ConformerEncoder(nnx.Module):
       conditioning=cfg.conditioning,
       language_soft=cfg.get("language_soft", False),
       subsampling_channels=cfg.get("subsampling_channels", 0),
-      grouped_matmul=cfg.get("grouped_matmul", "blocks"),
+      grouped_matmul=cfg.get("grouped_matmul", "auto"),
       moe_block_size=cfg.get("moe_block_size", 256),
       dtype=dtype or jnp.float32,
       rngs=rngs,

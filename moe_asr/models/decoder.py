@@ -113,7 +113,7 @@ class DecoderBlock(nnx.Module):
     num_languages: int = len(LANGUAGE_CODES),
     language_soft: bool = False,
     activation: str = "swish",
-    grouped_matmul: str = "blocks",
+    grouped_matmul: str = "auto",
     moe_block_size: int = 256,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -362,7 +362,7 @@ class TransformerDecoder(nnx.Module):
     tie_embeddings: bool = True,
     language_soft: bool = False,
     activation: str = "swish",
-    grouped_matmul: str = "blocks",
+    grouped_matmul: str = "auto",
     moe_block_size: int = 256,
     rngs: nnx.Rngs,
   ):
@@ -389,7 +389,7 @@ class TransformerDecoder(nnx.Module):
       tie_embeddings: output projection = token embedding transposed.
       language_soft: language router mixes experts by posterior instead of top-1.
       activation: FFN activation ("swish", "gelu", "relu").
-      grouped_matmul: the experts' grouped matmul, "blocks" | "ragged" (see `moe`).
+      grouped_matmul: the experts' grouped matmul, "blocks" | "ragged" | "auto" (see `moe`).
       moe_block_size: most rows per block of the "blocks" grouped matmul.
       rngs: parameter and dropout keys.
     """
@@ -447,7 +447,7 @@ class TransformerDecoder(nnx.Module):
     top_k [1], capacity_factor [None], shared_expert [False],
     num_languages [7], dtype ["float32" | "bfloat16"], param_dtype
     ["float32"], positions ["sinusoidal"], tie_embeddings [True],
-    language_soft [False], activation ["swish"], grouped_matmul ["blocks"], moe_block_size [256].
+    language_soft [False], activation ["swish"], grouped_matmul ["auto"], moe_block_size [256].
     """
     get = cfg.get
     if vocab_size is None:
@@ -473,7 +473,7 @@ class TransformerDecoder(nnx.Module):
       tie_embeddings=get("tie_embeddings", True),
       language_soft=get("language_soft", False),
       activation=get("activation", "swish"),
-      grouped_matmul=get("grouped_matmul", "blocks"),
+      grouped_matmul=get("grouped_matmul", "auto"),
       moe_block_size=get("moe_block_size", 256),
       rngs=rngs,
     )
