@@ -440,3 +440,25 @@ def test_from_config_and_validation():
     _encoder(num_layers=3, moe_layers=(0, 2), router="language", lid_layer=1)
   with pytest.raises(ValueError, match="conditioning"):
     _encoder(conditioning="concat")
+
+
+@pytest.mark.parametrize("utt_lid_layer", [None, -1])
+def test_utterance_lid_reads_the_block_it_is_given(utt_lid_layer):
+  """By default the utterance LID reads block lid_layer, as the frame LID does; with -1 it
+  reads the top block, so only then do the top block's weights move its logits."""
+  enc = _encoder(utt_lid_layer=utt_lid_layer)
+  assert enc.utt_lid_layer == (1 if utt_lid_layer == -1 else 0)
+  feats, mask = _features(LENGTHS, T)
+  ref = enc(feats, mask)
+  top = enc.blocks[1].ff1.up.kernel  # A weight of the top block (block 1) only.
+  top.value = top.value + 0.5 * jax.random.normal(jax.random.key(9), top.value.shape)
+  out = enc(feats, mask)
+  # The frame LID reads block 0 either way.
+  np.testing.assert_array_equal(np.asarray(out.frame_lid_logits), np.asarray(ref.frame_lid_logits))
+  moved = np.abs(np.asarray(out.utt_lid_logits - ref.utt_lid_logits)).max()
+  if utt_lid_layer == -1:
+    assert moved > 1e-4
+  else:
+    assert moved == 0.0
+  with pytest.raises(ValueError, match="utt_lid_layer"):
+    _encoder(utt_lid_layer=2)

@@ -63,6 +63,8 @@ def model_config(
   # Most rows per block of "blocks" (fewer for few tokens). On an H100, at 65536 tokens, d_model
   # 1024, top 2 of 8 experts, 1024-row blocks ran 2.3x faster than 256 (forward + backward).
   e.moe_block_size = 256
+  # The block the utterance LID reads (negative: from the top); None = lid_layer.
+  e.utt_lid_layer = None
   e.conditioning = "film"  # LID conditioning of upper blocks: "none" | "add" | "film".
   e.num_languages = m.get_ref("num_languages")
   e.num_mel_bins = 80

@@ -498,7 +498,9 @@ class ConformerEncoder(nnx.Module):
   """Conv subsampling + Conformer blocks, LID after `lid_layer`, experts above.
 
   Block indices are 0-based: the LID heads read the output of block
-  `lid_layer`; every later block is conditioned on the LID posteriors (unless
+  `lid_layer` (the utterance-level one that of block `utt_lid_layer` if given:
+  it conditions nothing, so it may read the top block, which has heard more of
+  the words); every later block is conditioned on the frame LID posteriors (unless
   `conditioning="none"`) and, if it is in `moe_layers`, routes its FFN2 by
   them. Posteriors are passed with `stop_gradient` by default, so the LID head
   is trained only by its own loss and not pulled towards whatever posterior
@@ -527,6 +529,7 @@ class ConformerEncoder(nnx.Module):
     subsampling_channels: int = 0,
     grouped_matmul: str = "auto",
     moe_block_size: int = 256,
+    utt_lid_layer: int | None = None,
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -535,6 +538,9 @@ class ConformerEncoder(nnx.Module):
     moe_layers = tuple(sorted({int(i) for i in moe_layers}))
     if not 0 <= lid_layer < num_layers:
       raise ValueError(f"lid_layer={lid_layer} outside [0, num_layers={num_layers})")
+    utt_lid_layer = lid_layer if utt_lid_layer is None else int(utt_lid_layer)
+    if not -num_layers <= utt_lid_layer < num_layers:
+      raise ValueError(f"utt_lid_layer={utt_lid_layer} outside [-{num_layers}, {num_layers})")
     if any(not 0 <= i < num_layers for i in moe_layers):
       raise ValueError(f"moe_layers {moe_layers} outside [0, num_layers={num_layers})")
     if moe_layers and num_experts < 1:
@@ -551,6 +557,7 @@ class ConformerEncoder(nnx.Module):
     self.d_model = d_model
     self.num_layers = num_layers
     self.lid_layer = lid_layer
+    self.utt_lid_layer = utt_lid_layer % num_layers
     self.moe_layers = moe_layers
     self.num_experts = max(num_experts, 1)
     self.num_languages = num_languages
@@ -612,7 +619,8 @@ class ConformerEncoder(nnx.Module):
     subsampling_channels (channels of the two subsampling convolutions; default 0 =
     d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged" |
     "auto"; default "auto", see `moe`), moe_block_size (most rows per block of the
-    "blocks" grouped matmul; default 256).
+    "blocks" grouped matmul; default 256), utt_lid_layer (the block the utterance LID
+    reads, negative from the top; default None = lid_layer).
     """
     dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
@@ -636,6 +644,7 @@ class ConformerEncoder(nnx.Module):
       subsampling_channels=cfg.get("subsampling_channels", 0),
       grouped_matmul=cfg.get("grouped_matmul", "auto"),
       moe_block_size=cfg.get("moe_block_size", 256),
+      utt_lid_layer=cfg.get("utt_lid_layer"),
       dtype=dtype or jnp.float32,
       rngs=rngs,
     )
@@ -706,10 +715,11 @@ class ConformerEncoder(nnx.Module):
         auxes.append(aux)
       if i == self.lid_layer:
         frame_logits, ctc_logits = self.frame_lid(x)  # [batch, frames', L], [.., L + 1]
-        utt_logits = self.utt_lid(x, mask)  # [batch, L]
         predicted = jax.nn.softmax(frame_logits, axis=-1)
         lang_probs = self._choose_lang_probs(predicted, oracle_lang_probs, oracle_mix)
         cond_probs = jax.lax.stop_gradient(lang_probs) if stop_lid_gradient else lang_probs
+      if i == self.utt_lid_layer:
+        utt_logits = self.utt_lid(x, mask)  # [batch, L]
       if i in intermediate:
         tap, x = intermediate[i](x, mask)
         taps.append(tap)
