@@ -74,6 +74,11 @@ def get_config():
   # At 0.5 from the start: intent 0.674 and 0.882, but test CER 0.302 and test_cs MER 0.567.
   t.loss.task_hyp = 0.3
   t.loss.task_hyp_warmup = (1500, 500)
+  # No bidirectional layer over the bridge's token states (model.task.token_layers stays 0).
+  # Measured with moe-asr demo, one layer against none: test intent 0.653 against 0.743,
+  # CER 0.257 against 0.240, slot F1 0.032 against 0.041; test_cs intent 0.812 against
+  # 0.870, MER 0.528 against 0.478. Within 3000 steps the new layer slows the task heads
+  # (training intent on the reference transcripts 0.85 against 0.96).
   # Output projections of the blocks (fan-in up to 576) at a quarter of the rate: with
   # Adam each of their weights moves by about lr, so their outputs move by about
   # lr * fan_in, and early on, in the direction shared by all frames (the blocks'
