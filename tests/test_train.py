@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO
+from conftest import REPO, TEST_XLA_FLAGS
 
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.training import checkpoint as checkpoint_lib
@@ -115,13 +115,11 @@ class Runs:
   cache_dir: pathlib.Path
   root: pathlib.Path
 
-  def env(self, devices: int | None) -> dict[str, str]:
-    """The environment of a run on `devices` fake CPU devices (None: the launcher decides)."""
+  def env(self, devices: int) -> dict[str, str]:
+    """The environment of a run (of each process of a run) on `devices` fake CPU devices."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ASR_")}
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("XLA_FLAGS", None)
-    if devices is not None:
-      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
     return env
 
   def settings(self, steps: int, **changes) -> list[str]:
@@ -289,8 +287,8 @@ def test_8_devices_data_by_expert_match_1_device(reference, ref_losses):
 
 def test_2_processes_match_1_process(runs, ref_losses, tmp_path):
   workdir = runs.root / "pod"
-  env = runs.env(None)
-  env.update(PYTHON=sys.executable, LOCAL_DEVICES="4", LOG_DIR=str(tmp_path / "logs"))
+  env = runs.env(4)  # Devices a process (the launcher keeps XLA_FLAGS when they are set).
+  env.update(PYTHON=sys.executable, LOG_DIR=str(tmp_path / "logs"))
   cmd = ["bash", str(REPO / "launch" / "local_pod.sh"), "2", "train", "--config"]
   cmd += ["configs/tiny.py", "--workdir", str(workdir), *runs.settings(SHORT)]
   rc, out = _run(cmd, env, tmp_path / "pod.log")
