@@ -104,6 +104,185 @@ def test_slot_f1_is_micro_averaged_and_handles_empty():
   assert metrics.slot_f1([((), (("device", "fan"),))]) == 0.0
 
 
+# --- SLU-F1 (SLURP) ---------------------------------------------------------------------
+
+
+def _scores(ref, hyp):
+  """(SLU-F1, word-level, char-level) span scores of one utterance."""
+  pairs = [(ref, hyp)]
+  return (
+    metrics.slu_f1(pairs),
+    metrics.span_distance_f1(pairs, "word"),
+    metrics.span_distance_f1(pairs, "char"),
+  )
+
+
+def test_value_distances_by_hand():
+  # "kitchen" -> "kitchan": 1 of 1 word wrong; 1 character edit over 7.
+  assert metrics.value_distance("kitchen", "kitchan", "word") == 1.0
+  assert metrics.value_distance("kitchen", "kitchan", "char") == pytest.approx(1 / 7, abs=TOL)
+  # "shape of you" -> "shape of me": 1 of 3 words; "you" -> "me" is 2 substitutions and a
+  # deletion over the 12 characters of the longer value (spaces count).
+  assert metrics.value_distance("shape of you", "shape of me", "word") == pytest.approx(1 / 3)
+  assert metrics.value_distance("shape of you", "shape of me", "char") == pytest.approx(3 / 12)
+  # Word distance is a WER: inserted words take it above 1 (2 insertions / 1 word).
+  assert metrics.value_distance("light", "light on off", "word") == 2.0
+  assert metrics.value_distance("light", "light on off", "char") == pytest.approx(7 / 12)
+  # Empty values: 0 when both are empty; an empty reference divides by 1 word.
+  assert metrics.value_distance("", "", "char") == metrics.value_distance("", "", "word") == 0.0
+  assert metrics.value_distance("", "on off", "word") == 2.0
+  assert metrics.value_distance(" shape  of you", "shape of you ", "char") == 0.0
+  with pytest.raises(ValueError, match="'chars'"):
+    metrics.value_distance("a", "b", "chars")
+
+
+def test_slu_f1_exact_match_is_one():
+  ref = (("device", "light"), ("room", "kitchen"))
+  for scores in _scores(ref, ref[::-1]):
+    assert scores == (1.0, 1.0, 1.0)
+
+
+def test_slu_f1_one_wrong_character():
+  # d_word = 1 (the only word is wrong), d_char = 1/7.
+  # Word: TP 1, FP 1, FN 1 -> P = R = F1 = 1/2.
+  # Char: TP 1, FP 1/7, FN 1/7 -> P = R = 1 / (8/7) = 7/8, F1 = 2 / (2 + 2/7) = 7/8.
+  # SLU: TP 2, FP = FN = 8/7 -> P = R = F1 = 2 / (2 + 8/7) = 7/11.
+  slu, word, char = _scores((("room", "kitchen"),), (("room", "kitchan"),))
+  assert word == pytest.approx((1 / 2, 1 / 2, 1 / 2), abs=TOL)
+  assert char == pytest.approx((7 / 8, 7 / 8, 7 / 8), abs=TOL)
+  assert slu == pytest.approx((7 / 11, 7 / 11, 7 / 11), abs=TOL)
+  assert metrics.slot_f1([((("room", "kitchen"),), (("room", "kitchan"),))]) == 0.0
+
+
+def test_slu_f1_one_wrong_word():
+  # d_word = 1/3, d_char = 3/12 = 1/4.
+  # Word: F1 = 2 / (2 + 2/3) = 3/4.  Char: F1 = 2 / (2 + 1/2) = 4/5.
+  # SLU: TP 2, FP = FN = 1/3 + 1/4 = 7/12 -> F1 = 4 / (4 + 7/6) = 24/31.
+  slu, word, char = _scores((("song", "shape of you"),), (("song", "shape of me"),))
+  assert word.f1 == pytest.approx(3 / 4, abs=TOL)
+  assert char.f1 == pytest.approx(4 / 5, abs=TOL)
+  assert slu == pytest.approx((24 / 31, 24 / 31, 24 / 31), abs=TOL)
+
+
+def test_slu_f1_wrong_type_earns_nothing():
+  # Right value, wrong type: FP 1 and FN 1 in both variants, TP 0.
+  for scores in _scores((("room", "kitchen"),), (("place", "kitchen"),)):
+    assert scores == (0.0, 0.0, 0.0)
+
+
+def test_slu_f1_missing_slot_lowers_recall():
+  # One exact match, one reference slot unmatched: TP 1, FP 0, FN 1 per variant.
+  # P = 1, R = 1/2, F1 = 2 / (2 + 1) = 2/3 (SLU: TP 2, FN 2, the same ratios).
+  ref = (("device", "light"), ("room", "kitchen"))
+  for scores in _scores(ref, (("device", "light"),)):
+    assert scores == pytest.approx((1.0, 1 / 2, 2 / 3), abs=TOL)
+  # No hypothesis at all: recall 0, precision undefined, F1 0.
+  slu = metrics.slu_f1([(ref, ())])
+  assert math.isnan(slu.precision) and (slu.recall, slu.f1) == (0.0, 0.0)
+
+
+def test_slu_f1_extra_slot_lowers_precision():
+  # One exact match, one hypothesis slot of a type the reference lacks: TP 1, FP 1, FN 0.
+  # P = 1/2, R = 1, F1 = 2/3.
+  ref = (("device", "light"),)
+  for scores in _scores(ref, (("device", "light"), ("room", "kitchen"))):
+    assert scores == pytest.approx((1 / 2, 1.0, 2 / 3), abs=TOL)
+  # A second slot of the matched type finds that reference slot used up: also FP 1.
+  assert metrics.slu_f1([(ref, (("device", "light"), ("device", "fan")))]).f1 == pytest.approx(
+    2 / 3, abs=TOL
+  )
+
+
+def test_slu_f1_matching_follows_slurp():
+  # A hypothesis slot takes the reference slot of its type at the lowest distance.
+  ref = (("time", "five pm"), ("time", "six pm"))
+  assert metrics.span_distance_counts(ref, (("time", "six pm"),), "char") == (1.0, 0.0, 1.0)
+  # Hypothesis slots are matched greedily, in order: "bedroom" takes the only "room"
+  # (d_word = 1; d_char = 7/7, no letter in place) and the exact "kitchen" after it finds
+  # none left. Per variant TP 1, FP 1 + 1, FN 1 -> F1 2 / (2 + 3) = 2/5.
+  hyp = (("room", "bedroom"), ("room", "kitchen"))
+  assert metrics.span_distance_counts((("room", "kitchen"),), hyp, "word") == (1.0, 2.0, 1.0)
+  assert metrics.slu_f1([((("room", "kitchen"),), hyp)]).f1 == pytest.approx(2 / 5, abs=TOL)
+  with pytest.raises(ValueError, match="'wer'"):
+    metrics.span_distance_counts(ref, ref, "wer")
+
+
+def test_slu_f1_without_slots_is_undefined():
+  # No slot on either side anywhere: every score is nan (SLURP's script would print 0), and
+  # the summary reports None, as for slot F1.
+  for pairs in ([], [((), ()), ((), ())]):
+    for scores in (metrics.slu_f1(pairs), metrics.span_distance_f1(pairs, "char")):
+      assert all(math.isnan(x) for x in scores)
+  s = metrics.summarize([Utterance("a", "x", "x", ref_intent="on", hyp_intent="on")])
+  assert s["slu_f1"] is None and s["span_f1_word"] is None and s["span_f1_char"] is None
+
+
+def test_slu_f1_is_micro_averaged_over_utterances():
+  # Utterance 1 as in `test_slu_f1_one_wrong_character` (SLU: TP 2, FP = FN = 8/7); utterance
+  # 2 misses two reference slots (TP 0, FN 2 + 2). Sum: 2 TP / (2 TP + FP + FN)
+  # = 4 / (4 + 16/7 + 4) = 28/72 = 7/18.
+  pairs = [
+    ((("room", "kitchen"),), (("room", "kitchan"),)),
+    ((("device", "fan"), ("room", "hall")), ()),
+  ]
+  assert metrics.slu_f1(pairs).f1 == pytest.approx(7 / 18, abs=TOL)
+  records = [
+    Utterance(str(i), "x", "x", ref_slots=ref, hyp_slots=hyp) for i, (ref, hyp) in enumerate(pairs)
+  ]
+  # Unlabelled utterances (no intent, no reference slots) do not count their predictions.
+  records.append(Utterance("u", "x", "x", hyp_slots=(("room", "hall"),)))
+  s = metrics.summarize(records)
+  assert s["slu_f1"] == pytest.approx(7 / 18, abs=TOL)
+  # Word: 2 / (2 + 1 + 1 + 2) = 1/3; char: 2 / (2 + 2/7 + 2) = 7/15.
+  assert s["span_f1_word"] == pytest.approx(1 / 3, abs=TOL)
+  assert s["span_f1_char"] == pytest.approx(7 / 15, abs=TOL)
+  lo, hi = metrics.bootstrap_ci(records * 20, "slu_f1")
+  assert lo <= 7 / 18 <= hi
+
+
+# --- expert routing -------------------------------------------------------------------
+
+
+def test_expert_load_entropy_by_hand():
+  # One language per expert: each row is a single expert, 0 bits.
+  np.testing.assert_allclose(metrics.expert_load_entropy(3 * np.eye(4)), np.zeros(4), atol=TOL)
+  # Uniform over 4 experts: log2(4) = 2 bits, whatever the mass.
+  np.testing.assert_allclose(metrics.expert_load_entropy(np.full((4, 4), 7.0)), 2.0, atol=TOL)
+  # [3, 1] -> (3/4, 1/4): 3/4 log2(4/3) + 1/4 log2(4) = 2 - 3/4 log2(3); an empty row is nan.
+  got = metrics.expert_load_entropy([[[3.0, 1.0], [0.0, 0.0]]])
+  assert got.shape == (1, 2)
+  assert got[0, 0] == pytest.approx(2 - 0.75 * math.log2(3), abs=TOL) and math.isnan(got[0, 1])
+  with pytest.raises(ValueError, match="non-negative"):
+    metrics.expert_load_entropy([[1.0, -1.0]])
+
+
+def test_language_expert_mutual_information_by_hand():
+  mi = metrics.language_expert_mutual_information
+  # Four languages each on an expert of its own, equal mass: p(l, e) = 1/4 on the diagonal,
+  # I = sum 1/4 log2((1/4) / (1/4 * 1/4)) = log2(4) = 2 bits = H(L), normalised 1.
+  assert mi(5 * np.eye(4)) == pytest.approx(2.0, abs=TOL)
+  assert mi(5 * np.eye(4), normalize=True) == pytest.approx(1.0, abs=TOL)
+  # Uniform loads: p(l, e) = p(l) p(e), I = 0.
+  assert mi(np.ones((4, 4))) == pytest.approx(0.0, abs=TOL)
+  assert mi(np.ones((4, 4)), normalize=True) == pytest.approx(0.0, abs=TOL)
+  # [[3, 1], [1, 3]]: H(E) = 1, H(E | L) = 2 - 3/4 log2(3), I = 3/4 log2(3) - 1.
+  assert mi([[3.0, 1.0], [1.0, 3.0]]) == pytest.approx(0.75 * math.log2(3) - 1, abs=TOL)
+  # Unequal mass: by default p(l) is each row's share of the mass (3/4, 1/4), so a one-to-one
+  # map carries I = H(L) = 2 - 3/4 log2(3) bits; weights give the same from row shares.
+  h = 2 - 0.75 * math.log2(3)
+  assert mi([[3.0, 0.0], [0.0, 1.0]]) == pytest.approx(h, abs=TOL)
+  assert mi([[1.0, 0.0], [0.0, 1.0]], [3, 1]) == pytest.approx(h, abs=TOL)
+  assert mi([[1.0, 0.0], [0.0, 1.0]], [3, 1], normalize=True) == pytest.approx(1.0, abs=TOL)
+  # Per layer over leading axes; one language has H(L) = 0, so the normalised form is nan.
+  np.testing.assert_allclose(mi(np.stack([np.eye(2), np.ones((2, 2))])), [1.0, 0.0], atol=TOL)
+  assert math.isnan(mi([[1.0, 2.0]], normalize=True)) and mi([[1.0, 2.0]]) == 0.0
+  assert math.isnan(mi(np.zeros((2, 2))))
+  with pytest.raises(ValueError, match=r"\[2 languages\]"):
+    mi(np.eye(2), [1.0, 1.0, 1.0])
+  with pytest.raises(ValueError, match="no load"):
+    mi([[1.0, 0.0], [0.0, 0.0]], [1.0, 1.0])
+
+
 # --- calibration ------------------------------------------------------------------------
 
 
@@ -181,6 +360,8 @@ def test_summarize_hand_computed():
   assert s["lid_acc"] == pytest.approx(1 / 2, abs=TOL)
   assert s["intent_acc"] == pytest.approx(1 / 2, abs=TOL)
   assert s["slot_f1"] == pytest.approx(2 * 1 / (2 + 1), abs=TOL)
+  # "a" matches exactly, "b" misses its slot, "c" is unlabelled: TP 1, FN 1 per variant.
+  assert s["slu_f1"] == s["span_f1_word"] == s["span_f1_char"] == pytest.approx(2 / 3, abs=TOL)
   # 15 bins: 0.9 (correct) and 0.6 (wrong) in separate bins -> (0.1 + 0.6) / 2.
   assert s["ece_intent"] == pytest.approx(0.35, abs=TOL)
   assert s["hours"] == pytest.approx(2.0, abs=TOL)
@@ -189,7 +370,7 @@ def test_summarize_hand_computed():
 def test_summarize_missing_metrics_are_none():
   s = metrics.summarize([Utterance("a", "", "")])
   assert s["n"] == 1 and s["hours"] == 0.0
-  for key in ("wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "ece_intent"):
+  for key in ("wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "slu_f1", "ece_intent"):
     assert s[key] is None, key
   empty = metrics.summarize([])
   assert empty["n"] == 0 and empty["wer"] is None

@@ -16,7 +16,19 @@ from moe_asr.evaluation.metrics import Utterance
 
 TOL = 1e-12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SUMMARY_KEYS = {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "ece_intent"}
+SUMMARY_KEYS = {
+  "n",
+  "wer",
+  "cer",
+  "mer",
+  "lid_acc",
+  "intent_acc",
+  "slot_f1",
+  "slu_f1",
+  "span_f1_word",
+  "span_f1_char",
+  "ece_intent",
+}
 
 
 def _records():
@@ -52,13 +64,16 @@ def test_split_report_numbers_and_sections():
   assert s["lid_acc"] == pytest.approx(3 / 4, abs=TOL)
   assert s["intent_acc"] == pytest.approx(2 / 3, abs=TOL)
   assert s["slot_f1"] == pytest.approx(2 * 2 / (3 + 2), abs=TOL)
+  # Two exact slots and one missed: TP 2, FN 1 per variant, so SLU-F1 = slot F1 here.
+  assert s["slu_f1"] == pytest.approx(2 * 4 / (8 + 2), abs=TOL)
+  assert s["by_language"]["cmn"]["slu_f1"] == 0.0 and s["by_language"]["es"]["slu_f1"] is None
   assert s["rtf"] == 0.25 and s["n"] == 4
   assert list(s["by_language"]) == ["cmn", "en", "es"]
   assert s["by_language"]["en"]["wer"] == pytest.approx(1 / 8, abs=TOL)
   assert list(s["by_pair"]) == ["en-es"] and s["by_pair"]["en-es"]["n"] == 1
   assert list(s["by_speaker"]) == ["v1", "v2", "v3"] and s["by_speaker"]["v1"]["n"] == 2
   assert list(s["by_snr"]) == ["5dB", "clean"] and s["by_snr"]["clean"]["n"] == 3
-  for metric in ("wer", "cer", "mer", "intent_acc", "lid_acc", "slot_f1"):
+  for metric in ("wer", "cer", "mer", "intent_acc", "lid_acc", "slot_f1", "slu_f1"):
     lo, hi = s["ci"][metric]
     assert lo <= s[metric] <= hi, metric
 
@@ -68,6 +83,7 @@ def test_split_report_omits_empty_sections():
   s = report.split_report(clean, with_ci=True)
   assert "by_pair" not in s and "by_snr" not in s and s["rtf"] is None
   assert s["ci"]["intent_acc"] is None and s["ci"]["slot_f1"] is None
+  assert s["ci"]["slu_f1"] is None and s["slu_f1"] is None
   assert "ci" not in report.split_report(clean, with_ci=False)
 
 
@@ -130,6 +146,7 @@ def test_write_report_files(tmp_path):
   assert "| test | 4 |" in md and "0.125" in md  # n and RTF
   assert "66.7" in md and "80.0" in md and "75.0" in md  # intent, slot F1, LID
   assert "1,234,567 total" in md
+  assert "| slot F1 | SLU-F1 | ECE |" in md
   assert "## test by language" in md and "| cmn | 1 |" in md
   assert "## test by pair" in md and "## test by noise" in md
 
@@ -191,17 +208,57 @@ def test_expert_load_report_shares_and_heatmap(tmp_path):
   # 2 layers, 3 languages (the second has no frames), 2 experts; summed routing weights.
   load = np.array([[[3.0, 1.0], [0.0, 0.0], [0.5, 1.5]], [[2.0, 2.0], [0.0, 0.0], [2.0, 0.0]]])
   got = report.expert_load_report(load, (4, 5), ("en", "es", "cmn"))
+  entropy = got.pop("entropy_bits")
+  mi, mi_norm = got.pop("mutual_information_bits"), got.pop("mutual_information_normalized")
+  h_lang = got.pop("language_entropy_bits")
   assert got == {
     "layers": [4, 5],
     "frames": {"en": 4, "cmn": 2},
     "by_language": {"en": [[0.75, 0.25], [0.5, 0.5]], "cmn": [[0.25, 0.75], [1.0, 0.0]]},
+    "entropy_max_bits": 1.0,
   }
+  # H(3/4, 1/4) = 2 - 3/4 log2(3); (1/2, 1/2) is 1 bit, (1, 0) 0 bits.
+  h = 2 - 0.75 * math.log2(3)
+  assert list(entropy) == ["en", "cmn"]
+  assert entropy["en"] == pytest.approx([h, 1.0], abs=TOL)
+  assert entropy["cmn"] == pytest.approx([h, 0.0], abs=TOL)
+  # Frames en 4, cmn 2: H(L) = H(2/3, 1/3) = log2(3) - 2/3.
+  assert h_lang == pytest.approx(math.log2(3) - 2 / 3, abs=TOL)
+  # Block 4: p(l, e) = [[3, 1], [0.5, 1.5]] / 6, p(e) = (7/12, 5/12): I = H(E) - H(E | L)
+  # = H(7/12, 5/12) - h. Block 5: [[2, 2], [2, 0]] / 6, p(e) = (2/3, 1/3): I = H(2/3, 1/3)
+  # - 2/3 * 1 - 1/3 * 0 = log2(3) - 4/3.
+  h_e = -(7 / 12) * math.log2(7 / 12) - (5 / 12) * math.log2(5 / 12)
+  assert mi == pytest.approx([h_e - h, math.log2(3) - 4 / 3], abs=TOL)
+  assert mi_norm == pytest.approx([x / h_lang for x in mi], abs=TOL)
+  got.update(
+    entropy_bits=entropy,
+    language_entropy_bits=h_lang,
+    mutual_information_bits=mi,
+    mutual_information_normalized=mi_norm,
+  )
   with pytest.raises(ValueError, match=r"\[2 layers, 2 languages, experts\]"):
     report.expert_load_report(load, (4, 5), ("en", "es"))
   r = _report()
   r["splits"]["test"]["expert_load"] = got
   paths = report.write_report(r, tmp_path)
   assert paths["expert_load_test.png"].read_bytes().startswith(PNG_MAGIC)
+  saved = json.loads((tmp_path / "report.json").read_text())["splits"]["test"]["expert_load"]
+  assert saved["mutual_information_bits"] == pytest.approx(mi, abs=TOL)
+  md = (tmp_path / "report.md").read_text()
+  assert "## test expert load by language" in md
+  assert "| block | en | cmn | I (bits) | I / H(language) |" in md
+  row = f"| 5 | 1.000 | 0.000 | {mi[1]:.3f} | {mi_norm[1]:.3f} |"
+  assert row in md, md
+
+
+def test_expert_load_report_one_language():
+  # A single language: I = H(L) = 0, and I / H(L) is undefined (None in the report).
+  got = report.expert_load_report(np.array([[[1.0, 1.0], [0.0, 0.0]]]), (3,), ("en", "es"))
+  assert got["language_entropy_bits"] == 0.0 and got["mutual_information_bits"] == [0.0]
+  assert got["mutual_information_normalized"] == [None]
+  assert got["entropy_bits"] == {"en": [1.0]}
+  md = report.format_markdown({"splits": {"test": {"n": 1, "expert_load": got}}})
+  assert "| 3 | 1.000 | 0.000 | - |" in md
 
 
 def test_plots_without_data_still_write(tmp_path):

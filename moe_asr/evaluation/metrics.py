@@ -10,6 +10,8 @@ report can be recomputed from saved hypotheses without the model. Conventions:
   code-switching metric) each CJK character plus every other whitespace run,
   so a Mandarin-English mix is scored by character on the Mandarin side and by
   word on the other.
+- Slot F1 counts exact (type, value) matches; SLU-F1 (SLURP's, see `slu_f1`) gives a
+  hypothesis slot of the right type partial credit by the edit distance of its value.
 - A metric without data is `None` in the output of `summarize` (JSON null), never nan.
 """
 
@@ -22,7 +24,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jiwer
 import numpy as np
@@ -40,6 +42,9 @@ RATIO_METRICS = (
   "lid_acc",
   "intent_acc",
   "slot_f1",
+  "slu_f1",
+  "span_f1_word",
+  "span_f1_char",
   "frame_lid_acc",
   "boundary_acc",
 )
@@ -48,6 +53,9 @@ _COUNT_METRICS = {
   "boundary_acc": ("boundary_hit", "boundary_total"),
 }
 _MODE_OF = {"wer": "word", "cer": "char", "mer": "mixed"}
+SPAN_DISTANCES = ("word", "char")
+# Span F1 metrics and the value distances whose (TP, FP, FN) they sum.
+_SPAN_METRICS = {"span_f1_word": ("word",), "span_f1_char": ("char",), "slu_f1": SPAN_DISTANCES}
 
 
 def _as_slots(value: Any, utt_id: str, name: str) -> Slots:
@@ -234,6 +242,239 @@ def slot_f1(pairs: Iterable[tuple[Slots, Slots]]) -> float:
   return 2 * tp / (num_ref + num_hyp) if num_ref + num_hyp else math.nan
 
 
+class SpanScores(NamedTuple):
+  """Micro precision, recall and F1 of slot spans (nan where undefined)."""
+
+  precision: float
+  recall: float
+  f1: float
+
+
+def _levenshtein(a: str, b: str) -> int:
+  if len(a) < len(b):
+    a, b = b, a
+  prev = list(range(len(b) + 1))
+  for i, ca in enumerate(a, 1):
+    cur = [i]
+    for j, cb in enumerate(b, 1):
+      cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+    prev = cur
+  return prev[-1]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def value_distance(ref: str, hyp: str, distance: str) -> float:
+  """SLURP's normalised distance between a reference and a hypothesis slot value.
+
+  Args:
+    ref: reference value.
+    hyp: hypothesis value.
+    distance: "word": the word error rate of `hyp` against `ref`, (S + D + I) / reference
+      words (above 1 when the hypothesis inserts words; an empty reference divides by 1, as
+      `jiwer.wer` does); "char": the Levenshtein distance over characters, spaces included,
+      divided by the length of the longer string (in [0, 1]; 0 for two empty strings).
+
+  Returns:
+    The distance; 0 exactly when the values are equal (after whitespace normalisation).
+  """
+  ref, hyp = " ".join(ref.split()), " ".join(hyp.split())
+  if distance == "word":
+    c = edit_counts(ref, hyp, "word")
+    return c.errors / max(c.ref_len, 1)
+  if distance == "char":
+    longest = max(len(ref), len(hyp))
+    return _levenshtein(ref, hyp) / longest if longest else 0.0
+  raise ValueError(f"Unknown distance {distance!r}; expected one of {', '.join(SPAN_DISTANCES)}")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def span_distance_counts(ref: Slots, hyp: Slots, distance: str) -> tuple[float, float, float]:
+  """(TP, FP, FN) of one utterance under SLURP's distance-smoothed span matching.
+
+  As SLURP's `SpanDistanceFMeasure`: hypothesis slots are taken in order; one whose type is
+  among the still unmatched reference slots is matched to the one of that type with the
+  lowest `value_distance` d (the first on a tie), which is then used up, and counts TP += 1,
+  FP += d, FN += d; one whose type is not there counts FP += 1. Every reference slot left
+  unmatched counts FN += 1. Types and values are whitespace-normalised first.
+
+  Args:
+    ref: reference (type, value) slots.
+    hyp: hypothesis (type, value) slots.
+    distance: "word" or "char" (see `value_distance`).
+
+  Returns:
+    (true positives, false positives, false negatives); a slot of the wrong type earns
+    nothing, one of the right type with a wrong value still its TP, at the price of d.
+  """
+  if distance not in SPAN_DISTANCES:
+    raise ValueError(f"Unknown distance {distance!r}; expected one of {', '.join(SPAN_DISTANCES)}")
+  norm = lambda slots: [(" ".join(t.split()), " ".join(v.split())) for t, v in slots]
+  gold = norm(ref)
+  tp = fp = fn = 0.0
+  for kind, value in norm(hyp):
+    candidates = [j for j, (t, _) in enumerate(gold) if t == kind]
+    if not candidates:
+      fp += 1.0
+      continue
+    dists = [value_distance(gold[j][1], value, distance) for j in candidates]
+    best = int(np.argmin(dists))  # The first of the lowest.
+    tp, fp, fn = tp + 1.0, fp + dists[best], fn + dists[best]
+    gold.pop(candidates[best])
+  return tp, fp, fn + len(gold)
+
+
+def _span_scores(tp: float, fp: float, fn: float) -> SpanScores:
+  nan = math.nan
+  return SpanScores(
+    tp / (tp + fp) if tp + fp else nan,
+    tp / (tp + fn) if tp + fn else nan,
+    2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan,
+  )
+
+
+def _span_sums(pairs: Iterable[tuple[Slots, Slots]], distances: Sequence[str]) -> SpanScores:
+  tp = fp = fn = 0.0
+  for ref, hyp in pairs:
+    ref, hyp = _as_slots(ref, "", "reference slots"), _as_slots(hyp, "", "hypothesis slots")
+    for distance in distances:
+      t, p, n = span_distance_counts(ref, hyp, distance)
+      tp, fp, fn = tp + t, fp + p, fn + n
+  return _span_scores(tp, fp, fn)
+
+
+def span_distance_f1(pairs: Iterable[tuple[Slots, Slots]], distance: str) -> SpanScores:
+  """SLURP's word- or character-level span F1 (micro-averaged, see `span_distance_counts`).
+
+  With TP, FP, FN summed over utterances: precision TP / (TP + FP), recall TP / (TP + FN),
+  F1 2 TP / (2 TP + FP + FN) (their harmonic mean).
+
+  Args:
+    pairs: (reference slots, hypothesis slots) per utterance.
+    distance: "word" or "char".
+
+  Returns:
+    The scores; nan where a denominator is 0 (F1 is nan only with no slot on either side;
+    SLURP's script reports 0 there).
+  """
+  return _span_sums(pairs, (distance,))
+
+
+def slu_f1(pairs: Iterable[tuple[Slots, Slots]]) -> SpanScores:
+  """SLU-F1 of SLURP (Bastianelli et al., 2020): word- and char-level span F1 combined.
+
+  The word-level and character-level counts of `span_distance_counts` are added, as SLURP's
+  `SLUF1` adds the two confusion matrices: with TP = TP_word + TP_char (the two are equal),
+  FP = FP_word + FP_char, FN = FN_word + FN_char summed over utterances,
+
+    SLU-F1 = 2 TP / (2 TP + FP + FN)
+           = 2 T / (2 T + U_hyp + U_ref + 2 sum over matches of (d_word + d_char) / 2),
+
+  where T is the number of type matches and U_hyp / U_ref the unmatched hypothesis /
+  reference slots (all three the same for the two distances): an exact match scores as in
+  slot F1, and a matched slot with a wrong value costs the mean of its word and character
+  distances as a false positive and again as a false negative (the two distances pair the
+  same slots unless an utterance repeats a slot type).
+
+  Args:
+    pairs: (reference slots, hypothesis slots) per utterance.
+
+  Returns:
+    Precision, recall and F1; nan where a denominator is 0 (F1 with no slot on either side;
+    SLURP's script reports 0 there).
+  """
+  return _span_sums(pairs, SPAN_DISTANCES)
+
+
+# --- expert routing ---------------------------------------------------------------
+
+
+def _entropy_bits(p: np.ndarray) -> np.ndarray:
+  """Entropy in bits over the last axis of distributions (0 log 0 = 0)."""
+  terms = np.zeros_like(p)
+  positive = p > 0
+  terms[positive] = p[positive] * np.log2(p[positive])
+  return np.maximum(-terms.sum(-1), 0.0)
+
+
+def _check_load(load_by_language) -> np.ndarray:
+  load = np.asarray(load_by_language, np.float64)
+  if load.ndim < 2:
+    raise ValueError(f"load must be [..., languages, experts], got shape {load.shape}")
+  if not np.all(np.isfinite(load) & (load >= 0)):
+    raise ValueError("load must be finite and non-negative")
+  return load
+
+
+def expert_load_entropy(load_by_language) -> np.ndarray:
+  """Entropy in bits of each language's distribution over experts.
+
+  H(E | L = l) = -sum_e p(e | l) log2 p(e | l), with p(e | l) a row of the load normalised
+  to sum to 1: 0 when a language goes to a single expert, log2(experts) when it spreads
+  evenly over all of them.
+
+  Args:
+    load_by_language: [..., languages, experts] non-negative routing mass (or shares).
+
+  Returns:
+    [..., languages] entropies; nan for a language with no load.
+  """
+  load = _check_load(load_by_language)
+  total = load.sum(-1, keepdims=True)
+  p = np.divide(load, total, out=np.zeros_like(load), where=total > 0)
+  return np.where(total[..., 0] > 0, _entropy_bits(p), math.nan)
+
+
+def language_expert_mutual_information(
+  load_by_language, language_weights=None, *, normalize: bool = False
+):
+  """Mutual information I(L; E) in bits between language and routed expert.
+
+  The joint distribution is p(l, e) = p(l) p(e | l): p(e | l) is language l's row of the load
+  normalised to sum to 1, p(l) its row total over the grand total (every frame counts by its
+  routing mass) or, with `language_weights`, those weights normalised. Then
+
+    I(L; E) = sum_{l, e} p(l, e) log2(p(l, e) / (p(l) p(e))) = H(E) - sum_l p(l) H(E | L = l),
+
+  0 when every language is routed alike and H(L) when each language has experts of its own;
+  `normalize` divides by H(L) = -sum_l p(l) log2 p(l), giving a fraction in [0, 1].
+
+  Args:
+    load_by_language: [..., languages, experts] non-negative routing mass.
+    language_weights: [languages] non-negative p(l) (need not sum to 1), or None.
+    normalize: return I(L; E) / H(L) (nan when H(L) is 0: one language).
+
+  Returns:
+    A float for a [languages, experts] load, else an array over the leading axes; nan
+    when there is no load (or all weights are 0).
+  """
+  load = _check_load(load_by_language)
+  total = load.sum(-1)  # [..., L]
+  cond = np.divide(load, total[..., None], out=np.zeros_like(load), where=total[..., None] > 0)
+  if language_weights is None:
+    weights = total
+  else:
+    weights = np.asarray(language_weights, np.float64)
+    if weights.shape != load.shape[-2:-1]:
+      raise ValueError(
+        f"language_weights must be [{load.shape[-2]} languages], got shape {weights.shape}"
+      )
+    if not np.all(np.isfinite(weights) & (weights >= 0)):
+      raise ValueError("language_weights must be finite and non-negative")
+    if np.any((weights > 0) & (total == 0)):
+      raise ValueError("a language with a positive weight has no load")
+    weights = np.broadcast_to(weights, total.shape)
+  weight_sum = weights.sum(-1, keepdims=True)
+  p_lang = np.divide(weights, weight_sum, out=np.zeros_like(weights), where=weight_sum > 0)
+  joint = p_lang[..., None] * cond
+  mi = _entropy_bits(joint.sum(-2)) - (p_lang * _entropy_bits(cond)).sum(-1)
+  mi = np.maximum(mi, 0.0)  # Round-off.
+  if normalize:
+    h_lang = _entropy_bits(p_lang)
+    mi = np.divide(mi, h_lang, out=np.full_like(mi, math.nan), where=h_lang > 0)
+  mi = np.where(weight_sum[..., 0] > 0, mi, math.nan)
+  return float(mi) if mi.ndim == 0 else mi
+
+
 # --- calibration ------------------------------------------------------------------
 
 
@@ -345,6 +586,14 @@ def _ratio_arrays(records: Sequence[Utterance], metric: str) -> tuple[np.ndarray
       np.array([2 * tp for tp, _, _ in counts], np.float64),
       np.array([nr + nh for _, nr, nh in counts], np.float64),
     )
+  if metric in _SPAN_METRICS:
+    counts = np.zeros((len(records), 3))
+    for i, r in enumerate(records):
+      if _has_task_labels(r):
+        for distance in _SPAN_METRICS[metric]:
+          counts[i] += span_distance_counts(r.ref_slots, r.hyp_slots, distance)
+    tp, fp, fn = counts.T
+    return 2 * tp, 2 * tp + fp + fn
   if metric in _COUNT_METRICS:
     hit, total = _COUNT_METRICS[metric]
     return (
@@ -371,11 +620,13 @@ def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
     records: decoded utterances.
 
   Returns:
-    {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "frame_lid_acc",
-    "boundary_acc", "ece_intent", "hours"};
+    {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "slu_f1", "span_f1_word",
+    "span_f1_char", "frame_lid_acc", "boundary_acc", "ece_intent", "hours"};
     fractions, None where there is no data. LID accuracy is over records with both a reference
     and a predicted language, intent accuracy and ECE over records with a reference intent,
-    slot F1 over records with an intent or slot annotation, frame LID accuracy over frames
+    slot F1, SLU-F1 (`slu_f1`) and its word- and character-level span F1 (`span_distance_f1`)
+    over records with an intent or slot annotation (None when none of them has a reference
+    or hypothesis slot), frame LID accuracy over frames
     with a reference language, boundary accuracy over reference language switches (found
     when the frame LID switches within 80 ms). Where records carry them, also
     "ece_intent_raw" (before calibration), "ece_utterance" / "ece_utterance_raw" (transcript

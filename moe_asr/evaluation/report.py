@@ -26,7 +26,17 @@ from moe_asr.evaluation import plots as plots_lib
 from moe_asr.evaluation.metrics import Utterance
 
 # Metrics that get a bootstrap interval in a split report.
-CI_METRICS = ("wer", "cer", "mer", "intent_acc", "lid_acc", "slot_f1")
+CI_METRICS = (
+  "wer",
+  "cer",
+  "mer",
+  "intent_acc",
+  "lid_acc",
+  "slot_f1",
+  "slu_f1",
+  "span_f1_word",
+  "span_f1_char",
+)
 _RESERVED = ("model", "decode", "splits")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -75,8 +85,14 @@ def expert_load_report(
 
   Returns:
     {"layers": [...], "frames": {language: frames}, "by_language": {language:
-    [[share of each expert] per layer]}}, over the languages that have frames; each
-    inner list sums to 1.
+    [[share of each expert] per layer]}, "entropy_bits": {language: [H(E | L = language)
+    per layer]}, "entropy_max_bits": log2(experts), "language_entropy_bits": H(L),
+    "mutual_information_bits": [I(L; E) per layer], "mutual_information_normalized":
+    [I(L; E) / H(L) per layer] (None with one language)}, over the languages that have
+    frames; each share list sums to 1. Entropies and mutual information are in bits, of
+    the joint distribution in which every frame counts by its routing mass (see
+    `metrics.expert_load_entropy` and `metrics.language_expert_mutual_information`); the
+    language is the frame's reference language.
   """
   load = np.asarray(load, np.float64)
   if load.ndim != 3 or load.shape[:2] != (len(layers), len(languages)):
@@ -86,12 +102,23 @@ def expert_load_report(
     )
   frames = load[0].sum(-1)  # Each frame's weights sum to 1 in every layer.
   present = [i for i in range(len(languages)) if frames[i] > 0]
+  kept = load[:, present]  # [layers, present languages, experts]
+  entropy = metrics_lib.expert_load_entropy(kept)  # [layers, present languages]
+  mi = np.atleast_1d(metrics_lib.language_expert_mutual_information(kept))
+  mi_norm = np.atleast_1d(metrics_lib.language_expert_mutual_information(kept, normalize=True))
+  p_lang = frames[present] / frames[present].sum() if present else np.zeros(0)
+  finite = lambda x: float(x) if math.isfinite(x) else None
   return {
     "layers": [int(x) for x in layers],
     "frames": {languages[i]: int(round(frames[i])) for i in present},
     "by_language": {
       languages[i]: (load[:, i] / load[:, i].sum(-1, keepdims=True)).tolist() for i in present
     },
+    "entropy_bits": {languages[i]: entropy[:, k].tolist() for k, i in enumerate(present)},
+    "entropy_max_bits": math.log2(load.shape[-1]) if load.shape[-1] else 0.0,
+    "language_entropy_bits": -sum(float(p * math.log2(p)) for p in p_lang if p > 0) + 0.0,
+    "mutual_information_bits": [finite(x) for x in mi],
+    "mutual_information_normalized": [finite(x) for x in mi_norm],
   }
 
 
@@ -173,6 +200,7 @@ _MD_COLUMNS = (
   ("LID acc", "lid_acc"),
   ("intent acc", "intent_acc"),
   ("slot F1", "slot_f1"),
+  ("SLU-F1", "slu_f1"),
   ("ECE", "ece_intent"),
 )
 
@@ -192,8 +220,33 @@ def _md_breakdown(title: str, groups: Mapping[str, Mapping[str, Any]]) -> list[s
   return _md_table(header, rows)
 
 
+def _md_expert_load(load: Mapping[str, Any]) -> list[str]:
+  languages = list(load["entropy_bits"])
+  header = ["block", *languages, "I (bits)", "I / H(language)"]
+  num = lambda x: "-" if x is None else f"{x:.3f}"
+  rows = [
+    [
+      str(layer),
+      *(num(load["entropy_bits"][lang][i]) for lang in languages),
+      num(load["mutual_information_bits"][i]),
+      num(load["mutual_information_normalized"][i]),
+    ]
+    for i, layer in enumerate(load["layers"])
+  ]
+  intro = (
+    "Entropy of each language's routing over the experts, in bits (uniform: "
+    f"{load['entropy_max_bits']:.3f}; 0: a single expert), and the mutual information I of "
+    f"language and expert, in bits and over H(language) = {load['language_entropy_bits']:.3f}."
+  )
+  return [intro, "", *_md_table(header, rows)]
+
+
 def format_markdown(report: Mapping[str, Any]) -> str:
-  """report.md: a summary table over splits (%, 95% CI in brackets), then breakdowns."""
+  """report.md: a summary table over splits (%, 95% CI in brackets), then breakdowns.
+
+  SLU-F1 is SLURP's (`metrics.slu_f1`). Splits with an expert load that has routing
+  entropies (`expert_load_report`) get a table of them per encoder MoE block.
+  """
   lines = ["# Evaluation report", ""]
   model = report.get("model", {})
   if "params_total" in model:
@@ -215,6 +268,10 @@ def format_markdown(report: Mapping[str, Any]) -> str:
       if s.get(field):
         lines += ["", f"## {name} by {title}", ""]
         lines += _md_breakdown(title, s[field])
+    load = s.get("expert_load") or {}
+    if load.get("entropy_bits") and "mutual_information_bits" in load:
+      lines += ["", f"## {name} expert load by language", ""]
+      lines += _md_expert_load(load)
   return "\n".join(lines) + "\n"
 
 
