@@ -29,6 +29,8 @@ def features():
       ),
       "text": tfds.features.Text(),  # Normalised transcript.
       "words_lang": tfds.features.Sequence(tfds.features.Text()),  # Per whitespace word.
+      # Phones per word of `text`, joined by " | " (`moe_asr.data.phonemes`); "" if none.
+      "phonemes": tfds.features.Text(),
       # (start_sample, end_sample, language index) per language segment, or empty.
       "segments": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
       "language": tfds.features.Text(),  # Dominant language code, or "mixed".
@@ -49,6 +51,7 @@ def empty_example(example_id: str, audio: np.ndarray, text: str) -> dict[str, An
     "audio": audio,
     "text": text,
     "words_lang": [],
+    "phonemes": "",
     "segments": np.zeros((0, 3), np.int32),
     "language": "",
     "intent": "",

@@ -30,6 +30,13 @@ train = builder.as_data_source(split="train")
 
 or `build_local_manifest("/data/mydata", "/data/tfds", name="mydata")`.
 
+Every example gets its `phonemes` (espeak-ng IPA per word of the normalised
+text, each word in its `words_lang` language; see `moe_asr.data.phonemes`) at
+build time. An item in a language without G2P gets `phonemes` "" (the build
+goes on), counted with any other item without phones in
+`builder.info.metadata["num_without_phonemes"]` (per split); the
+phone inventory of the whole dataset is in `builder.info.metadata["phone_inventory"]`.
+
 With `on_error="skip"` bad items are left out, and each one is recorded (split,
 manifest line, audio path, reason) in the dataset's metadata
 (`builder.info.metadata["skipped"]`, saved in `metadata.json` beside the
@@ -51,7 +58,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from moe_asr.data import audio_io, languages, schema, text
+from moe_asr.data import audio_io, languages, phonemes, schema, text
 
 _LOG = logging.getLogger(__name__)
 ON_ERROR_MODES = ("raise", "skip")
@@ -337,6 +344,7 @@ def row_to_example(
   example = schema.empty_example(fields.get("id") or audio_path.stem, audio, transcript)
   example.update(
     words_lang=words_lang,
+    phonemes=_phonemes(transcript, words_lang),
     segments=segments,
     language=language,
     intent=fields.get("intent", ""),
@@ -344,6 +352,13 @@ def row_to_example(
     speaker=fields.get("speaker", ""),
   )
   return example
+
+
+def _phonemes(transcript: str, words_lang: list[str]) -> str:
+  """The stored phonemes of a transcript; "" where a word's language has no G2P."""
+  if not all(phonemes.is_supported(code) for code in words_lang):
+    return ""
+  return phonemes.phonemize_text(transcript, words_lang)
 
 
 class LocalManifest(tfds.core.GeneratorBasedBuilder):
@@ -398,6 +413,8 @@ class LocalManifest(tfds.core.GeneratorBasedBuilder):
     metadata["on_error"] = config.on_error
     metadata["skipped"] = {split: [] for split in manifests}
     metadata["num_skipped"] = {split: 0 for split in manifests}
+    metadata["num_without_phonemes"] = {split: 0 for split in manifests}
+    self._phone_units: set[str] = set()
     return {
       split: self._generate_examples(split, manifest) for split, manifest in manifests.items()
     }
@@ -429,9 +446,22 @@ class LocalManifest(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["num_skipped"][split] = len(skipped)
         continue
       first_line[example["id"]] = row.line
+      if not example["phonemes"]:
+        self.info.metadata["num_without_phonemes"][split] += 1
+      self._phone_units.update(phonemes.split_units(example["phonemes"]))
       yield example["id"], example
     if skipped:
       _LOG.warning("Split %s: skipped %d bad items of %s.", split, len(skipped), manifest)
+    without = self.info.metadata["num_without_phonemes"][split]
+    if without:
+      _LOG.warning(
+        "Split %s: %d items stored without phonemes (a language without G2P).",
+        split,
+        without,
+      )
+    # Splits are written one after another: after the last, the units of all of them.
+    inventory = phonemes.PhoneInventory(self._phone_units)
+    self.info.metadata["phone_inventory"] = json.loads(inventory.to_json())
 
 
 def build_local_manifest(

@@ -5,6 +5,12 @@ excluded), so that after `import moe_asr.data.builders`,
 `tfds.builder("moe_asr_synth/tiny", data_dir=DIR)` loads what
 `moe-asr corpus build --config configs/corpus/tiny.py --data-dir DIR` built.
 A config file elsewhere is built through `builder_from_config_file`.
+
+Every example carries its `phonemes` (`moe_asr.data.phonemes`). The phone
+inventory of the built corpus (every unit of every split) is in
+`builder.info.metadata["phone_inventory"]` and, once `prepare` has run, in
+`phones.json` beside the data, next to `tokenizer.model`; `phone_inventory(builder)`
+loads it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import tensorflow_datasets as tfds
 
 from moe_asr import config_lib
 from moe_asr.data import languages as langs_lib
-from moe_asr.data import schema
+from moe_asr.data import phonemes, schema
 from moe_asr.data.synth import corpus, grammar
 
 
@@ -52,8 +58,13 @@ def _discover_configs() -> list[MoeAsrSynthConfig]:
 class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
   """Multilingual, code-switched spoken commands synthesised with espeak-ng."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "First release.",
+    "1.1.0": "A `phonemes` feature (espeak-ng IPA per word, `moe_asr.data.phonemes`) on "
+    "every example; the phone inventory in the metadata (`phone_inventory`) and in "
+    "phones.json.",
+  }
   BUILDER_CONFIGS = _discover_configs()
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -81,6 +92,7 @@ class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download: the corpus is synthesised.
     corpus.validate_config(self.builder_config.corpus_config)
+    self._phone_units: set[str] = set()
     return {
       split: self._generate_examples(split)
       for split, spec in corpus.split_specs(self.builder_config.corpus_config).items()
@@ -88,7 +100,13 @@ class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, split: str):
-    yield from corpus.generate_split(self.builder_config.corpus_config, split)
+    for key, example in corpus.generate_split(self.builder_config.corpus_config, split):
+      self._phone_units.update(phonemes.split_units(example["phonemes"]))
+      yield key, example
+    # The splits are written one after another: after the last one the metadata
+    # holds the units of all of them, and is saved with the dataset info.
+    inventory = phonemes.PhoneInventory(self._phone_units)
+    self.info.metadata["phone_inventory"] = json.loads(inventory.to_json())
 
 
 def builder_from_config_file(
@@ -128,8 +146,31 @@ def tokenizer_path(builder: tfds.core.DatasetBuilder) -> pathlib.Path:
   return pathlib.Path(str(builder.data_dir)) / "tokenizer.model"
 
 
+def phones_path(builder: tfds.core.DatasetBuilder) -> pathlib.Path:
+  """Where the phone inventory of a built corpus lives (beside its data)."""
+  return pathlib.Path(str(builder.data_dir)) / "phones.json"
+
+
+def phone_inventory(builder: tfds.core.DatasetBuilder) -> phonemes.PhoneInventory:
+  """The phone inventory of a built corpus: `phones.json`, else the dataset metadata.
+
+  Raises:
+    ValueError: if the dataset has neither (built by a version without phonemes).
+  """
+  path = phones_path(builder)
+  if path.exists():
+    return phonemes.PhoneInventory.load(path)
+  stored = (builder.info.metadata or {}).get("phone_inventory")
+  if stored is None:
+    raise ValueError(f"Dataset at {builder.data_dir} has no phone inventory; rebuild it.")
+  return phonemes.PhoneInventory.from_json(stored)
+
+
 def prepare(builder: MoeAsrSynth, *, vocab_size: int | None = None):
-  """Builds the corpus if missing and trains its tokenizer on the train text.
+  """Builds the corpus if missing, trains its tokenizer on the train text and saves both.
+
+  The phone inventory goes to `phones_path(builder)`, the tokenizer to
+  `tokenizer_path(builder)`, beside the data.
 
   Args:
     builder: a `moe_asr_synth` builder.
@@ -142,6 +183,10 @@ def prepare(builder: MoeAsrSynth, *, vocab_size: int | None = None):
 
   builder.download_and_prepare(file_format="array_record")
   check_built(builder)
+  if not phones_path(builder).exists():
+    stored = (builder.info.metadata or {}).get("phone_inventory")
+    if stored is not None:
+      phonemes.PhoneInventory.from_json(stored).save(phones_path(builder))
   path = tokenizer_path(builder)
   if path.exists():
     return tokenizer_lib.Tokenizer.load(path)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from moe_asr.data import languages as langs_lib
-from moe_asr.data import schema
+from moe_asr.data import phonemes, schema
 from moe_asr.data.synth import augment, grammar, tts
 
 SPLITS = (
@@ -342,6 +342,8 @@ def generate_example(cfg: Mapping[str, Any], split: str, index: int) -> dict[str
     "audio": augment.to_int16(audio),
     "text": utt.text,
     "words_lang": list(utt.words_lang),
+    # Each chunk in the language it is spoken in, as the synthesiser reads it.
+    "phonemes": phonemes.phonemize_text(utt.text, utt.words_lang),
     "segments": np.asarray(segments, np.int32).reshape(-1, 3),
     "language": utt.language,
     "intent": utt.intent,
@@ -385,3 +387,7 @@ def generate_split(
   with ctx.Pool(workers, initializer=_init_worker, initargs=({key: plain},)) as pool:
     for _, example in pool.imap(_generate_one, jobs, chunksize=4):
       yield example["id"], example
+    # Let the workers exit normally (leaving the block would kill them), so that
+    # they remove the temporary files of their G2P engines.
+    pool.close()
+    pool.join()
