@@ -81,6 +81,27 @@ def _corpus_stats(args, overrides) -> int:
   return 0
 
 
+def _expert_maps(model_cfg) -> dict[str, dict[str, int]]:
+  """{section: {language code: expert}} for the MoE sections routed by language."""
+  from moe_asr.data import languages
+  from moe_asr.models import moe
+
+  out = {}
+  for name in ("encoder", "decoder"):
+    section = model_cfg.get(name)
+    if not section or not section.get("moe_layers") or section.get("num_layers", 1) == 0:
+      continue
+    if section.get("router") not in ("language", "hybrid"):
+      continue
+    n = section.get("num_languages", len(languages.LANGUAGE_CODES))
+    expert_map = moe.resolve_expert_map(
+      section.get("expert_map", "modulo"), n, max(section.num_experts, 1)
+    )
+    codes = languages.LANGUAGE_CODES
+    out[name] = {codes[i] if i < len(codes) else str(i): e for i, e in enumerate(expert_map)}
+  return out
+
+
 def _model_info(args, overrides) -> int:
   from moe_asr import config_lib
   from moe_asr.models import info
@@ -92,6 +113,11 @@ def _model_info(args, overrides) -> int:
   print(
     info.format_info(sizes, title=f"{args.config} (model preset {cfg.get('model_preset', '?')})")
   )
+  sizes["expert_maps"] = _expert_maps(cfg.model)
+  for name, expert_map in sizes["expert_maps"].items():
+    spec = cfg.model[name].get("expert_map", "modulo")
+    items = ", ".join(f"{code} {e}" for code, e in expert_map.items())
+    print(f"{name} expert of each language ({spec}): {items}")
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(sizes, indent=2))
   return 0

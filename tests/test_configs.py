@@ -48,3 +48,29 @@ def test_overrides_parse_and_type_check():
     config_lib.load_config(CONFIGS / "tiny.py", ["model.encoder.num_layer=6"])
   with pytest.raises(FileNotFoundError):
     config_lib.load_config(CONFIGS / "missing.py")
+
+
+def test_expert_map_setting_reaches_the_moe_layers():
+  from flax import nnx
+
+  from moe_asr.models import model as model_lib
+
+  cfg = config_lib.load_config(CONFIGS / "demo.py")
+  assert (cfg.model.encoder.expert_map, cfg.model.decoder.expert_map) == ("pairs", "modulo")
+  model = nnx.eval_shape(
+    lambda: model_lib.MoeAsr(
+      cfg.model, vocab_size=40, num_intents=4, num_slot_tags=5, rngs=nnx.Rngs(0)
+    )
+  )
+  # Demo: 4 encoder experts keep en apart from es, hi and cmn; 6 decoder experts, modulo.
+  encoder_maps = {b.ff2.expert_map for b in model.encoder.blocks if b.use_moe}
+  assert encoder_maps == {(0, 1, 2, 3, 1, 2, 0)}
+  decoder_maps = {b.ffn.expert_map for b in model.decoder.blocks if b.moe}
+  assert decoder_maps == {(0, 1, 2, 3, 4, 5, 0)}
+  # Presets default to the modulo map; an explicit map is a tuple in a config file and a
+  # string of ids in a command-line override.
+  tiny = config_lib.load_config(CONFIGS / "tiny.py")
+  assert tiny.model.encoder.expert_map == "modulo"
+  tiny.model.encoder.expert_map = (0, 1, 2, 3, 1, 2, 0)
+  override = config_lib.load_config(CONFIGS / "tiny.py", ["model.decoder.expert_map=0 1 2 3 1 2 0"])
+  assert override.model.decoder.expert_map == "0 1 2 3 1 2 0"

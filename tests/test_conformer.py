@@ -430,6 +430,10 @@ def test_from_config_and_validation():
   assert narrow.subsampling.conv2.kernel.shape == (3, 3, 8, 8)
   assert narrow.subsampling.out.kernel.shape[1] == D
   assert [b.use_moe for b in enc.blocks] == [False, False, True]
+  assert enc.blocks[2].ff2.expert_map == (0, 1, 2)  # "modulo" without the setting.
+  cfg.expert_map = (2, 0, 1)
+  mapped = conformer.ConformerEncoder.from_config(cfg, rngs=nnx.Rngs(0))
+  assert mapped.blocks[2].ff2.expert_map == (2, 0, 1)
   assert len(enc.conditioners) == 2
   # Random oracle mixing needs a `condition` stream, which nnx.Rngs(0) lacks.
   feats, mask = _features(LENGTHS, T)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from moe_asr.data import languages
+from moe_asr.data.synth import grammar
 from moe_asr.models import moe
 
 D_MODEL, D_FF = 8, 16
@@ -194,6 +196,123 @@ def test_language_router_soft_is_posterior_weighted_mixture():
   y, aux = _apply(layer, x, mask, lang_probs=one_hot)
   np.testing.assert_allclose(y, _expert_ffn(layer, 2, x), atol=ATOL_F32)
   np.testing.assert_allclose(aux.expert_load, np.eye(4)[2], atol=1e-6)
+
+
+CODES = languages.LANGUAGE_CODES
+PAIRS = [(CODES.index(a), CODES.index(b)) for a, b in grammar.CODE_SWITCH_PAIRS]
+
+
+@pytest.mark.parametrize("num_experts", [2, 3, 4, 5, 6])
+def test_pairs_map_keeps_code_switch_pairs_apart_and_balanced(num_experts):
+  assert len(CODES) == NUM_LANGUAGES
+  expert_map = moe.resolve_expert_map("pairs", NUM_LANGUAGES, num_experts)
+  assert expert_map == moe.resolve_expert_map("pairs", NUM_LANGUAGES, num_experts)
+  for a, b in PAIRS:
+    assert expert_map[a] != expert_map[b], (CODES[a], CODES[b], expert_map)
+  counts = np.bincount(expert_map, minlength=num_experts)
+  assert counts.max() == math.ceil(NUM_LANGUAGES / num_experts), counts
+  assert counts.min() >= NUM_LANGUAGES // num_experts, counts
+
+
+def test_modulo_map_shares_a_code_switch_pair_on_4_experts_and_pairs_does_not():
+  en, hi = CODES.index("en"), CODES.index("hi")
+  modulo = moe.resolve_expert_map("modulo", NUM_LANGUAGES, 4)
+  assert modulo == tuple(lang % 4 for lang in range(NUM_LANGUAGES))
+  assert modulo[en] == modulo[hi]
+  # The demo encoder's map: en 0, es 1, de 2, fr 3, hi 1, cmn 2, ru 0.
+  assert moe.resolve_expert_map("pairs", NUM_LANGUAGES, 4) == (0, 1, 2, 3, 1, 2, 0)
+
+
+@pytest.mark.parametrize("num_experts", [7, 8, 12])
+def test_pairs_map_gives_each_language_its_own_expert_when_there_are_enough(num_experts):
+  assert moe.resolve_expert_map("pairs", NUM_LANGUAGES, num_experts) == tuple(range(7))
+
+
+def test_pairs_map_without_a_colouring_shares_fewest_pairs():
+  assert moe.pairs_expert_map(NUM_LANGUAGES, 1) == (0,) * NUM_LANGUAGES
+  # en, es and de pairwise switching cannot sit on two experts apart: one pair shares.
+  triangle = [("en", "es"), ("es", "de"), ("de", "en")]
+  expert_map = moe.pairs_expert_map(NUM_LANGUAGES, 2, triangle)
+  assert expert_map == moe.pairs_expert_map(NUM_LANGUAGES, 2, triangle)
+  shared = sum(expert_map[CODES.index(a)] == expert_map[CODES.index(b)] for a, b in triangle)
+  assert shared == 1
+  # Pairs with a language outside the posterior are ignored.
+  assert moe.pairs_expert_map(2, 1, [("en", "hi")]) == (0, 0)
+
+
+def test_explicit_map_is_validated():
+  assert moe.resolve_expert_map((3, 2, 1, 0, 0, 1, 2), NUM_LANGUAGES, 4) == (3, 2, 1, 0, 0, 1, 2)
+  assert moe.resolve_expert_map([0, 1, 2, 3, 1, 2, np.int64(0)], 7, 4) == (0, 1, 2, 3, 1, 2, 0)
+  # The string form a config override holds.
+  assert moe.resolve_expert_map("0,1,2,3,1,2,0", 7, 4) == (0, 1, 2, 3, 1, 2, 0)
+  assert moe.resolve_expert_map("0 1 2 3 1 2 0", 7, 4) == (0, 1, 2, 3, 1, 2, 0)
+  with pytest.raises(ValueError, match="6 entries; it needs one expert id per language, 7"):
+    moe.resolve_expert_map((0, 1, 2, 3, 0, 1), NUM_LANGUAGES, 4)
+  with pytest.raises(ValueError, match=r"sends hi to expert 4; .*\[0, num_experts=4\)"):
+    moe.resolve_expert_map((0, 1, 2, 3, 4, 1, 2), NUM_LANGUAGES, 4)
+  with pytest.raises(ValueError, match="sends en to expert -1"):
+    moe.resolve_expert_map((-1, 1, 2, 3, 0, 1, 2), NUM_LANGUAGES, 4)
+  with pytest.raises(ValueError, match="sends es to expert 1.0"):
+    moe.resolve_expert_map((0, 1.0, 2, 3, 0, 1, 2), NUM_LANGUAGES, 4)
+  with pytest.raises(ValueError, match="expert_map must be one of"):
+    moe.resolve_expert_map("by_pairs", NUM_LANGUAGES, 4)
+  with pytest.raises(ValueError, match="one expert id per language"):
+    _layer(num_experts=4, router="language", expert_map=(0, 1, 2))
+
+
+def _en_hi_posteriors(hindi_first: jax.Array) -> jax.Array:
+  """[batch, length, 7] posteriors of an en-hi switch: 0.55 / 0.40 between the two."""
+  en, hi = CODES.index("en"), CODES.index("hi")
+  probs = jnp.full((BATCH, LENGTH, NUM_LANGUAGES), 0.01)
+  first = jnp.where(hindi_first[..., None], hi, en)
+  second = jnp.where(hindi_first[..., None], en, hi)
+  probs = jnp.where(jnp.arange(NUM_LANGUAGES) == first, 0.55, probs)
+  return jnp.where(jnp.arange(NUM_LANGUAGES) == second, 0.40, probs)
+
+
+def test_language_router_sends_en_hi_frames_to_the_mapped_experts():
+  layer = _layer(num_experts=4, router="language", expert_map="pairs")
+  en_expert, hi_expert = layer.expert_map[CODES.index("en")], layer.expert_map[CODES.index("hi")]
+  assert en_expert != hi_expert
+  x, _, _ = _inputs(seed=3)
+  mask = jnp.ones((BATCH, LENGTH), bool)
+  hindi_first = jnp.arange(LENGTH)[None, :] >= jnp.array([[3], [1]])  # The switch point.
+  lang_probs = _en_hi_posteriors(hindi_first)
+  y, aux = _apply(layer, x, mask, lang_probs=lang_probs)
+  expert = np.where(np.asarray(hindi_first), hi_expert, en_expert)
+  np.testing.assert_allclose(aux.token_load, np.eye(4)[expert], atol=1e-6)
+  expected = np.where(
+    np.asarray(hindi_first)[..., None],
+    _expert_ffn(layer, hi_expert, x),
+    _expert_ffn(layer, en_expert, x),
+  )
+  np.testing.assert_allclose(y, expected, atol=ATOL_F32)
+
+  # Soft routing splits each frame between the two experts by the posterior.
+  soft = _layer(num_experts=4, router="language", expert_map="pairs", language_soft=True)
+  y, aux = _apply(soft, x, mask, lang_probs=lang_probs)
+  mapped = np.asarray(lang_probs) @ np.eye(4)[list(soft.expert_map)]  # [batch, length, 4]
+  np.testing.assert_allclose(aux.token_load, mapped, atol=1e-6)
+  assert (mapped[..., en_expert] > 0.5).sum() and (mapped[..., hi_expert] > 0.5).sum()
+  expected = sum(mapped[..., e : e + 1] * _expert_ffn(soft, e, x) for e in range(4))
+  np.testing.assert_allclose(y, expected, atol=ATOL_F32)
+
+  # The same frames under "modulo": English and Hindi share expert 0.
+  modulo = _layer(num_experts=4, router="language")
+  _, aux = _apply(modulo, x, mask, lang_probs=lang_probs)
+  np.testing.assert_allclose(aux.expert_load, np.eye(4)[0], atol=1e-6)
+
+
+def test_hybrid_alignment_target_follows_the_expert_map():
+  expert_map = (3, 2, 1, 0, 0, 1, 2)
+  layer = _layer(num_experts=4, router="hybrid", top_k=1, expert_map=expert_map)
+  x, mask, lang_probs = _inputs(seed=4)
+  _, aux = _apply(layer, x, mask, lang_probs=lang_probs)
+  logits = np.asarray(x, np.float64) @ np.asarray(layer.w_router[...], np.float64)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  target = np.asarray(lang_probs, np.float64) @ np.eye(4)[list(expert_map)]
+  ce = -(target * log_p).sum(-1)
+  np.testing.assert_allclose(aux.lid_alignment_loss, ce[np.asarray(mask)].mean(), rtol=1e-5)
 
 
 def _two_expert_case(top_k: int, capacity_factor: float):
@@ -466,3 +585,10 @@ def test_from_config_and_param_counts():
   assert layer.param_counts() == (router + 5 * expert, router + 2 * expert)
   hard = _layer(num_experts=4, router="language")
   assert hard.param_counts() == (4 * expert, expert)
+  assert hard.expert_map == (0, 1, 2, 3, 0, 1, 2)  # "modulo" by default.
+  cfg.expert_map = "pairs"
+  layer = moe.MoeFeedForward.from_config(cfg, d_model=D_MODEL, d_ff=D_FF, rngs=nnx.Rngs(0))
+  assert layer.expert_map == moe.pairs_expert_map(NUM_LANGUAGES, 4)
+  # Soft routing runs the experts the map uses: two here.
+  soft = _layer(num_experts=4, router="language", language_soft=True, expert_map="0 0 0 1 1 1 1")
+  assert soft.param_counts() == (4 * expert, 2 * expert)

@@ -54,6 +54,11 @@ def model_config(
   e.num_experts = num_experts
   e.router = "hybrid"  # "language" | "learned" | "hybrid".
   e.top_k = 2  # Experts per token for learned / hybrid routers.
+  # The expert of each language for the language and hybrid routers: "modulo" (language l ->
+  # expert l % num_experts, the map of runs trained before this setting), "pairs" (the two
+  # languages of each code-switch pair on different experts) or one expert id per language
+  # (a tuple; in a command-line override a string, `expert_map="0 1 2 3 1 2 0"`). See `moe`.
+  e.expert_map = ml_collections.FieldReference("modulo", field_type=object)
   e.capacity_factor = None  # None = dropless.
   e.shared_expert = False  # An always-on expert beside the routed ones.
   # The experts' grouped matmul: "blocks" (loops over padded row blocks; fastest on XLA:CPU),
@@ -92,6 +97,7 @@ def model_config(
   d.num_experts = decoder_num_experts
   d.router = "language"  # Tokens go to the expert of their language (LID context at inference).
   d.top_k = 1
+  d.expert_map = ml_collections.FieldReference("modulo", field_type=object)  # As the encoder's.
   d.capacity_factor = None
   d.shared_expert = True
   d.grouped_matmul = m.encoder.get_ref("grouped_matmul")

@@ -23,6 +23,8 @@ def get_config():
     dropout=0.05,
   )
   m.dtype = "bfloat16"
+  # 4 experts: "modulo" would put English and Hindi, a code-switch pair, on expert 0.
+  m.encoder.expert_map = "pairs"
   # A short run: lighter SpecAugment than the full-size presets.
   m.specaug.num_time_masks = 2
   m.specaug.max_time_width = 20

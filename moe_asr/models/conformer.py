@@ -405,6 +405,7 @@ class ConformerBlock(nnx.Module):
     language_soft: bool = False,
     grouped_matmul: str = "auto",
     moe_block_size: int = 256,
+    expert_map: str | Sequence[int] = "modulo",
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -435,6 +436,7 @@ class ConformerBlock(nnx.Module):
         language_soft=language_soft,
         grouped_matmul=grouped_matmul,
         block_size=moe_block_size,
+        expert_map=expert_map,
         **kw,
       )
     else:
@@ -530,6 +532,7 @@ class ConformerEncoder(nnx.Module):
     grouped_matmul: str = "auto",
     moe_block_size: int = 256,
     utt_lid_layer: int | None = None,
+    expert_map: str | Sequence[int] = "modulo",
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
@@ -585,6 +588,7 @@ class ConformerEncoder(nnx.Module):
           language_soft=language_soft,
           grouped_matmul=grouped_matmul,
           moe_block_size=moe_block_size,
+          expert_map=expert_map,
           num_languages=num_languages,
           **kw,
         )
@@ -620,7 +624,9 @@ class ConformerEncoder(nnx.Module):
     d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged" |
     "auto"; default "auto", see `moe`), moe_block_size (most rows per block of the
     "blocks" grouped matmul; default 256), utt_lid_layer (the block the utterance LID
-    reads, negative from the top; default None = lid_layer).
+    reads, negative from the top; default None = lid_layer), expert_map (the expert of
+    each language for the language and hybrid routers: "modulo" | "pairs" | one id per
+    language; default "modulo", see `moe.resolve_expert_map`).
     """
     dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
@@ -645,6 +651,7 @@ class ConformerEncoder(nnx.Module):
       grouped_matmul=cfg.get("grouped_matmul", "auto"),
       moe_block_size=cfg.get("moe_block_size", 256),
       utt_lid_layer=cfg.get("utt_lid_layer"),
+      expert_map=cfg.get("expert_map", "modulo"),
       dtype=dtype or jnp.float32,
       rngs=rngs,
     )

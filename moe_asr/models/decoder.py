@@ -115,6 +115,7 @@ class DecoderBlock(nnx.Module):
     activation: str = "swish",
     grouped_matmul: str = "auto",
     moe_block_size: int = 256,
+    expert_map: str | Sequence[int] = "modulo",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -145,6 +146,7 @@ class DecoderBlock(nnx.Module):
         language_soft=language_soft,
         grouped_matmul=grouped_matmul,
         block_size=moe_block_size,
+        expert_map=expert_map,
         **kw,
       )
     else:
@@ -364,6 +366,7 @@ class TransformerDecoder(nnx.Module):
     activation: str = "swish",
     grouped_matmul: str = "auto",
     moe_block_size: int = 256,
+    expert_map: str | Sequence[int] = "modulo",
     rngs: nnx.Rngs,
   ):
     """Builds the decoder.
@@ -391,6 +394,8 @@ class TransformerDecoder(nnx.Module):
       activation: FFN activation ("swish", "gelu", "relu").
       grouped_matmul: the experts' grouped matmul, "blocks" | "ragged" | "auto" (see `moe`).
       moe_block_size: most rows per block of the "blocks" grouped matmul.
+      expert_map: the expert of each language for the language and hybrid routers,
+        "modulo" | "pairs" | one id per language (see `moe.resolve_expert_map`).
       rngs: parameter and dropout keys.
     """
     moe_layers = tuple(sorted(set(int(i) for i in moe_layers)))
@@ -428,6 +433,7 @@ class TransformerDecoder(nnx.Module):
           activation=activation,
           grouped_matmul=grouped_matmul,
           moe_block_size=moe_block_size,
+          expert_map=expert_map,
           **kw,
         )
         for i in range(num_layers)
@@ -447,7 +453,8 @@ class TransformerDecoder(nnx.Module):
     top_k [1], capacity_factor [None], shared_expert [False],
     num_languages [7], dtype ["float32" | "bfloat16"], param_dtype
     ["float32"], positions ["sinusoidal"], tie_embeddings [True],
-    language_soft [False], activation ["swish"], grouped_matmul ["auto"], moe_block_size [256].
+    language_soft [False], activation ["swish"], grouped_matmul ["auto"], moe_block_size [256],
+    expert_map ["modulo"].
     """
     get = cfg.get
     if vocab_size is None:
@@ -475,6 +482,7 @@ class TransformerDecoder(nnx.Module):
       activation=get("activation", "swish"),
       grouped_matmul=get("grouped_matmul", "auto"),
       moe_block_size=get("moe_block_size", 256),
+      expert_map=get("expert_map", "modulo"),
       rngs=rngs,
     )
 

@@ -5,13 +5,23 @@ router -> top-k -> sort by expert -> grouped matmul -> unpermute -> combine.
 Routers (`router=`):
   learned   top-k softmax router (float32) with the Switch/GShard load-balancing
             loss and the ST-MoE router z-loss.
-  language  each frame/token goes to the expert of its language
-            (language l -> expert l % num_experts) by the LID posterior: hard
-            top-1 by argmax, or (`language_soft=True`) the posterior-weighted
-            mixture of the experts.
+  language  each frame/token goes to the expert of its language (`expert_map`)
+            by the LID posterior: hard top-1 by argmax, or
+            (`language_soft=True`) the posterior-weighted mixture of the
+            experts.
   hybrid    the learned router plus `lid_alignment_loss`, a cross-entropy that
             pulls the router distribution toward the LID posterior mapped to
             experts.
+
+The language -> expert map (`expert_map=`, see `resolve_expert_map`):
+  "modulo"  language l -> expert l % num_experts (the default, and the map of
+            every model trained before the setting existed).
+  "pairs"   the two languages of each code-switch pair of the corpus
+            (`grammar.CODE_SWITCH_PAIRS`) on different experts, languages spread
+            evenly over the experts; one expert per language when there are
+            enough (`pairs_expert_map`).
+  a tuple   the expert of each language, in `languages.LANGUAGE_CODES` order
+            (in a config also a string of ids, "0,1,2,3,1,2,0").
 
 Experts are gated FFNs by default (`gated=True`): with activation "swish" this
 is SwiGLU, `down(swish(x @ w_gate) * (x @ w_up))`, which matches a plain FFN's
@@ -57,6 +67,7 @@ and produce zero output.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 
 import flax
@@ -66,11 +77,13 @@ import ml_collections
 from flax import nnx
 
 from moe_asr.data import languages
+from moe_asr.data.synth import grammar
 from moe_asr.models import partitioning
 from moe_asr.models.layers import ACTIVATIONS
 
 ROUTERS = ("learned", "language", "hybrid")
 GROUPED_MATMULS = ("blocks", "ragged")
+EXPERT_MAPS = ("modulo", "pairs")
 
 
 def resolve_grouped_matmul(name: str, backend: str | None = None) -> str:
@@ -133,9 +146,150 @@ class MoeAux:
     return jax.tree.map(lambda *xs: sum(xs) / len(xs), *auxes)
 
 
-def language_to_expert(num_languages: int, num_experts: int) -> jax.Array:
-  """[num_languages, num_experts] 0/1 matrix mapping language l to expert l % E."""
-  return jax.nn.one_hot(jnp.arange(num_languages) % num_experts, num_experts, dtype=jnp.float32)
+def _language_names(num_languages: int) -> list[str]:
+  codes = languages.LANGUAGE_CODES
+  return [codes[i] if i < len(codes) else f"language {i}" for i in range(num_languages)]
+
+
+def _colour(partners: list[set[int]], num_experts: int, most: int) -> tuple[int, ...] | None:
+  """Experts for languages 0, 1, ... in turn, no partners on one expert, at most `most` each.
+
+  Depth-first: each language tries the experts by (languages already there, id), so the
+  first map found spreads the languages evenly (with 6 experts and the corpus's pairs it
+  is the modulo map). Empty experts are interchangeable, so only the first of them is
+  tried. None if no such map exists.
+  """
+  assigned: list[int] = []
+  counts = [0] * num_experts
+
+  def place(lang: int) -> bool:
+    if lang == len(partners):
+      return True
+    taken = {assigned[p] for p in partners[lang] if p < lang}
+    tried_empty = False
+    for e in sorted(range(num_experts), key=lambda e: (counts[e], e)):
+      if e in taken or counts[e] >= most or (counts[e] == 0 and tried_empty):
+        continue
+      tried_empty |= counts[e] == 0
+      assigned.append(e)
+      counts[e] += 1
+      if place(lang + 1):
+        return True
+      assigned.pop()
+      counts[e] -= 1
+    return False
+
+  return tuple(assigned) if place(0) else None
+
+
+def pairs_expert_map(
+  num_languages: int,
+  num_experts: int,
+  pairs: Sequence[tuple[str, str]] = grammar.CODE_SWITCH_PAIRS,
+) -> tuple[int, ...]:
+  """An expert per language that keeps the two languages of every code-switch pair apart.
+
+  Languages are `languages.LANGUAGE_CODES[:num_languages]`; pairs naming a language
+  outside them are ignored. With num_experts >= num_languages language l gets expert l.
+  Otherwise the map puts no pair on one expert whenever the pair graph can be coloured
+  with num_experts colours, with the fewest languages on the fullest expert that allows;
+  when it cannot (one expert, or e.g. three mutually paired languages on two experts)
+  each language in turn takes the expert holding the fewest of its partners. Ties go to
+  the emptier, then the lower-numbered expert, so the map is deterministic.
+
+  Args:
+    num_languages: languages of the LID posterior.
+    num_experts: routed experts (>= 1).
+    pairs: (matrix, embedded) language codes; the corpus's by default.
+
+  Returns:
+    The expert id of each language.
+  """
+  if num_experts < 1:
+    raise ValueError(f"num_experts={num_experts}; expected >= 1")
+  if num_experts >= num_languages:
+    return tuple(range(num_languages))
+  index = {code: i for i, code in enumerate(languages.LANGUAGE_CODES[:num_languages])}
+  partners: list[set[int]] = [set() for _ in range(num_languages)]
+  for a, b in pairs:
+    if a in index and b in index and a != b:
+      partners[index[a]].add(index[b])
+      partners[index[b]].add(index[a])
+  for most in range(-(-num_languages // num_experts), num_languages + 1):
+    found = _colour(partners, num_experts, most)
+    if found is not None:
+      return found
+  assigned: list[int] = []
+  counts = [0] * num_experts
+  for lang in range(num_languages):
+    shared = [sum(assigned[p] == e for p in partners[lang] if p < lang) for e in range(num_experts)]
+    e = min(range(num_experts), key=lambda e: (shared[e], counts[e], e))
+    assigned.append(e)
+    counts[e] += 1
+  return tuple(assigned)
+
+
+def resolve_expert_map(
+  spec: str | Sequence[int], num_languages: int, num_experts: int
+) -> tuple[int, ...]:
+  """The expert of each language for an `expert_map` setting.
+
+  Args:
+    spec: "modulo" (language l -> expert l % num_experts), "pairs"
+      (`pairs_expert_map`), or the expert id of each language, in
+      `languages.LANGUAGE_CODES` order: a sequence of ints or a string of them
+      separated by commas or spaces ("0,1,2,3,1,2,0", as a config override can hold).
+    num_languages: languages of the LID posterior.
+    num_experts: routed experts.
+
+  Returns:
+    A tuple of num_languages expert ids in [0, num_experts).
+
+  Raises:
+    ValueError: an unknown name, or an explicit map of the wrong length or with an
+      expert id outside [0, num_experts).
+  """
+  if num_experts < 1:
+    raise ValueError(f"num_experts={num_experts}; expected >= 1")
+  if isinstance(spec, str):
+    if spec == "modulo":
+      return tuple(lang % num_experts for lang in range(num_languages))
+    if spec == "pairs":
+      return pairs_expert_map(num_languages, num_experts)
+    try:
+      ids = [int(t) for t in spec.replace(",", " ").split()]
+    except ValueError:
+      ids = []
+    if not ids:
+      raise ValueError(
+        f"expert_map must be one of {EXPERT_MAPS} or the expert id of each language, got {spec!r}"
+      )
+  else:
+    ids = list(spec)
+  names = _language_names(num_languages)
+  if len(ids) != num_languages:
+    raise ValueError(
+      f"expert_map {tuple(ids)} has {len(ids)} entries; it needs one expert id per language, "
+      f"{num_languages} ({', '.join(names)})"
+    )
+  out = []
+  for name, e in zip(names, ids, strict=True):
+    if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < num_experts:
+      raise ValueError(
+        f"expert_map {tuple(ids)} sends {name} to expert {e!r}; expert ids are integers in "
+        f"[0, num_experts={num_experts})"
+      )
+    out.append(int(e))
+  return tuple(out)
+
+
+def language_to_expert(
+  num_languages: int, num_experts: int, expert_map: Sequence[int] | None = None
+) -> jax.Array:
+  """[num_languages, num_experts] 0/1 matrix: language l -> expert expert_map[l] (l % E)."""
+  if expert_map is None:
+    expert_map = resolve_expert_map("modulo", num_languages, num_experts)
+  return jax.nn.one_hot(jnp.asarray(expert_map, jnp.int32), num_experts, dtype=jnp.float32)
 
 
 def _expert_init(in_axis: int) -> nnx.Initializer:
@@ -295,6 +449,7 @@ class MoeFeedForward(nnx.Module):
     language_soft: bool = False,
     block_size: int = 256,
     grouped_matmul: str = "auto",
+    expert_map: str | Sequence[int] = "modulo",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -325,6 +480,9 @@ class MoeFeedForward(nnx.Module):
       grouped_matmul: "blocks" (padded row blocks, hand-written backward),
         "ragged" (`jax.lax.ragged_dot`, autodiff backward) or "auto" (ragged on
         GPUs, blocks elsewhere); see the module doc.
+      expert_map: the expert of each language for the language and hybrid routers:
+        "modulo", "pairs" or one expert id per language (`resolve_expert_map`);
+        kept as the static tuple `self.expert_map`.
       dtype: compute dtype of the expert matmuls (float32 accumulation).
       param_dtype: parameter dtype.
       rngs: random streams.
@@ -348,6 +506,7 @@ class MoeFeedForward(nnx.Module):
     self.language_soft = language_soft
     self.block_size = block_size
     self.grouped_matmul = grouped_matmul
+    self.expert_map = resolve_expert_map(expert_map, num_languages, num_experts)
     self.dtype = dtype
 
     if router != "language":
@@ -396,7 +555,7 @@ class MoeFeedForward(nnx.Module):
 
     Fields of `cfg` (all optional except num_experts): num_experts, router,
     top_k, num_languages, capacity_factor, shared_expert, activation, gated,
-    dropout, language_soft, block_size, grouped_matmul — as in `__init__`.
+    dropout, language_soft, block_size, grouped_matmul, expert_map — as in `__init__`.
     """
     kwargs = {
       k: cfg[k]
@@ -412,6 +571,7 @@ class MoeFeedForward(nnx.Module):
         "language_soft",
         "block_size",
         "grouped_matmul",
+        "expert_map",
       )
       if k in cfg
     }
@@ -421,8 +581,8 @@ class MoeFeedForward(nnx.Module):
     """(total, active per token) parameter counts of the block.
 
     Active counts the router, the shared expert and the experts one token
-    runs: top_k (learned, hybrid), 1 (hard language routing) or up to
-    min(E, num_languages) (soft language routing).
+    runs: top_k (learned, hybrid), 1 (hard language routing) or up to the
+    experts `expert_map` uses (soft language routing).
     """
     sizes = {name: int(v[...].size) for name, v in vars(self).items() if isinstance(v, nnx.Param)}
     per_expert = sum(sizes[n] for n in ("w_gate", "w_up", "w_down") if n in sizes)
@@ -430,7 +590,7 @@ class MoeFeedForward(nnx.Module):
     if self.router != "language":
       k = self.top_k
     else:
-      k = min(self.num_experts, self.num_languages) if self.language_soft else 1
+      k = len(set(self.expert_map)) if self.language_soft else 1
     total = sum(sizes.values())
     return total, total - (self.num_experts - k) * per_expert
 
@@ -458,18 +618,19 @@ class MoeFeedForward(nnx.Module):
     if self.router in ("language", "hybrid"):
       if lang_probs is None:
         raise ValueError(f"router={self.router!r} needs lang_probs")
-      mapping = language_to_expert(self.num_languages, e)
+      mapping = language_to_expert(self.num_languages, e, self.expert_map)
       lid_target = lang_probs.astype(jnp.float32) @ mapping  # [n, E]
 
     if self.router == "language":
       probs = jax.lax.stop_gradient(lid_target)
       if self.language_soft:
-        k = min(e, self.num_languages)
+        k = len(set(self.expert_map))
         gates, expert_idx = jax.lax.top_k(lid_target, k)
         # Experts without posterior mass are not dispatched at all.
         routed = valid[:, None] & (gates > 0)
       else:
-        expert_idx = (jnp.argmax(lang_probs, axis=-1) % e)[:, None]
+        experts = jnp.asarray(self.expert_map, jnp.int32)
+        expert_idx = experts[jnp.argmax(lang_probs, axis=-1)][:, None]
         gates = jnp.ones(expert_idx.shape, jnp.float32)
         routed = valid[:, None]
     else:
