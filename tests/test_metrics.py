@@ -464,3 +464,24 @@ def test_utterance_validates_and_round_trips_json():
     Utterance("u3", "a", None)
   with pytest.raises(ValueError, match="unknown fields"):
     Utterance.from_json({"id": "u4", "ref_text": "", "hyp_text": "", "lang": "en"})
+
+
+def test_teacher_forced_task_metrics():
+  # Three labelled utterances: the heads on the reference get 2 of 3 intents; of their 3
+  # reference slots they find 2, plus 1 wrong one: slot F1 = 2 * 2 / (3 + 3) = 2/3. The
+  # fourth has no teacher-forced reading and counts nowhere.
+  slots = (("date", "today"), ("place", "paris"))
+  records = [
+    Utterance("a", "x", "x", ref_intent="weather", tf_intent="weather", ref_slots=slots,
+              tf_slots=slots),
+    Utterance("b", "x", "x", ref_intent="alarm", tf_intent="weather",
+              ref_slots=(("time", "seven"),), tf_slots=(("time", "eight"),)),
+    Utterance("c", "x", "x", ref_intent="alarm", tf_intent="alarm", tf_slots=()),
+    Utterance("d", "x", "x", ref_intent="alarm", ref_slots=slots),
+  ]  # fmt: skip
+  s = metrics.summarize(records)
+  assert s["tf_intent_acc"] == pytest.approx(2 / 3)
+  assert s["tf_slot_f1"] == pytest.approx(2 / 3)
+  assert metrics.summarize(records[3:])["tf_slot_f1"] is None
+  back = Utterance.from_json(records[1].to_json())
+  assert back == records[1] and Utterance.from_json(records[3].to_json()).tf_slots is None

@@ -530,7 +530,14 @@ def test_greedy_decoding_on_upsampled_ctc_frames():
   model = _model(["--config.model.ctc_upsample=2"])
   batch = _batch(16000, 12)
   cfg = decode_lib.default_config()
-  out = nnx.jit(decode_lib.make_decode_fn(cfg, decoder_max_len=model.decoder.max_len))(model, batch)
+  # Every fourth piece starts a word, for the word-level slot tagger.
+  word_table = (np.arange(VOCAB) % 4 == 1).astype(np.int8)
+  decode = decode_lib.make_decode_fn(
+    cfg, decoder_max_len=model.decoder.max_len, word_table=word_table
+  )
+  out = nnx.jit(decode)(model, batch)
+  with pytest.raises(ValueError, match="word_table"):
+    nnx.jit(decode_lib.make_decode_fn(cfg, decoder_max_len=model.decoder.max_len))(model, batch)
   encoded = nnx.jit(lambda m, b: m.encode(b))(model, batch)
   tokens, lengths, _ = greedy.ctc_greedy(encoded.ctc_logits, encoded.ctc_mask)
   n = np.minimum(np.asarray(lengths), out["tokens"].shape[1])

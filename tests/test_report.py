@@ -146,7 +146,7 @@ def test_write_report_files(tmp_path):
   assert "| test | 4 |" in md and "0.125" in md  # n and RTF
   assert "66.7" in md and "80.0" in md and "75.0" in md  # intent, slot F1, LID
   assert "1,234,567 total" in md
-  assert "| slot F1 | SLU-F1 | ECE |" in md
+  assert "| slot F1 | SLU-F1 | TF intent | TF slot F1 | ECE |" in md
   assert "## test by language" in md and "| cmn | 1 |" in md
   assert "## test by pair" in md and "## test by noise" in md
 
@@ -180,15 +180,16 @@ def test_format_table_exact():
   r = {
     "splits": {
       "test": {"n": 4, "cer": 2 / 43, "wer": 2 / 15, "mer": 2 / 15, "lid_acc": 0.75,
-               "intent_acc": 2 / 3, "slot_f1": 0.8},
+               "intent_acc": 2 / 3, "slot_f1": 0.8, "slu_f1": 0.85, "tf_intent_acc": 1.0,
+               "tf_slot_f1": 0.9},
       "test_noisy": {"n": 120, "cer": 0.5, "wer": 1.0, "mer": None, "lid_acc": None,
                      "intent_acc": None, "slot_f1": None},
     }
   }  # fmt: skip
   expected = (
-    "split         n   CER    WER   MER   LID  intent  slot F1\n"
-    "test          4   4.7   13.3  13.3  75.0    66.7     80.0\n"
-    "test_noisy  120  50.0  100.0     -     -       -        -"
+    "split         n   CER    WER   MER   LID  intent  slot F1  SLU-F1  TF intent  TF slot F1\n"
+    "test          4   4.7   13.3  13.3  75.0    66.7     80.0    85.0      100.0        90.0\n"
+    "test_noisy  120  50.0  100.0     -     -       -        -       -          -           -"
   )
   assert report.format_table(r) == expected
 

@@ -111,6 +111,11 @@ def model_config(
   t.token_layers = 0  # Bidirectional layers over the bridge's token states (see task_heads).
   t.d_ff = d_ff  # Their hidden width.
   t.dropout = dropout
+  # Slots tagged per word (pooled token states, bidirectional layers over the words with
+  # attention to the audio, one BIO tag a word) or per token ("token": a linear head on each
+  # causal decoder state, the earlier design).
+  t.slot_tagger = "word"
+  t.word_layers = 2  # Layers of the word tagger.
   t.stop_gradient = False  # True: the cascade baseline (task loss does not train the ASR).
   t.num_languages = m.get_ref("num_languages")
 

@@ -21,6 +21,7 @@ import io
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import sentencepiece as spm
 from etils import epath
 from sentencepiece import sentencepiece_model_pb2
@@ -258,6 +259,23 @@ class Tokenizer:
   def is_symbol(self, token_id: int) -> bool:
     """True for language tags and task tokens."""
     return self.id_to_piece(token_id) in self._symbol_ids
+
+  def word_table(self) -> np.ndarray:
+    """int8 [vocab]: 1 for a piece that starts a word, 0 for one that continues it, -1 for
+    pad, bos, eos, language tags and task tokens (no word).
+
+    What `word_spans` reads, as a table a jitted function can index
+    (`moe_asr.models.task_heads.word_index`) to find the words of hypothesis tokens on
+    device.
+    """
+    skip = {self.pad_id, self.bos_id, self.eos_id}
+    table = np.zeros(self.vocab_size, np.int8)
+    for i in range(self.vocab_size):
+      if i in skip or self.is_symbol(i):
+        table[i] = -1
+      elif self.id_to_piece(i).startswith(WORD_START):
+        table[i] = 1
+    return table
 
   def word_spans(self, tokens: Iterable[int]) -> list[list[int]]:
     """Positions of each word's tokens; a piece starting with "▁" starts a word.

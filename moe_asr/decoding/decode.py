@@ -27,6 +27,7 @@ import numpy as np
 from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import biasing, ctc_beam, greedy, joint_beam, rescore
 from moe_asr.decoding import confidence as confidence_lib
+from moe_asr.models import task_heads
 
 METHODS = ("greedy", "ctc_beam", "joint")
 
@@ -51,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     {"ctc": 1.0, "att": 0.0, "lm": 0.0, "task": 0.0, "length": 0.0}
   )
   c.max_len = 0  # Output tokens (0 = the decoder's max_len - 1, eos included there).
+  # Also run the task heads on the reference transcript (teacher forcing) where the batch
+  # has one: the heads' own accuracy, apart from recognition errors.
+  c.teacher_forced = True
   return c
 
 
@@ -145,6 +149,7 @@ def make_decode_fn(
   bias: biasing.ContextGraph | None = None,
   eos_id: int = 3,
   tunable: bool = False,
+  word_table: np.ndarray | None = None,
 ) -> Callable[..., dict[str, jax.Array]]:
   """`decode(model, batch) -> dict` for `cfg` (the `decode` config section).
 
@@ -159,6 +164,8 @@ def make_decode_fn(
       `decode_ilm_weight`, float32 [B], one per utterance, for every language) instead
       of the config, so a weight search reuses one compiled step (`tune-decoding`);
       needs `lm`.
+    word_table: the tokenizer's `word_table` (which pieces start words); needed by a
+      model whose slot tagger works on words.
 
   Returns:
     A function of (MoeAsr in eval mode, batch) returning: `tokens` int32 [B, L],
@@ -168,7 +175,9 @@ def make_decode_fn(
     encoder frame; -1 where unknown), `token_lang` [B, L] (frame
     LID at the token's frame), `utt_lid_logits` [B, languages], `scores` [B, n]
     (n-best ranking scores; [B, 1] for greedy) and, with task heads, `intent_log_probs`
-    [B, intents] and `slot_tags` [B, L].
+    [B, intents] and `slot_tags` [B, L]; with `teacher_forced` and reference tokens in the
+    batch, also `tf_intent_log_probs` [B, intents] and `tf_slot_tags` [B, L'] of the
+    heads on the reference (`tokens`, L' of them).
   """
   method = cfg.method
   if method not in METHODS:
@@ -185,6 +194,15 @@ def make_decode_fn(
   if cfg.get("rescore") and method == "greedy":
     raise ValueError("decode.rescore needs an n-best: use decode.method=ctc_beam or joint")
   weights = {k: float(v) for k, v in dict(cfg.get("rescore_weights") or {}).items() if float(v)}
+  table = None if word_table is None else jnp.asarray(word_table, jnp.int8)
+
+  def words_of(model, tokens, mask):
+    heads = model.task_heads
+    if heads is None or heads.word_tagger is None:
+      return None
+    if table is None:
+      raise ValueError("The model tags slots per word: make_decode_fn needs the word_table")
+    return task_heads.word_index(tokens, mask, table)
 
   def decode(model, batch) -> dict[str, jax.Array]:
     encoded = model.encode(batch)
@@ -250,6 +268,7 @@ def make_decode_fn(
           weights=weights,
           lm=lm if weights.get("lm") else None,
           eos_id=eos_id,
+          word_table=table,
         )
       tokens, lengths = nbest.best
       conf = confidence_lib.nbest_posteriors(nbest.scores)[:, 0]
@@ -288,10 +307,20 @@ def make_decode_fn(
         enc.token_expert_load, encoded.frame_lang, enc.mask, enc.lid_probs.shape[-1]
       ),
     )
-    _, task = model.decode_tokens(encoded, tokens, mask)
+    _, task = model.decode_tokens(encoded, tokens, mask, token_word=words_of(model, tokens, mask))
     if task is not None:
       out["intent_log_probs"] = task.intent_log_probs
       out["slot_tags"] = jnp.argmax(task.slot_log_probs, -1).astype(jnp.int32)
+    ref_mask = batch.get("token_mask")
+    if task is not None and cfg.get("teacher_forced", True) and ref_mask is not None:
+      ref = batch["tokens"]
+      ref_mask = ref_mask[:, : decoder_max_len - 1]
+      ref = ref[:, : ref_mask.shape[1]]
+      _, tf_task = model.decode_tokens(
+        encoded, ref, ref_mask, token_word=words_of(model, ref, ref_mask)
+      )
+      out["tf_intent_log_probs"] = tf_task.intent_log_probs
+      out["tf_slot_tags"] = jnp.argmax(tf_task.slot_log_probs, -1).astype(jnp.int32)
     return out
 
   return decode

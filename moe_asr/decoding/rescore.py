@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from moe_asr.decoding import confidence
 from moe_asr.decoding.nbest import NBest
 from moe_asr.models import model as model_lib
+from moe_asr.models import task_heads
 
 
 @flax.struct.dataclass
@@ -84,6 +85,7 @@ def rescore_nbest(
   weights: Mapping[str, float],
   lm=None,
   eos_id: int = 3,
+  word_table=None,
 ) -> tuple[NBest, RescoreOutput]:
   """Rescores and reorders an n-best with the decoder, the task heads and an LM.
 
@@ -96,6 +98,7 @@ def rescore_nbest(
       count 0; a weight for a part that is not available raises.
     lm: optional `TransformerLM` (in eval mode) scoring hypothesis + eos.
     eos_id: the end token appended for the LM.
+    word_table: the tokenizer's `word_table`, for the word-level slot tagger.
 
   Returns:
     (the n-best with new scores, sorted descending, its parts extended by "att", "task"
@@ -121,7 +124,12 @@ def rescore_nbest(
 
   parts = dict(nbest.parts)
   intent_log_probs = slot_log_probs = None
-  dec, task = model.decode_tokens(_repeat_encoded(encoded, n), tokens, token_mask)
+  token_word = None
+  if word_table is not None:
+    token_word = task_heads.word_index(tokens, token_mask, jnp.asarray(word_table))
+  dec, task = model.decode_tokens(
+    _repeat_encoded(encoded, n), tokens, token_mask, token_word=token_word
+  )
   if dec is not None:
     labels, label_mask = model_lib.with_eos(tokens, token_mask, model.eos_id)
     parts["att"] = empty_to_inf(unflat(_sequence_log_prob(dec.logits, labels, label_mask)))

@@ -45,6 +45,8 @@ RATIO_METRICS = (
   "slu_f1",
   "span_f1_word",
   "span_f1_char",
+  "tf_intent_acc",
+  "tf_slot_f1",
   "frame_lid_acc",
   "boundary_acc",
 )
@@ -94,6 +96,9 @@ class Utterance:
   frame_lid_total: int = 0  # Encoder frames with a reference language.
   boundary_hit: int = 0  # Reference language switches the frame LID also switches near.
   boundary_total: int = 0  # Reference language switches.
+  # The task heads on the reference transcript (teacher forcing); None = not run.
+  tf_intent: str = ""
+  tf_slots: Slots | None = None
 
   def __post_init__(self):
     for name in ("id", "ref_text", "hyp_text"):
@@ -104,6 +109,8 @@ class Utterance:
     # Decoders hand over lists (from JSON or numpy); tuples keep records hashable and comparable.
     self.ref_slots = _as_slots(self.ref_slots, self.id, "ref_slots")
     self.hyp_slots = _as_slots(self.hyp_slots, self.id, "hyp_slots")
+    if self.tf_slots is not None:
+      self.tf_slots = _as_slots(self.tf_slots, self.id, "tf_slots")
 
   def to_json(self) -> dict[str, Any]:
     """A JSON-safe dict (non-finite floats become None, slots lists of [type, value])."""
@@ -578,9 +585,17 @@ def _ratio_arrays(records: Sequence[Utterance], metric: str) -> tuple[np.ndarray
       np.array([bool(r.ref_intent) and r.hyp_intent == r.ref_intent for r in records], np.float64),
       np.array([bool(r.ref_intent) for r in records], np.float64),
     )
-  if metric == "slot_f1":
+  if metric == "tf_intent_acc":
+    scored = [bool(r.ref_intent) and r.tf_slots is not None for r in records]
+    hits = [s and r.tf_intent == r.ref_intent for s, r in zip(scored, records, strict=True)]
+    return np.array(hits, np.float64), np.array(scored, np.float64)
+  if metric in ("slot_f1", "tf_slot_f1"):
+    teacher = metric == "tf_slot_f1"
     counts = [
-      _slot_counts(r.ref_slots, r.hyp_slots) if _has_task_labels(r) else (0, 0, 0) for r in records
+      _slot_counts(r.ref_slots, r.tf_slots if teacher else r.hyp_slots)
+      if _has_task_labels(r) and not (teacher and r.tf_slots is None)
+      else (0, 0, 0)
+      for r in records
     ]
     return (
       np.array([2 * tp for tp, _, _ in counts], np.float64),
@@ -621,12 +636,15 @@ def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
 
   Returns:
     {"n", "wer", "cer", "mer", "lid_acc", "intent_acc", "slot_f1", "slu_f1", "span_f1_word",
-    "span_f1_char", "frame_lid_acc", "boundary_acc", "ece_intent", "hours"};
+    "span_f1_char", "tf_intent_acc", "tf_slot_f1", "frame_lid_acc", "boundary_acc",
+    "ece_intent", "hours"};
     fractions, None where there is no data. LID accuracy is over records with both a reference
     and a predicted language, intent accuracy and ECE over records with a reference intent,
     slot F1, SLU-F1 (`slu_f1`) and its word- and character-level span F1 (`span_distance_f1`)
     over records with an intent or slot annotation (None when none of them has a reference
-    or hypothesis slot), frame LID accuracy over frames
+    or hypothesis slot), the same intent accuracy and slot F1 of the heads on the reference
+    transcript (`tf_*`, teacher forcing) over records that carry them, frame LID accuracy
+    over frames
     with a reference language, boundary accuracy over reference language switches (found
     when the frame LID switches within 80 ms). Where records carry them, also
     "ece_intent_raw" (before calibration), "ece_utterance" / "ece_utterance_raw" (transcript

@@ -36,6 +36,8 @@ CI_METRICS = (
   "slu_f1",
   "span_f1_word",
   "span_f1_char",
+  "tf_intent_acc",
+  "tf_slot_f1",
 )
 _RESERVED = ("model", "decode", "splits")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -201,6 +203,8 @@ _MD_COLUMNS = (
   ("intent acc", "intent_acc"),
   ("slot F1", "slot_f1"),
   ("SLU-F1", "slu_f1"),
+  ("TF intent", "tf_intent_acc"),
+  ("TF slot F1", "tf_slot_f1"),
   ("ECE", "ece_intent"),
 )
 
@@ -282,6 +286,9 @@ _TABLE_COLUMNS = (
   ("LID", "lid_acc"),
   ("intent", "intent_acc"),
   ("slot F1", "slot_f1"),
+  ("SLU-F1", "slu_f1"),
+  ("TF intent", "tf_intent_acc"),
+  ("TF slot F1", "tf_slot_f1"),
 )
 
 

@@ -181,7 +181,13 @@ class MoeAsr(nnx.Module):
     heads = None
     if num_intents > 0 and decoder is not None:
       heads = task_heads.TaskHeads.from_config(
-        _section(cfg.task, dtype=cfg.dtype, num_intents=num_intents, num_slot_tags=num_slot_tags),
+        _section(
+          cfg.task,
+          dtype=cfg.dtype,
+          num_intents=num_intents,
+          num_slot_tags=num_slot_tags,
+          max_words=cfg.decoder.max_len,
+        ),
         rngs=rngs,
       )
     self.task_heads = nnx.data(heads)  # None without intents (a corpus with no task labels).
@@ -249,6 +255,7 @@ class MoeAsr(nnx.Module):
     tokens: jax.Array,
     token_mask: jax.Array,
     token_lang: jax.Array | None = None,
+    token_word: jax.Array | None = None,
   ):
     """Runs the attention decoder (teacher forcing) and the task heads on `tokens`.
 
@@ -263,6 +270,9 @@ class MoeAsr(nnx.Module):
       token_lang: int [B, L] known language of each token (-1 unknown) routes
         decoder tokens to their language's expert; None (inference) routes every
         token by the LID context.
+      token_word: int [B, L] word of each token (-1 none): the pipeline's `token_word`
+        for references, `task_heads.word_index` of hypotheses; read by the word-level
+        slot tagger (None: each token is a word).
 
     Returns:
       (DecoderOutput over L + 1 positions, TaskOutput or None); (None, None)
@@ -301,6 +311,7 @@ class MoeAsr(nnx.Module):
         enc.mask,
         encoded.utt_probs,
         stop_gradient=self.stop_task_gradient,
+        token_word=token_word,
       )
     return dec, task
 
@@ -339,6 +350,7 @@ class MoeAsr(nnx.Module):
       batch["tokens"],
       token_mask,
       batch["token_lang"] if oracle_token_lang else None,
+      token_word=batch.get("token_word"),
     )
     hyp_intent = None
     if hypothesis_task is not False and self.task_heads is not None:

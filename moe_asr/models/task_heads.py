@@ -13,6 +13,17 @@ mixture of the per-language heads weighted by LID posteriors:
 
 so a new language adds one slice (`TaskHeads.add_language`) and leaves the
 existing heads untouched.
+
+Slots are tagged per word (`slot_tagger="word"`, the presets' choice): the bridge's
+token states of each word are pooled (mean and last piece), `WordTagger` runs
+bidirectional layers over the words that also attend to the audio, and one BIO tag
+is predicted per word, as end-to-end SLU taggers and text NER taggers do. Every
+token of a word then carries the word's distribution, and the slot loss reads each
+word once (`pipeline._LoadBatch` puts a word's tag on its last piece only). The words
+of a token sequence come from the tokenizer's word-start table (`word_index`), so
+the same grouping applies to references in training and to hypotheses on device.
+`slot_tagger="token"` keeps the earlier design: a linear head on each causal token
+state.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from flax import nnx
 
 from moe_asr.data import languages
 from moe_asr.models import layers, partitioning
+
+SLOT_TAGGERS = ("token", "word")
 
 
 def _config_dtype(value) -> jnp.dtype:
@@ -131,6 +144,106 @@ class Bridge(nnx.Module):
     return pooled, token_states
 
 
+def word_index(tokens: jax.Array, mask: jax.Array, table: jax.Array) -> jax.Array:
+  """The word of each token, on device: int32 [batch, tokens], -1 for no word.
+
+  Args:
+    tokens: int [batch, tokens].
+    mask: bool [batch, tokens], True = valid.
+    table: int8 [vocab] from `Tokenizer.word_table` (1 starts a word, 0 continues
+      one, -1 belongs to none).
+
+  Words are numbered from 0 in order, as `Tokenizer.word_spans` groups them: a
+  word-start piece opens a word, and so does a continuation piece that follows no
+  word (the sequence start or a symbol).
+  """
+  kind = jnp.where(mask, jnp.asarray(table)[jnp.clip(tokens, 0, table.shape[0] - 1)], -1)
+  previous = jnp.pad(kind[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  starts = (kind == 1) | ((kind == 0) & (previous < 0))
+  words = jnp.cumsum(starts.astype(jnp.int32), axis=1) - 1
+  return jnp.where(kind >= 0, words, -1).astype(jnp.int32)
+
+
+def last_piece_mask(token_word: jax.Array) -> jax.Array:
+  """bool [batch, tokens]: True at the last token of each word (where slot tags are read)."""
+  following = jnp.pad(token_word[:, 1:], ((0, 0), (0, 1)), constant_values=-1)
+  return (token_word >= 0) & (following != token_word)
+
+
+class WordLayer(nnx.Module):
+  """Pre-norm layer over words: bidirectional self-attention, attention to the audio, FFN."""
+
+  def __init__(
+    self, d_model: int, num_heads: int, d_ff: int, dropout: float, *, dtype, rngs: nnx.Rngs
+  ):
+    norm = lambda: layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+    self.self_norm, self.cross_norm, self.ffn_norm = norm(), norm(), norm()
+    self.self_attention = layers.MultiHeadAttention(d_model, num_heads, dtype=dtype, rngs=rngs)
+    self.cross_attention = layers.MultiHeadAttention(d_model, num_heads, dtype=dtype, rngs=rngs)
+    self.ffn = layers.FeedForward(d_model, d_ff, activation="gelu", dtype=dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x, mask, audio, audio_mask):
+    h = self.self_norm(x)
+    x = x + self.dropout(self.self_attention(h, h, key_mask=mask)[0])
+    x = x + self.dropout(self.cross_attention(self.cross_norm(x), audio, key_mask=audio_mask)[0])
+    x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+    return partitioning.constrain(x, ("batch", "length", "embed"))
+
+
+class WordTagger(nnx.Module):
+  """Word states for slot tagging: token states pooled per word, then `WordLayer`s.
+
+  A word's input is a projection of [mean of its token states ; its last token's
+  state] plus a learned embedding of its position among the words. There are
+  min(tokens, max_words) word positions (a word has at least one token), so shapes
+  stay static; tokens of words beyond `max_words` belong to none.
+  """
+
+  def __init__(
+    self,
+    d_model: int,
+    num_heads: int,
+    num_layers: int,
+    d_ff: int,
+    dropout: float,
+    max_words: int,
+    *,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.pool = partitioning.dense(2 * d_model, d_model, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.position_embedding = partitioning.param(
+      rngs, nnx.initializers.normal(0.02), (max_words, d_model), ("length", "embed")
+    )
+    self.layers = nnx.List(
+      [
+        WordLayer(d_model, num_heads, d_ff, dropout, dtype=dtype, rngs=rngs)
+        for _ in range(num_layers)
+      ]
+    )
+    self.norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, token_states, token_word, audio, audio_mask) -> tuple[jax.Array, jax.Array]:
+    """Word states [batch, words, d_model] and their mask (words = min(tokens, max_words))."""
+    positions = self.position_embedding[...]
+    num_words = min(token_states.shape[1], positions.shape[0])
+    words = jnp.arange(num_words)
+    member = (token_word[:, None, :] == words[None, :, None]).astype(jnp.float32)  # [B, W, T]
+    count = member.sum(-1, keepdims=True)
+    word_mask = count[..., 0] > 0
+    x = token_states.astype(jnp.float32)
+    mean = jnp.einsum("bwt,btd->bwd", member, x) / jnp.maximum(count, 1.0)
+    last = member * last_piece_mask(token_word)[:, None, :].astype(jnp.float32)
+    last = jnp.einsum("bwt,btd->bwd", last, x)
+    x = self.pool(jnp.concatenate([mean, last], -1)).astype(jnp.float32)
+    x = jnp.where(word_mask[..., None], x + positions[:num_words], 0.0)
+    for layer in self.layers:
+      x = layer(x, word_mask, audio, audio_mask)
+    x = self.norm(x)
+    return jnp.where(word_mask[..., None], x, 0.0), word_mask
+
+
 @flax.struct.dataclass
 class TaskOutput:
   """Task predictions, all float32.
@@ -168,11 +281,17 @@ class TaskHeads(nnx.Module):
     *,
     token_layers: int = 0,
     d_ff: int | None = None,
+    slot_tagger: str = "token",
+    word_layers: int = 2,
+    max_words: int = 128,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
+    if slot_tagger not in SLOT_TAGGERS:
+      raise ValueError(f"slot_tagger={slot_tagger!r}; expected one of {SLOT_TAGGERS}")
     self.num_languages = num_languages
     self.dtype = dtype
+    self.slot_tagger = slot_tagger
     self.bridge = Bridge(
       d_model,
       num_heads,
@@ -184,6 +303,19 @@ class TaskHeads(nnx.Module):
       rngs=rngs,
     )
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    tagger = None
+    if slot_tagger == "word":
+      tagger = WordTagger(
+        d_model,
+        num_heads,
+        word_layers,
+        d_ff or 4 * d_model,
+        dropout,
+        max_words,
+        dtype=dtype,
+        rngs=rngs,
+      )
+    self.word_tagger = nnx.data(tagger)
     # Each language slice gets its own fan-in scaled init.
     kernel_init = nnx.initializers.variance_scaling(
       1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
@@ -210,7 +342,9 @@ class TaskHeads(nnx.Module):
     Fields: d_model, num_intents, num_slot_tags (required); num_languages
     (default len(LANGUAGE_CODES)), num_heads (4), num_queries (4), dropout (0.0),
     token_layers (0: bidirectional layers over the token states, see `Bridge`), d_ff
-    (their hidden width, 4 * d_model), dtype ("float32" | "bfloat16", default float32).
+    (their hidden width, 4 * d_model), slot_tagger ("token", or "word": `WordTagger`),
+    word_layers (2: its layers), max_words (128: its positions), dtype ("float32" |
+    "bfloat16", default float32).
     """
     fields = {**dict(cfg), **overrides}
     return cls(
@@ -223,6 +357,9 @@ class TaskHeads(nnx.Module):
       dropout=fields.get("dropout", 0.0),
       token_layers=fields.get("token_layers", 0),
       d_ff=fields.get("d_ff"),
+      slot_tagger=fields.get("slot_tagger", "token"),
+      word_layers=fields.get("word_layers", 2),
+      max_words=fields.get("max_words", 128),
       dtype=_config_dtype(fields.get("dtype")),
       rngs=rngs,
     )
@@ -243,6 +380,7 @@ class TaskHeads(nnx.Module):
     *,
     stop_gradient: bool = False,
     token_lang_probs: jax.Array | None = None,
+    token_word: jax.Array | None = None,
   ) -> TaskOutput:
     """Predicts intent and slots.
 
@@ -257,9 +395,12 @@ class TaskHeads(nnx.Module):
       token_lang_probs: optional [batch, tokens, num_languages] per-token
         language posteriors for slot mixing (code-switching); defaults to
         `lang_probs` for every token.
+      token_word: int [batch, tokens] word of each token (-1 none; `word_index`), read
+        by the word tagger; None makes each valid token a word of its own.
 
     Returns:
-      TaskOutput.
+      TaskOutput. With the word tagger, each token's slot distribution is its word's
+      (tokens of no word get a uniform one).
     """
     if stop_gradient:
       lang_probs = jax.lax.stop_gradient(lang_probs)
@@ -272,14 +413,44 @@ class TaskHeads(nnx.Module):
     token_states = self.dropout(token_states)
 
     intent_logits = self._heads(pooled, self.intent_kernel, self.intent_bias, "bd,ldc->blc")
-    slot_logits = self._heads(token_states, self.slot_kernel, self.slot_bias, "btd,ldc->btlc")
     if token_lang_probs is None:
       token_lang_probs = jnp.broadcast_to(
         lang_probs[:, None, :], (*token_states.shape[:2], lang_probs.shape[-1])
       )
+    if self.word_tagger is None:
+      slot_logits = self._heads(token_states, self.slot_kernel, self.slot_bias, "btd,ldc->btlc")
+      slot_log_probs = _mixture_log_probs(slot_logits, token_lang_probs, lang_axis=2)
+    else:
+      if token_word is None:
+        token_word = jnp.where(token_mask, jnp.arange(token_mask.shape[1])[None, :], -1)
+      token_word = jnp.where(token_mask, token_word, -1)
+      audio = jnp.where(enc_mask[..., None], enc_states, 0).astype(jnp.float32)
+      if stop_gradient:
+        audio = jax.lax.stop_gradient(audio)
+      word_states, _ = self.word_tagger(token_states, token_word, audio, enc_mask)
+      token_word = jnp.where(token_word < word_states.shape[1], token_word, -1)
+      word_states = self.dropout(word_states)
+      word_logits = self._heads(word_states, self.slot_kernel, self.slot_bias, "bwd,ldc->bwlc")
+      # A word's language: the mean of its tokens' language posteriors.
+      words = jnp.arange(word_states.shape[1])
+      member = (token_word[:, None, :] == words[None, :, None]).astype(jnp.float32)  # [B, W, T]
+      word_lang = jnp.einsum("bwt,btl->bwl", member, token_lang_probs.astype(jnp.float32))
+      count = member.sum(-1, keepdims=True)
+      # Padding words get a uniform mixture, so no -inf reaches the backward pass.
+      word_lang = jnp.where(
+        count > 0, word_lang / jnp.maximum(count, 1.0), 1.0 / word_lang.shape[-1]
+      )
+      word_log_probs = _mixture_log_probs(word_logits, word_lang, lang_axis=2)  # [B, W, tags]
+      slot_log_probs = jnp.take_along_axis(
+        word_log_probs, jnp.maximum(token_word, 0)[..., None], axis=1
+      )
+      num_tags = word_log_probs.shape[-1]
+      slot_log_probs = jnp.where(
+        (token_word >= 0)[..., None], slot_log_probs, -jnp.log(float(num_tags))
+      )
     return TaskOutput(
       intent_log_probs=_mixture_log_probs(intent_logits, lang_probs, lang_axis=1),
-      slot_log_probs=_mixture_log_probs(slot_logits, token_lang_probs, lang_axis=2),
+      slot_log_probs=slot_log_probs,
       per_language_intent_logits=intent_logits,  # [batch, num_languages, num_intents]
     )
 

@@ -40,6 +40,7 @@ def make_eval_step(
   bias=None,
   eos_id: int = 3,
   tunable: bool = False,
+  word_table: np.ndarray | None = None,
 ) -> Callable:
   """`eval_step(state, rng_state, batch) -> dict of arrays` (jit it).
 
@@ -51,10 +52,17 @@ def make_eval_step(
     bias: a contextual-biasing graph, or None.
     eos_id: the end token.
     tunable: LM/ILM weights come from the batch (see `decode.make_decode_fn`).
+    word_table: the tokenizer's `word_table` (for a word-level slot tagger).
   """
   cfg = decode_cfg if decode_cfg is not None else decode_lib.default_config()
   decode = decode_lib.make_decode_fn(
-    cfg, decoder_max_len=decoder_max_len, lm=lm, bias=bias, eos_id=eos_id, tunable=tunable
+    cfg,
+    decoder_max_len=decoder_max_len,
+    lm=lm,
+    bias=bias,
+    eos_id=eos_id,
+    tunable=tunable,
+    word_table=word_table,
   )
 
   def eval_step(state, rng_state, batch):
@@ -63,6 +71,9 @@ def make_eval_step(
     model.eval()
     out = decode(model, batch)
     out["index"] = batch["index"]
+    if "tf_slot_tags" in out:
+      out["ref_tokens"] = batch["tokens"][:, : out["tf_slot_tags"].shape[1]]
+      out["ref_lengths"] = batch["token_mask"][:, : out["tf_slot_tags"].shape[1]].sum(-1)
     out["example_mask"] = batch["example_mask"]
     return out
 
@@ -174,6 +185,13 @@ def records_from_outputs(
         rec["intent_confidence_raw"] = rec["intent_confidence"]
         rec["intent_confidence"] = float(softmax(log_probs, cal.intent_temperature)[i])
       rec["hyp_slots"] = _slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
+      if "tf_slot_tags" in out and int(out["ref_lengths"][r]) > 0:
+        # The heads on the reference transcript (teacher forcing).
+        m = int(out["ref_lengths"][r])
+        rec["tf_intent"] = vocab.intents[int(np.argmax(out["tf_intent_log_probs"][r]))]
+        rec["tf_slots"] = _slot_spans(
+          out["ref_tokens"][r, :m], out["tf_slot_tags"][r, :m], vocab.slot_tags, tokenizer
+        )
     records.append(metrics_lib.Utterance(**rec))
   return records
 

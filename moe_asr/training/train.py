@@ -129,6 +129,7 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
   loss_cfg = cfg.train.loss.to_dict()
   base_key = cfg.seed + 1000
 
+  @jax.named_scope("optimizer_update")
   def apply_update(state, rng_state, grads):
     ts = nnx.merge(graphdef, rng_state, state)
     ts.optimizer.update(ts.model, grads)
@@ -476,6 +477,7 @@ def make_eval_steps(
     bias=bias,
     eos_id=run.data.tokenizer.eos_id,
     tunable=tunable,
+    word_table=run.data.tokenizer.word_table(),
   )
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   return CompiledSteps(step, run, replicated, donate=False)
