@@ -58,6 +58,13 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   d.long_policy = "skip"  # Utterances beyond the last bucket: "skip" or "cut".
   d.num_threads = 2  # grain reader threads.
   d.prefetch = 4
+  # Easy examples first: global batch i < steps draws only from the easiest f(i) of train
+  # (see `pipeline.Curriculum`); from batch `steps` on, the plain plan of the seed.
+  cur = d.curriculum = ml_collections.ConfigDict()
+  cur.steps = 0  # Global batches the curriculum lasts (0 = off).
+  cur.by = "length"  # Difficulty: "length" (duration), "snr" (clean first) or "length+snr".
+  cur.start_fraction = 0.2  # f(0), in (0, 1]: the easiest fraction batch 0 draws from.
+  cur.schedule = "linear"  # f to 1: "linear" or "sqrt" (competence, Platanios et al. 2019).
 
   m = c.mesh = ml_collections.ConfigDict()
   m.axes = ("data", "fsdp", "expert", "tensor")  # DESIGN §6 mesh axes.

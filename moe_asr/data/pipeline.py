@@ -50,6 +50,85 @@ class Bucket:
   num_frames: int  # Feature frames of `max_samples` (frame-level LID targets).
 
 
+CURRICULUM_ORDERS = ("length", "snr", "length+snr")  # What makes an example hard.
+CURRICULUM_SCHEDULES = ("linear", "sqrt")
+# Random streams of the curriculum (tie-breaking, batches), apart from the plain plan's
+# `[seed, epoch]` ones.
+_CURRICULUM_STREAM = 0x63757272
+
+
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+  """Easy examples first (`config.data.curriculum`).
+
+  Global batch i < `steps` of the plan draws only from the easiest `fraction(i)` of the
+  training examples (those in a bucket), the fraction growing from `start_fraction` to 1;
+  from batch `steps` on the plan is the plain one, the same function of the seed as without
+  a curriculum. Difficulty is the duration ("length"), the added noise ("snr": clean first,
+  then by falling SNR) or the mean of the two percentile ranks ("length+snr"); ties are
+  broken by a seeded permutation. Batch i picks one bucket (in proportion to the full batches
+  its members in the pool make, so batches keep the buckets' shapes and sizes) and samples
+  its rows from them, uniformly from the pool as in Platanios et al. 2019 (without
+  replacement within a batch, independently across batches), from a random stream of
+  (seed, i) alone: every process plans the same batch and a restored iterator continues
+  exactly.
+  """
+
+  steps: int = 0  # Global batches the curriculum lasts (0 = off).
+  by: str = "length"  # One of CURRICULUM_ORDERS.
+  start_fraction: float = 0.2  # Easiest fraction of the examples that batch 0 draws from.
+  # "linear": f(i) = c0 + (1 - c0) i / T; "sqrt": the competence of Platanios et al. 2019,
+  # f(i) = min(1, sqrt(i (1 - c0^2) / T + c0^2)) (c0 = start_fraction, T = steps).
+  schedule: str = "linear"
+
+  def __post_init__(self):
+    if not isinstance(self.steps, int | np.integer) or self.steps < 0:
+      raise ValueError(f"curriculum.steps must be an integer >= 0, got {self.steps!r}")
+    if self.by not in CURRICULUM_ORDERS:
+      raise ValueError(f"curriculum.by must be one of {CURRICULUM_ORDERS}, got {self.by!r}")
+    if not 0.0 < self.start_fraction <= 1.0:
+      raise ValueError(f"curriculum.start_fraction must be in (0, 1], got {self.start_fraction}")
+    if self.schedule not in CURRICULUM_SCHEDULES:
+      raise ValueError(
+        f"curriculum.schedule must be one of {CURRICULUM_SCHEDULES}, got {self.schedule!r}"
+      )
+
+  @property
+  def enabled(self) -> bool:
+    return self.steps > 0
+
+  @property
+  def uses_snr(self) -> bool:
+    """Whether planning needs every example's `snr_db`."""
+    return self.enabled and "snr" in self.by
+
+  def fraction(self, index: int) -> float:
+    """The easiest fraction of the examples that global batch `index` draws from."""
+    if index >= self.steps:
+      return 1.0
+    c0, t = self.start_fraction, index / self.steps
+    if self.schedule == "linear":
+      return c0 + (1.0 - c0) * t
+    return min(1.0, math.sqrt(t * (1.0 - c0**2) + c0**2))
+
+  @classmethod
+  def from_config(cls, cfg: Curriculum | Mapping[str, Any] | None) -> Curriculum:
+    """Builds from a ConfigDict/dict (None: off); unknown keys are an error."""
+    if cfg is None:
+      return cls()
+    if isinstance(cfg, cls):
+      return cfg
+    values = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ValueError(f"Unknown curriculum settings {unknown}")
+    if "steps" in values:
+      values["steps"] = int(values["steps"])
+    if "start_fraction" in values:
+      values["start_fraction"] = float(values["start_fraction"])
+    return cls(**values)
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """Settings of the input pipeline (`config.data` in experiment configs)."""
@@ -68,6 +147,12 @@ class PipelineConfig:
   num_epochs: int | None = None  # None repeats forever.
   num_threads: int = 2  # grain reader threads.
   prefetch: int = 4  # Batches prefetched by grain.
+  # Easy examples first for the first global batches (training); off by default.
+  curriculum: Curriculum = dataclasses.field(default_factory=Curriculum)
+
+  def __post_init__(self):
+    if self.curriculum.enabled and not self.shuffle:
+      raise ValueError("A curriculum samples its batches at random: it needs shuffle=True")
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | None = None, **overrides) -> PipelineConfig:
@@ -80,6 +165,8 @@ class PipelineConfig:
     values.update(overrides)
     if "buckets" in values:
       values["buckets"] = tuple((float(s), int(b)) for s, b in values["buckets"])
+    if "curriculum" in values:
+      values["curriculum"] = Curriculum.from_config(values["curriculum"])
     return cls(**values)
 
 
@@ -151,33 +238,78 @@ def data_source(name: str, split: str, *, data_dir: str | None = None, config: s
   return builder.as_data_source(split=split, decoders={"audio": tfds.decode.SkipDecoding()})
 
 
-def example_lengths(
-  source: Sequence[Mapping[str, Any]], cache_file: str | None = None
-) -> np.ndarray:
-  """Audio lengths (samples) of every example, cached in `cache_file` when given.
+def _audio_length(ex: Mapping[str, Any]) -> int:
+  return len(ex["audio"])
 
-  The cache is keyed by the number of examples and written atomically; an
-  unreadable or mismatching cache is recomputed, never trusted.
+
+def _snr_db(ex: Mapping[str, Any]) -> float:
+  return float(ex.get("snr_db", schema.CLEAN_SNR_DB))
+
+
+# What `example_columns` reads of every example: name -> (dtype, reader).
+EXAMPLE_COLUMNS = {
+  "lengths": (np.int64, _audio_length),  # Audio samples.
+  "snr_db": (np.float32, _snr_db),  # Added-noise SNR; schema.CLEAN_SNR_DB (inf) when clean.
+}
+
+
+def example_columns(
+  source: Sequence[Mapping[str, Any]], cache_files: Mapping[str, str | None]
+) -> dict[str, np.ndarray]:
+  """Per-example values (`EXAMPLE_COLUMNS`) of every example, each cached in its file.
+
+  `cache_files` maps each wanted column to its cache file (None: not cached). The columns
+  that no cache holds are read in one pass over the source. A cache is keyed by the number
+  of examples and its dtype and written atomically; an unreadable or mismatching cache is
+  recomputed, never trusted.
   """
+  unknown = sorted(set(cache_files) - set(EXAMPLE_COLUMNS))
+  if unknown:
+    raise ValueError(f"Unknown example columns {unknown}; known: {sorted(EXAMPLE_COLUMNS)}")
   n = len(source)
-  if cache_file and os.path.exists(cache_file):
-    try:
-      cached = np.load(cache_file)
-      if cached.shape == (n,):
-        return cached
-    except (OSError, ValueError) as e:
-      logging.warning("Ignoring unreadable length cache %s: %s", cache_file, e)
-  lengths = np.fromiter((len(source[i]["audio"]) for i in range(n)), np.int64, count=n)
-  if cache_file:
+  out = {}
+  for name, cache_file in cache_files.items():
+    if cache_file and os.path.exists(cache_file):
+      try:
+        cached = np.load(cache_file)
+        if cached.shape == (n,) and cached.dtype == EXAMPLE_COLUMNS[name][0]:
+          out[name] = cached
+      except (OSError, ValueError) as e:
+        logging.warning("Ignoring unreadable %s cache %s: %s", name, cache_file, e)
+  missing = [name for name in cache_files if name not in out]
+  if not missing:
+    return out
+  for name in missing:
+    out[name] = np.empty(n, EXAMPLE_COLUMNS[name][0])
+  for i in range(n):
+    ex = source[i]
+    for name in missing:
+      out[name][i] = EXAMPLE_COLUMNS[name][1](ex)
+  for name in missing:
+    cache_file = cache_files[name]
+    if not cache_file:
+      continue
     try:
       tmp = f"{cache_file}.tmp{os.getpid()}"
       pathlib.Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
       with open(tmp, "wb") as f:
-        np.save(f, lengths)
+        np.save(f, out[name])
       os.replace(tmp, cache_file)
     except OSError as e:
-      logging.warning("Could not write length cache %s: %s", cache_file, e)
-  return lengths
+      logging.warning("Could not write %s cache %s: %s", name, cache_file, e)
+  return out
+
+
+def example_lengths(
+  source: Sequence[Mapping[str, Any]], cache_file: str | None = None
+) -> np.ndarray:
+  """Audio lengths (samples) of every example, cached in `cache_file` when given."""
+  return example_columns(source, {"lengths": cache_file})["lengths"]
+
+
+def example_snr(source: Sequence[Mapping[str, Any]], cache_file: str | None = None) -> np.ndarray:
+  """`snr_db` of every example (inf: clean), cached in `cache_file` when given."""
+  return example_columns(source, {"snr_db": cache_file})["snr_db"]
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +357,86 @@ def plan_epoch(
   return batches
 
 
-class _PlanSource:
-  """Random access to the (epoch-concatenated) batch plan: grain's source."""
+def _tied_ranks(x: np.ndarray) -> np.ndarray:
+  """Rank of every value scaled to [0, 1], ties sharing their mean rank."""
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  mean_rank = np.cumsum(counts) - (counts + 1) / 2
+  return mean_rank[inverse.reshape(-1)] / max(len(x) - 1, 1)
 
-  def __init__(self, bucket_ids, buckets, cfg: PipelineConfig):
+
+def curriculum_order(
+  bucket_ids: np.ndarray,
+  by: str,
+  *,
+  seed: int,
+  lengths: np.ndarray | None = None,
+  snr_db: np.ndarray | None = None,
+) -> np.ndarray:
+  """The examples that are in a bucket, easiest first (`Curriculum.by`).
+
+  "length": shortest first; "snr": clean (inf) first, then by falling SNR (NaN last);
+  "length+snr": by the mean of the two percentile ranks (ties at their mean rank). Equally
+  hard examples come in an order drawn from `seed`.
+  """
+  if by not in CURRICULUM_ORDERS:
+    raise ValueError(f"curriculum.by must be one of {CURRICULUM_ORDERS}, got {by!r}")
+  members = np.flatnonzero(np.asarray(bucket_ids) >= 0)
+  keys = []
+  if "length" in by:
+    keys.append(_tied_ranks(np.asarray(lengths)[members]))
+  if "snr" in by:
+    if snr_db is None or len(snr_db) != len(bucket_ids):
+      raise ValueError("A curriculum by SNR needs the snr_db of every example")
+    snr = np.asarray(snr_db, np.float64)[members]
+    keys.append(_tied_ranks(-np.where(np.isnan(snr), -np.inf, snr)))
+  difficulty = np.mean(keys, axis=0)
+  shuffled = np.random.default_rng([seed, _CURRICULUM_STREAM, 0]).permutation(len(members))
+  return members[shuffled[np.argsort(difficulty[shuffled], kind="stable")]]
+
+
+class _CurriculumPlan:
+  """The batches of a curriculum (see `Curriculum`), each a function of its index alone."""
+
+  def __init__(self, order, bucket_ids, buckets, curriculum: Curriculum, seed: int):
+    self.curriculum, self.seed, self.total = curriculum, seed, len(order)
+    self.batch_sizes = np.asarray([b.batch_size for b in buckets], np.int64)
+    ranked = np.asarray(bucket_ids)[order]
+    # Per bucket: its members easiest first, and their positions in `order`.
+    self.members = [order[ranked == b] for b in range(len(buckets))]
+    self.positions = [np.flatnonzero(ranked == b) for b in range(len(buckets))]
+    # The smallest pool that fills a batch of some bucket.
+    ends = [
+      int(pos[size - 1]) + 1
+      for pos, size in zip(self.positions, self.batch_sizes, strict=True)
+      if len(pos) >= size
+    ]
+    if not ends:
+      raise ValueError("A curriculum needs a bucket that holds a full batch of examples")
+    self.min_pool = min(ends)
+
+  def pool_size(self, index: int) -> int:
+    """How many of the easiest examples batch `index` draws from."""
+    wanted = math.ceil(round(self.curriculum.fraction(index) * self.total, 6))
+    return min(self.total, max(self.min_pool, wanted))
+
+  def __call__(self, index: int) -> tuple[int, np.ndarray]:
+    pool = self.pool_size(index)
+    available = np.asarray([np.searchsorted(pos, pool) for pos in self.positions], np.int64)
+    full = np.cumsum(available // self.batch_sizes)
+    rng = np.random.default_rng([self.seed, _CURRICULUM_STREAM, 1, index])
+    b = int(np.searchsorted(full, rng.integers(full[-1]), side="right"))
+    rows = rng.choice(int(available[b]), size=int(self.batch_sizes[b]), replace=False)
+    return b, self.members[b][rows].astype(np.int64)
+
+
+class _PlanSource:
+  """Random access to the (epoch-concatenated) batch plan: grain's source.
+
+  With a curriculum, its batches take the first `curriculum.steps` places; the plain
+  plan's batches at those places are left out, those after them are unchanged.
+  """
+
+  def __init__(self, bucket_ids, buckets, cfg: PipelineConfig, curriculum_order=None):
     self._bucket_ids, self._buckets, self._cfg = bucket_ids, buckets, cfg
     self._cache: dict[int, list] = {}
     self._lock = threading.Lock()
@@ -238,6 +446,13 @@ class _PlanSource:
         "The batch plan is empty: no bucket gets a full batch "
         f"({np.bincount(bucket_ids[bucket_ids >= 0], minlength=len(buckets)).tolist()} "
         f"examples per bucket for batch sizes {[b.batch_size for b in buckets]})."
+      )
+    self.curriculum = None
+    if cfg.curriculum.enabled:
+      if curriculum_order is None:
+        raise ValueError("A curriculum needs the examples' difficulty order")
+      self.curriculum = _CurriculumPlan(
+        np.asarray(curriculum_order, np.int64), bucket_ids, buckets, cfg.curriculum, cfg.seed
       )
 
   def _epoch(self, epoch: int):
@@ -261,7 +476,10 @@ class _PlanSource:
     return self.batches_per_epoch * (self._cfg.num_epochs or 10**9)
 
   def __getitem__(self, index: int):
-    epoch, i = divmod(int(index), self.batches_per_epoch)
+    index = int(index)
+    if self.curriculum is not None and index < self._cfg.curriculum.steps:
+      return self.curriculum(index)
+    epoch, i = divmod(index, self.batches_per_epoch)
     return self._epoch(epoch)[i]
 
 
@@ -338,6 +556,7 @@ class _LoadBatch:
     self.process_index, self.process_count = process_index, process_count
     self.intent_ids = {name: i for i, name in enumerate(vocab.intents)}
     self.slot_ids = {name: i for i, name in enumerate(vocab.slot_tags)}
+    self.phones = None  # A phonemes.PhoneInventory, set by Pipeline.
     self.stats: dict[str, int] = {}
     self._lock = threading.Lock()
 
@@ -434,16 +653,32 @@ class _LoadBatch:
       batch["token_lang"][r, :n] = (
         [word_lang_ids[w] for w in token_word] if word_lang_ids else NO_LABEL
       )
+      batch["token_word"][r, :n] = token_word
       slots = ex.get("slots", {"type": [], "value": []})
       pairs = list(
         zip([_as_str(t) for t in slots["type"]], [_as_str(v) for v in slots["value"]], strict=True)
       )
       if pairs or intent:
-        # Every piece of a word carries the word's tag: the task heads read causal decoder
-        # states, so the word's last piece (the state that has read the whole word) is the
-        # one inference reads (`evaluate._slot_spans`).
+        # One target a word, on its last piece: the piece inference reads
+        # (`evaluate._slot_spans`), and with the word tagger every piece of a word
+        # carries the word's distribution, so the loss counts each word once.
         word_tags = slot_word_tags(words, pairs)
-        batch["slot_tags"][r, :n] = [self.slot_ids.get(word_tags[w], NO_LABEL) for w in token_word]
+        for p, w in enumerate(token_word):
+          if p + 1 == n or token_word[p + 1] != w:
+            batch["slot_tags"][r, p] = self.slot_ids.get(word_tags[w], NO_LABEL)
+    if self.phones is not None:
+      phone_ids = self.phones.encode(_as_str(ex.get("phonemes", "")))
+      if not phone_ids:
+        self._count("no_phonemes")
+      elif len(phone_ids) > batch["phones"].shape[1]:
+        self._count("phones_too_long")  # Kept for the other losses; no phone target.
+      else:
+        batch["phones"][r, : len(phone_ids)] = phone_ids
+        batch["phone_mask"][r, : len(phone_ids)] = True
+
+
+def _phone_width(bucket: Bucket) -> int:
+  return -(-(bucket.num_frames // 4 + 1) // 8) * 8
 
 
 def _empty_batch(bucket: Bucket, rows: int, max_lang_runs: int) -> dict[str, np.ndarray]:
@@ -455,7 +690,13 @@ def _empty_batch(bucket: Bucket, rows: int, max_lang_runs: int) -> dict[str, np.
     "tokens": np.zeros((rows, bucket.max_tokens), np.int32),  # [batch, tokens], 0 = pad
     "token_mask": np.zeros((rows, bucket.max_tokens), bool),
     "token_lang": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),
-    "slot_tags": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),  # BIO per token.
+    # BIO tag of each word, on the word's last token (-1 elsewhere).
+    "slot_tags": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),
+    "token_word": np.full((rows, bucket.max_tokens), NO_LABEL, np.int32),  # Word of each token.
+    # Phone ids (moe_asr.data.phonemes, word boundaries included), 0 = pad; phone CTC targets.
+    # As many as encoder frames (40 ms; more could not align), a multiple of 8.
+    "phones": np.zeros((rows, _phone_width(bucket)), np.int32),
+    "phone_mask": np.zeros((rows, _phone_width(bucket)), bool),
     "words_lang": np.full((rows, bucket.max_words), NO_LABEL, np.int32),
     "lang_runs": np.full((rows, max_lang_runs), NO_LABEL, np.int32),  # Languages of word runs.
     "frame_lang": np.full((rows, bucket.num_frames), NO_LABEL, np.int32),  # 10 ms frames.
@@ -491,9 +732,14 @@ class Pipeline:
     feature_cfg: features_lib.FeatureConfig | None = None,
     lengths: np.ndarray | None = None,
     length_cache: str | None = None,
+    snr_db: np.ndarray | None = None,
+    snr_cache: str | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    phones=None,
   ):
+    """`phones`: a `phonemes.PhoneInventory` turning the examples' stored `phonemes` into
+    `phones` targets (phone CTC); None leaves them empty."""
     if process_index is None or process_count is None:
       import jax
 
@@ -505,17 +751,32 @@ class Pipeline:
       if b.batch_size % process_count:
         raise ValueError(f"Batch size {b.batch_size} is not divisible by {process_count} processes")
     self.source = source
-    self.lengths = example_lengths(source, length_cache) if lengths is None else np.asarray(lengths)
+    # Lengths, and the SNRs that a curriculum by SNR ranks by, in one pass over the source.
+    wanted = {}
+    if lengths is None:
+      wanted["lengths"] = length_cache
+    if snr_db is None and cfg.curriculum.uses_snr:
+      wanted["snr_db"] = snr_cache
+    scanned = example_columns(source, wanted) if wanted else {}
+    self.lengths = np.asarray(scanned.get("lengths", lengths))
+    snr_db = scanned.get("snr_db", snr_db)
+    self.snr_db = None if snr_db is None else np.asarray(snr_db, np.float32)
     self.bucket_ids = assign_buckets(self.lengths, self.buckets, cfg.long_policy)
     if vocab is None:
       from moe_asr.data.synth import grammar
 
       vocab = Vocabularies(grammar.INTENTS, grammar.SLOT_TYPES)
     self.vocab = vocab
-    self._plan = _PlanSource(self.bucket_ids, self.buckets, cfg)
+    order = None
+    if cfg.curriculum.enabled:
+      order = curriculum_order(
+        self.bucket_ids, cfg.curriculum.by, seed=cfg.seed, lengths=self.lengths, snr_db=self.snr_db
+      )
+    self._plan = _PlanSource(self.bucket_ids, self.buckets, cfg, order)
     self._load = _LoadBatch(
       source, self.buckets, cfg, tokenizer, vocab, self.feature_cfg, process_index, process_count
     )
+    self._load.phones = phones
     too_long = int(np.sum(self.lengths > self.buckets[-1].max_samples))
     self.plan_stats = {
       "examples": len(self.lengths),
@@ -526,6 +787,17 @@ class Pipeline:
       ).tolist(),
       "batches_per_epoch": self._plan.batches_per_epoch,
     }
+    if self._plan.curriculum is not None:
+      curriculum = self._plan.curriculum
+      # The easiest examples the first batch draws from: at least a full batch of a bucket.
+      self.plan_stats["curriculum_start_examples"] = curriculum.pool_size(0)
+      logging.info(
+        "Curriculum by %s over %d batches: from the easiest %d of %d examples",
+        cfg.curriculum.by,
+        cfg.curriculum.steps,
+        curriculum.pool_size(0),
+        curriculum.total,
+      )
     if too_long:
       logging.warning(
         "%d of %d utterances are longer than the last bucket (%.1f s): policy %r",

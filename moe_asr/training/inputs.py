@@ -37,6 +37,16 @@ class RunData:
   metadata: dict  # Dataset metadata (bias phrases of the embedded corpus, ...).
 
   @property
+  def phones(self):
+    """The dataset's phone inventory (`phonemes.PhoneInventory`), or None."""
+    stored = self.metadata.get("phone_inventory")
+    if not stored:
+      return None
+    from moe_asr.data import phonemes
+
+    return phonemes.PhoneInventory.from_json(stored)
+
+  @property
   def num_intents(self) -> int:
     return len(self.vocab.intents)
 
@@ -123,6 +133,15 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
       saved["metadata"],
     )
   metadata = dict(builder.info.metadata or {}) if builder is not None else {}
+  if builder is None and cfg.data.name.startswith("local_manifest/"):
+    import tensorflow_datasets as tfds
+
+    import moe_asr.data.builders  # noqa: F401
+
+    local = tfds.builder(cfg.data.name, data_dir=cfg.data.data_dir)
+    stored = (local.info.metadata or {}).get("phone_inventory") if local.is_prepared() else None
+    if stored:
+      metadata["phone_inventory"] = stored
   own = pathlib.Path(workdir) / "tokenizer.model"  # A tokenizer trained for this run.
   vocab_size = cfg.data.get("vocab_size", 0)
   if cfg.data.get("tokenizer"):
@@ -157,11 +176,15 @@ def split_source(cfg: ml_collections.ConfigDict, split: str):
   )
 
 
-def _length_cache(cfg: ml_collections.ConfigDict, split: str) -> str | None:
+def _example_cache(
+  cfg: ml_collections.ConfigDict, split: str, column: str = "lengths"
+) -> str | None:
+  """Cache file of a per-example column (`pipeline.EXAMPLE_COLUMNS`) of a split."""
   if not cfg.data.data_dir or "://" in str(cfg.data.data_dir):
     return None
   name = cfg.data.name.replace("/", "_") + (f"_{cfg.data.config}" if cfg.data.config else "")
-  return str(pathlib.Path(cfg.data.data_dir) / "lengths" / f"{name}_{split}.npy")
+  suffix = "" if column == "lengths" else f".{column}"
+  return str(pathlib.Path(cfg.data.data_dir) / "lengths" / f"{name}_{split}{suffix}.npy")
 
 
 def make_pipeline(
@@ -181,10 +204,21 @@ def make_pipeline(
   than the last training bucket, one more bucket (the longest clip, rounded up to
   0.5 s, at the last bucket's batch size) is added for it (one more compile) instead
   of skipping them.
+
+  A training pipeline follows `config.data.curriculum` (easy examples first); an evaluation
+  one never does.
   """
   source = split_source(cfg, split)
-  lengths = pipeline_lib.example_lengths(source, _length_cache(cfg, split))
   overrides = dict(overrides or {})
+  curriculum = pipeline_lib.Curriculum.from_config(
+    overrides.get("curriculum", cfg.data.get("curriculum")) if train else None
+  )
+  overrides["curriculum"] = curriculum
+  columns = {"lengths": _example_cache(cfg, split)}
+  if curriculum.uses_snr:
+    columns["snr_db"] = _example_cache(cfg, split, "snr_db")
+  scanned = pipeline_lib.example_columns(source, columns)
+  lengths = scanned["lengths"]
   if not train and "buckets" not in overrides and len(lengths):
     buckets = tuple(tuple(b) for b in cfg.data.buckets)
     longest = float(np.max(lengths)) / schema.SAMPLE_RATE
@@ -198,13 +232,25 @@ def make_pipeline(
     num_epochs=None if train else 1,
     **overrides,
   )
+  phones = None
+  if cfg.model.get("phone_ctc") and cfg.model.phone_ctc.layers:
+    phones = data.phones
+    if phones is None:
+      _LOG.warning("%s has no phone inventory: the phone CTC has no targets", cfg.data.name)
+    elif phones.size > cfg.model.phone_ctc.vocab_size:
+      raise ValueError(
+        f"{cfg.data.name} has {phones.size} phone ids, more than model.phone_ctc.vocab_size="
+        f"{cfg.model.phone_ctc.vocab_size}"
+      )
   return pipeline_lib.Pipeline(
     source,
     pcfg,
+    phones=phones,
     tokenizer=data.tokenizer,
     vocab=data.vocab,
     feature_cfg=features_lib.FeatureConfig.from_config(cfg.model.features),
     lengths=lengths,
+    snr_db=scanned.get("snr_db"),
     process_index=process_index,
     process_count=process_count,
   )
