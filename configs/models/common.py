@@ -85,6 +85,10 @@ def model_config(
   # also reads, each with its own CTC loss (weight `train.loss.inter_ctc`); self_condition
   # adds a projection of their posteriors to the next block's input (self-conditioned CTC).
   m.inter_ctc = ml_collections.ConfigDict(dict(layers=(), self_condition=True))
+  # Phone CTC: encoder blocks whose outputs a CTC head over the dataset's shared phone
+  # inventory reads (G2P of the transcripts; weight `train.loss.phone_ctc`); vocab_size is
+  # the head's outputs (>= the inventory's ids; room for the phones of new languages).
+  m.phone_ctc = ml_collections.ConfigDict(dict(layers=(), vocab_size=256))
 
   d = m.decoder = ml_collections.ConfigDict()
   d.d_model = d_model

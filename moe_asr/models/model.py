@@ -14,6 +14,8 @@ returns one `MoeAsrOutput`; the losses live in `training/losses.py`.
 
 from __future__ import annotations
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,8 @@ class MoeAsrOutput:
   hyp_intent_log_probs: jax.Array | None = None
   # Intermediate CTC logits, one [batch, frames * ctc_upsample, vocab] per `inter_ctc.layers`.
   inter_ctc_logits: tuple = ()
+  # Phone CTC logits, one [batch, frames, phone vocab] per `phone_ctc.layers`.
+  phone_ctc_logits: tuple = ()
 
 
 @flax.struct.dataclass
@@ -70,6 +74,7 @@ class Encoded:
   frame_lang: jax.Array  # [batch, frames] frame language targets at encoder rate (-1 unknown)
   utt_probs: jax.Array  # [batch, languages] utterance LID posterior
   inter_ctc_logits: tuple = ()  # Intermediate CTC logits per `inter_ctc.layers`.
+  phone_ctc_logits: tuple = ()  # Phone CTC logits per `phone_ctc.layers` (encoder rate).
 
 
 def _section(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
@@ -172,6 +177,25 @@ class MoeAsr(nnx.Module):
         vocab_size, d_model, ("vocab", "embed"), rngs=rngs, dtype=self.dtype
       )
     self.inter_ctc_conditioner = nnx.data(conditioner)
+    # Phone CTC: a CTC head over one phone inventory shared by every language
+    # (`moe_asr.data.phonemes`, G2P of the transcripts) on these encoder blocks, at the
+    # encoder rate. A target that every language shares and that follows the sound more
+    # closely than spelling does, for the lower blocks (as phonetic intermediate targets in
+    # multilingual CTC; e.g. Zhang et al. 2021, "Phone-to-word" / Xu et al. 2021). The head
+    # has `vocab_size` outputs, at least the inventory's size, so a grown inventory (a new
+    # language) keeps its shape.
+    phone = cfg.get("phone_ctc") or ml_collections.ConfigDict({"layers": ()})
+    self.phone_ctc_layers = tuple(sorted({int(i) for i in phone.layers}))
+    if any(not 0 <= i < cfg.encoder.num_layers for i in self.phone_ctc_layers):
+      raise ValueError(
+        f"model.phone_ctc.layers={tuple(phone.layers)}: blocks in [0, {cfg.encoder.num_layers})"
+      )
+    phone_head = None
+    if self.phone_ctc_layers:
+      phone_head = partitioning.dense(
+        d_model, int(phone.vocab_size), ("embed", "vocab"), rngs=rngs, dtype=self.dtype
+      )
+    self.phone_ctc_head = nnx.data(phone_head)
     decoder = None
     if cfg.decoder.num_layers > 0:
       decoder = decoder_lib.TransformerDecoder.from_config(
@@ -214,20 +238,23 @@ class MoeAsr(nnx.Module):
       frame_lang = jnp.full(feats.shape[:2], -1, jnp.int32)
     frame_lang = conformer.subsample_frame_targets(frame_lang[:, : feats.shape[1]], int(enc_frames))
     oracle = lid.oracle_lang_probs(frame_lang, frame_lang >= 0, num_languages)
+    taps = {
+      i: functools.partial(self._tap, block=i)
+      for i in (*self.inter_ctc_layers, *self.phone_ctc_layers)
+    }
     enc = self.encoder(
-      feats,
-      frame_mask,
-      oracle_lang_probs=oracle,
-      oracle_mix=oracle_mix,
-      intermediate={i: self._inter_ctc for i in self.inter_ctc_layers},
+      feats, frame_mask, oracle_lang_probs=oracle, oracle_mix=oracle_mix, intermediate=taps
     )
+    blocks = sorted(taps)  # The encoder returns the taps in block order.
+    outputs = dict(zip(blocks, enc.intermediate, strict=True))
     return Encoded(
       enc=enc,
       ctc_logits=self._ctc_logits(enc.x),
       ctc_mask=jnp.repeat(enc.mask, self.ctc_upsample, axis=1),
       frame_lang=jnp.where(enc.mask, frame_lang, -1),
       utt_probs=jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1),
-      inter_ctc_logits=enc.intermediate,
+      inter_ctc_logits=tuple(outputs[i]["ctc"] for i in self.inter_ctc_layers),
+      phone_ctc_logits=tuple(outputs[i]["phones"] for i in self.phone_ctc_layers),
     )
 
   def _ctc_logits(self, x: jax.Array) -> jax.Array:
@@ -236,6 +263,17 @@ class MoeAsr(nnx.Module):
       batch_size, frames, width = x.shape
       x = self.ctc_upsampler(x).reshape(batch_size, frames * self.ctc_upsample, width)
     return self.ctc_head(x).astype(jnp.float32)
+
+  def _tap(self, x: jax.Array, mask: jax.Array, *, block: int):
+    """An encoder tap: ({"phones": phone CTC logits, "ctc": intermediate CTC logits} as
+    configured for the block, what the next block reads). Phones read the block's output
+    before self-conditioning changes it."""
+    out = {}
+    if block in self.phone_ctc_layers:
+      out["phones"] = self.phone_ctc_head(x).astype(jnp.float32)
+    if block in self.inter_ctc_layers:
+      out["ctc"], x = self._inter_ctc(x, mask)
+    return out, x
 
   def _inter_ctc(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """An intermediate CTC tap: (its logits, what the next encoder block reads)."""
@@ -404,4 +442,5 @@ class MoeAsr(nnx.Module):
       decoder_expert_load=jnp.zeros((0, 1), jnp.float32) if dec is None else dec.expert_load,
       hyp_intent_log_probs=hyp_intent,
       inter_ctc_logits=encoded.inter_ctc_logits,
+      phone_ctc_logits=encoded.phone_ctc_logits,
     )

@@ -1,6 +1,7 @@
 """The joint objective (DESIGN §6).
 
-`loss = w_ctc*ctc + w_inter_ctc*mean(intermediate ctc) + w_att*ce + w_lid*(lid + utt_lid)
+`loss = w_ctc*ctc + w_inter_ctc*mean(intermediate ctc) + w_phone_ctc*mean(phone ctc) + w_att*ce
+        + w_lid*(lid + utt_lid)
         + w_task*(intent + slots) + w_task_hyp*intent_on_hypothesis + w_aux*moe`
 
 Every term is a mean over what it supervises (CTC and attention CE per label
@@ -26,7 +27,7 @@ from moe_asr.models.model import MoeAsrOutput
 from moe_asr.models.moe import MoeAux
 
 # Terms of the joint loss, in the order they are logged.
-TERMS = ("ctc", "inter_ctc", "att", "lid", "task", "task_hyp", "aux")
+TERMS = ("ctc", "inter_ctc", "phone_ctc", "att", "lid", "task", "task_hyp", "aux")
 
 
 def loss_config() -> ml_collections.ConfigDict:
@@ -34,6 +35,7 @@ def loss_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.ctc = 0.3  # CTC on the encoder.
   c.inter_ctc = 0.0  # Mean CTC of the intermediate taps (`model.inter_ctc.layers`).
+  c.phone_ctc = 0.0  # Mean phone CTC of `model.phone_ctc.layers` (per phone-labelled token).
   c.att = 0.7  # Attention-decoder cross-entropy (teacher forcing).
   c.lid = 0.3  # Frame / language-run / utterance LID.
   c.task = 0.5  # Intent + slot tags through the bridge.
@@ -49,6 +51,7 @@ def loss_config() -> ml_collections.ConfigDict:
   # (start_step, ramp_steps) per term: 0 before start, linear up to the weight after.
   c.ctc_warmup = (0, 0)
   c.inter_ctc_warmup = (0, 0)
+  c.phone_ctc_warmup = (0, 0)
   c.att_warmup = (0, 0)
   c.lid_warmup = (0, 0)
   c.task_warmup = (0, 0)
@@ -70,6 +73,7 @@ def _safe_mean(total: jax.Array, count: jax.Array) -> jax.Array:
   return total / jnp.maximum(count, 1.0)
 
 
+@jax.named_scope("ctc_loss")
 def ctc_loss(
   logits: jax.Array,
   mask: jax.Array,
@@ -121,6 +125,7 @@ def moe_aux_loss(aux: MoeAux, cfg: Mapping) -> jax.Array:
   )
 
 
+@jax.named_scope("losses")
 def joint_loss(
   out: MoeAsrOutput,
   batch: Mapping[str, jax.Array],
@@ -154,6 +159,15 @@ def joint_loss(
     inter_ctc += ctc_loss(logits, out.ctc_mask, tokens, token_mask, example_mask)[0]
   inter_ctc /= max(len(out.inter_ctc_logits), 1)
   metrics["inter_ctc"] = inter_ctc
+  phone_ctc = jnp.zeros((), jnp.float32)
+  if out.phone_ctc_logits and "phones" in batch:
+    # Rows without phones (a dataset or language without G2P) supervise nothing here.
+    has_phones = example_mask & batch["phone_mask"].any(-1)
+    phone_mask = batch["phone_mask"] & has_phones[:, None]
+    for logits in out.phone_ctc_logits:
+      phone_ctc += ctc_loss(logits, out.enc_mask, batch["phones"], phone_mask, has_phones)[0]
+    phone_ctc /= len(out.phone_ctc_logits)
+  metrics["phone_ctc"] = phone_ctc
 
   if out.decoder_logits is not None:
     # The decoder predicts the tokens, then eos.
@@ -221,6 +235,7 @@ def joint_loss(
   values = {
     "ctc": ctc,
     "inter_ctc": inter_ctc,
+    "phone_ctc": phone_ctc,
     "att": att,
     "lid": frame_lid + utt_lid,
     "task": task,
