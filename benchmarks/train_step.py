@@ -1,7 +1,8 @@
 """Training-step throughput and MFU of a config, float32 against bfloat16, in one run.
 
     python benchmarks/train_step.py --config configs/demo.py [--seconds 2.4 --batch 24] \
-        [--repeats 10] [--dtypes float32,bfloat16] [--set model.decoder.num_layers=0 ...]
+        [--repeats 10] [--dtypes float32,bfloat16] [--set model.decoder.num_layers=0 ...] \
+        [--no-breakdown] [--profile-steps 3] [--trace-dir DIR] [--json out.json]
 
 For each compute dtype it builds the real train state and the jitted, donated
 train step (`moe_asr.training.train.make_train_step`) on one synthetic batch of
@@ -10,11 +11,21 @@ steps (median). It reports steps/s, seconds of audio per second (x real time),
 the step's FLOPs from XLA's cost analysis, and MFU against a matmul peak
 measured here on the same machine (a 2048^3 matmul in the same dtype), plus
 the bfloat16 / float32 speed ratio. No dataset is needed.
+
+The breakdown (on unless --no-breakdown; a few seconds on top of the compile) traces
+`--profile-steps` more steps with `jax.profiler` and splits their wall time between
+the parts of the model (`PARTS`), forward and backward together, from the named
+scopes of the model code and, where there is none, the Python function that traced
+each op (`step_profile.py` says how). The traced steps run a little slower than the
+untimed ones (the profiler records some 15 000 thunks a step on the demo config).
+Input wait is not measured: the batch is synthetic and already on the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
 
@@ -26,7 +37,155 @@ from moe_asr import config_lib
 from moe_asr.data import features
 from moe_asr.training import sharding, train
 
+if __package__:
+  from . import step_profile
+else:  # Run as a script: this directory is on sys.path.
+  import step_profile
+
 VOCAB, INTENTS, SLOT_TAGS = 1500, 24, 39
+
+# The rows of the breakdown: (key, label).
+PARTS = (
+  ("features", "feature extraction (log-mel)"),
+  ("subsampling", "subsampling convolutions"),
+  ("attention", "self-attention"),
+  ("conv", "convolution module"),
+  ("ffn", "feed-forward (dense FFN)"),
+  ("moe", "MoE (router, dispatch, grouped matmuls)"),
+  ("lid", "LID heads + conditioning"),
+  ("ctc", "CTC heads + CTC losses"),
+  ("decoder", "attention decoder"),
+  ("task", "task heads / bridge"),
+  ("losses", "other losses"),
+  ("optimizer", "optimizer update"),
+  ("encoder_glue", "encoder glue (block out-norms, masks, positions)"),
+  ("other", "other (RNG, grad norm, counters, outputs)"),
+  ("unattributed", "ops without metadata (XLA copies)"),
+  ("gaps", "gaps between ops (runtime, no op running)"),
+  ("host", "host around the step (dispatch, arguments)"),
+)
+# Named scopes of the model code -> part; the innermost one that is here decides.
+SCOPES = {
+  "subsampling": "subsampling",
+  "self_attention": "attention",
+  "conv_module": "conv",
+  "ffn": "ffn",
+  "moe": "moe",
+  "moe_router": "moe",
+  "moe_dispatch": "moe",
+  "moe_grouped_matmul": "moe",
+  "lid_head": "lid",
+  "lid_conditioner": "lid",
+  "inter_ctc": "ctc",
+  "ctc_loss": "ctc",
+  "attention_decoder": "decoder",
+  "att_loss": "losses",
+  "losses": "losses",
+  "optimizer_update": "optimizer",
+}
+# Ops outside those scopes: the innermost traced frame that matches one of these
+# (file name, function name prefix) decides; frames that match none (shared layers) are
+# skipped for their caller.
+FRAMES = (
+  ("features.py", "", "features"),
+  ("model.py", "MoeAsr._ctc_logits", "ctc"),
+  ("model.py", "MoeAsr._inter_ctc", "ctc"),
+  ("model.py", "MoeAsr._tap", "ctc"),  # Intermediate (and phone) CTC taps.
+  ("task_heads.py", "", "task"),
+  ("greedy.py", "", "task"),  # The greedy CTC hypothesis that the task_hyp pass reads.
+  ("lid.py", "", "lid"),
+  ("conformer.py", "ConformerEncoder._choose_lang_probs", "lid"),
+  ("moe.py", "", "moe"),
+  ("decoder.py", "", "decoder"),
+  ("model.py", "MoeAsr.decode_tokens", "decoder"),
+  ("conformer.py", "", "encoder_glue"),
+  ("model.py", "MoeAsr.encode", "encoder_glue"),
+  ("losses.py", "", "losses"),
+  ("state.py", "", "optimizer"),
+  ("train.py", "", "other"),
+  ("model.py", "", "other"),
+)
+MOE_DETAIL = {
+  "moe_router": "router",
+  "moe_dispatch": "dispatch + combine",
+  "moe_grouped_matmul": "grouped matmul loops",
+}
+
+
+def classify_train_op(op: step_profile.Op | None) -> tuple[str, str]:
+  """(part, detail) of one HLO instruction of the train step."""
+  if op is None:
+    return "unattributed", "not in the HLO text"
+  scopes = op.scopes
+  part = step_profile.innermost(scopes, SCOPES)
+  if part is None:
+    for path, function in op.frames:
+      name = os.path.basename(path)
+      rule = next((r for r in FRAMES if r[0] == name and function.startswith(r[1])), None)
+      if rule is not None:
+        part = rule[2]
+        break
+  if part is None:
+    return ("unattributed", op.opcode) if not op.frames else ("other", op.frames[0][1])
+  if part == "moe":
+    where = "decoder" if "attention_decoder" in scopes else "encoder"
+    inner = [s for s in scopes if s in MOE_DETAIL]
+    if inner:
+      what = MOE_DETAIL[inner[-1]]
+    elif any(function == "MoeFeedForward._ffn" for _, function in op.frames):
+      what = "shared expert"
+    else:
+      what = "norm, masks, reshapes"
+    return part, f"{where}: {what}"
+  if part == "ctc":
+    return part, "losses" if "ctc_loss" in scopes else "heads (+ self-conditioning)"
+  return part, ""
+
+
+def breakdown_rows(profile: dict) -> list[dict]:
+  """The breakdown's rows, per step: part, ms, % of the traced step, fwd, bwd, thread ms."""
+  step = profile["step_ms"]
+  parts = dict(profile["parts"])
+  parts["gaps"] = {"ms": max(profile["span_ms"] - profile["covered_ms"], 0.0)}
+  parts["host"] = {"ms": max(step - profile["span_ms"], 0.0)}
+  rows = []
+  for key, label in PARTS:
+    p = parts.pop(key, {"ms": 0.0})
+    rows.append({"part": key, "label": label, "pct": 100 * p["ms"] / step, **p})
+  for key, p in parts.items():  # A part not in PARTS (none today).
+    rows.append({"part": key, "label": key, "pct": 100 * p["ms"] / step, **p})
+  return rows
+
+
+def print_breakdown(dtype: str, profile: dict, untraced_ms: float) -> None:
+  step = profile["step_ms"]
+  print(
+    f"{dtype} breakdown: {profile['steps']} traced steps, {step:.1f} ms a step traced "
+    f"({untraced_ms:.1f} untraced), {profile['thunks']} thunks a step; thread time "
+    f"{profile['busy_ms']:.1f} ms against {profile['covered_ms']:.1f} ms with some op running "
+    f"({profile['busy_ms'] / max(profile['covered_ms'], 1e-9):.2f} ops at once)"
+  )
+  print(
+    f"  {'part':50s} {'ms/step':>8s} {'% step':>7s} {'fwd ms':>7s} {'bwd ms':>7s} "
+    f"{'thread':>7s} {'thunks':>7s}"
+  )
+
+  def line(label: str, r: dict) -> str:
+    out = f"  {label:50s} {r['ms']:8.1f} {100 * r['ms'] / step:6.1f}%"
+    if "fwd_ms" in r:
+      out += f" {r['fwd_ms']:7.1f} {r['bwd_ms']:7.1f} {r['busy_ms']:7.1f} {r['thunks']:7d}"
+    return out
+
+  total = 0.0
+  for r in breakdown_rows(profile):
+    total += r["ms"]
+    print(line(r["label"], r))
+    if r["part"] in ("moe", "ctc"):
+      for key, d in sorted(profile["details"].items()):
+        if key.startswith(r["part"] + "/") and d["ms"] >= 0.05:
+          print(line("  " + key.partition("/")[2], d))
+  print(f"  {'input wait':50s} {'not measured (synthetic batch, already on the device)':>8s}")
+  print(f"  {'total':50s} {total:8.1f} {100 * total / step:6.1f}%", flush=True)
 
 
 def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -65,7 +224,9 @@ def synthetic_batch(batch: int, seconds: float, max_tokens: int, seed: int = 0) 
   }
 
 
-def measure(cfg, batch: dict, repeats: int) -> dict:
+def measure(
+  cfg, batch: dict, repeats: int, profile_steps: int = 0, trace_dir: str | None = None
+) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   kwargs = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
   graphdef, state, rng_state, state_sh = train.init_state(
@@ -99,8 +260,19 @@ def measure(cfg, batch: dict, repeats: int) -> dict:
       state, metrics = compiled(state, rng_state, device_batch)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t0)
+    profile = None
+    if profile_steps > 0:
+
+      def run_step():
+        nonlocal state, metrics
+        state, metrics = compiled(state, rng_state, device_batch)
+        jax.block_until_ready(metrics)
+
+      profile = step_profile.profile(
+        compiled, run_step, classify_train_op, steps=profile_steps, log_dir=trace_dir
+      )
   seconds = statistics.median(times)
-  return {"step_s": seconds, "compile_s": compile_s, "flops": flops}
+  return {"step_s": seconds, "compile_s": compile_s, "flops": flops, "profile": profile}
 
 
 def main() -> None:
@@ -117,6 +289,15 @@ def main() -> None:
     metavar="KEY=VALUE",
     help="config override, as --config.KEY=VALUE of moe-asr train (repeatable)",
   )
+  parser.add_argument(
+    "--breakdown",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="trace a few more steps and print where the step's time goes (default on)",
+  )
+  parser.add_argument("--profile-steps", type=int, default=3, help="steps traced for it")
+  parser.add_argument("--trace-dir", default=None, help="keep the profiler trace here")
+  parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
   args = parser.parse_args()
   max_tokens = int(np.ceil(args.seconds * 12 + 2) / 8 + 1) * 8
   batch = synthetic_batch(args.batch, args.seconds, max_tokens)
@@ -126,7 +307,9 @@ def main() -> None:
     cfg = config_lib.load_config(
       args.config, [*args.set, f"model.dtype='{dtype}'", "compilation_cache=''"]
     )
-    r = measure(cfg, batch, args.repeats)
+    trace_dir = args.trace_dir and os.path.join(args.trace_dir, dtype)
+    profile_steps = args.profile_steps if args.breakdown else 0
+    r = measure(cfg, batch, args.repeats, profile_steps, trace_dir)
     peak = matmul_peak(jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
     r.update(peak=peak, mfu=r["flops"] / r["step_s"] / peak)
     results[dtype] = r
@@ -137,9 +320,25 @@ def main() -> None:
       f"(compile {r['compile_s']:.0f} s)",
       flush=True,
     )
+    if r["profile"] is not None:
+      print_breakdown(dtype, r["profile"], r["step_s"] * 1e3)
+      r["breakdown"] = breakdown_rows(r["profile"])
   if {"float32", "bfloat16"} <= results.keys():
     ratio = results["float32"]["step_s"] / results["bfloat16"]["step_s"]
     print(f"bfloat16 / float32 step speed: {ratio:.2f}x")
+  if args.json:
+    out = {
+      "config": args.config,
+      "set": args.set,
+      "batch": args.batch,
+      "seconds": args.seconds,
+      "audio_s": audio_s,
+      "device": str(jax.devices()[0].device_kind),
+      "input_wait": None,  # Not measured: a synthetic batch, already on the device.
+      "results": results,
+    }
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

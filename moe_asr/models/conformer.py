@@ -153,6 +153,7 @@ class ConvSubsampling(nnx.Module):
     self.norm1 = norm(channels)
     self.norm2 = norm(channels * freq)
 
+  @jax.named_scope("subsampling")
   def __call__(self, features: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Subsamples features.
 
@@ -465,14 +466,19 @@ class ConformerBlock(nnx.Module):
       (x [batch, frames, d_model], 0 on padded frames; MoeAux, zeros for a
       dense block).
     """
-    x = x + 0.5 * self.dropout(self.ff1(self.norm_ff1(x)))
-    x = x + self.dropout(self.mha(self.norm_mha(x), mask, pos_emb))
-    x = x + self.dropout(self.conv(self.norm_conv(x), mask))
-    h = self.norm_ff2(x)
-    if self.use_moe:
-      y, aux = self.ff2(h, mask, lang_probs=lang_probs)
-    else:
-      y, aux = self.ff2(h), MoeAux.zeros(self.num_experts)
+    # Named scopes (in profiles and HLO metadata): benchmarks/train_step.py --breakdown.
+    with jax.named_scope("ffn"):
+      x = x + 0.5 * self.dropout(self.ff1(self.norm_ff1(x)))
+    with jax.named_scope("self_attention"):
+      x = x + self.dropout(self.mha(self.norm_mha(x), mask, pos_emb))
+    with jax.named_scope("conv_module"):
+      x = x + self.dropout(self.conv(self.norm_conv(x), mask))
+    with jax.named_scope("moe" if self.use_moe else "ffn"):
+      h = self.norm_ff2(x)
+      if self.use_moe:
+        y, aux = self.ff2(h, mask, lang_probs=lang_probs)
+      else:
+        y, aux = self.ff2(h), MoeAux.zeros(self.num_experts)
     x = self.norm_out(x + 0.5 * self.dropout(y))
     x = jnp.where(mask[..., None], x, 0.0)
     return partitioning.constrain(x, ("batch", "length", "embed")), aux
@@ -728,7 +734,8 @@ class ConformerEncoder(nnx.Module):
       if i == self.utt_lid_layer:
         utt_logits = self.utt_lid(x, mask)  # [batch, L]
       if i in intermediate:
-        tap, x = intermediate[i](x, mask)
+        with jax.named_scope("inter_ctc"):
+          tap, x = intermediate[i](x, mask)
         taps.append(tap)
 
     if auxes:

@@ -486,6 +486,7 @@ class TransformerDecoder(nnx.Module):
       rngs=rngs,
     )
 
+  @jax.named_scope("attention_decoder")
   def __call__(
     self,
     tokens: jax.Array,
@@ -640,6 +641,7 @@ def shift_right(
   return jnp.where(label_mask, inputs, 0), label_mask
 
 
+@jax.named_scope("att_loss")
 def attention_loss(
   logits: jax.Array,
   labels: jax.Array,

@@ -65,6 +65,7 @@ class FrameLidHead(nnx.Module):
       d_model, 1, ("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
+  @jax.named_scope("lid_head")
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Frame LID logits.
 
@@ -106,6 +107,7 @@ class UtteranceLid(nnx.Module):
       d_model, num_languages, ("embed", "lang"), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
+  @jax.named_scope("lid_head")
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     """Utterance LID logits.
 
@@ -159,6 +161,7 @@ class LanguageConditioner(nnx.Module):
       self.gamma = partitioning.param(rngs, zeros, shape, axes, param_dtype)
       self.beta = partitioning.param(rngs, zeros, shape, axes, param_dtype)
 
+  @jax.named_scope("lid_conditioner")
   def __call__(self, x: jax.Array, lang_probs: jax.Array, mask: jax.Array) -> jax.Array:
     """Conditioned states.
 

@@ -337,6 +337,7 @@ def _grouped_ffn(x_rows, weights, group_blocks, block_rows, activation, dtype):
   return _grouped_forward(x_rows, weights, group_blocks, block_rows, activation, dtype, False)[0]
 
 
+@jax.named_scope("moe_grouped_matmul")
 def _grouped_forward(x_rows, weights, group_blocks, block_rows, activation, dtype, keep_pre):
   """The forward loops; keeps the pre-activations only when a backward pass needs them."""
   rows, d = x_rows.shape
@@ -374,6 +375,7 @@ def _grouped_ffn_fwd(x_rows, weights, group_blocks, block_rows, activation, dtyp
   return y, (x_rows, weights, group_blocks, pre)
 
 
+@jax.named_scope("moe_grouped_matmul")
 def _grouped_ffn_bwd(block_rows, activation, dtype, residuals, dy):
   # Hand-written: each block adds its weight gradient into its expert's slice
   # of an in-place carry (autodiff would add a full [experts, ...] gradient per
@@ -596,6 +598,7 @@ class MoeFeedForward(nnx.Module):
 
   # --- routing -------------------------------------------------------------
 
+  @jax.named_scope("moe_router")
   def _route(self, x, valid, lang_probs):
     """Routing decisions shared by the sparse and dense paths.
 
@@ -712,6 +715,7 @@ class MoeFeedForward(nnx.Module):
     )  # [E, n, d_model]
     return jnp.einsum("ne,end->nd", combine, y.astype(jnp.float32))
 
+  @jax.named_scope("moe_dispatch")
   def _sparse_experts(self, x, expert_idx, gates, assigned):
     """Dropless grouped matmul over expert-sorted assignments.
 
@@ -776,6 +780,7 @@ class MoeFeedForward(nnx.Module):
     # A sum over k slices: XLA:CPU is ~50x slower on reshape(k, n, d).sum(0).
     return sum(y_assign[j * n : (j + 1) * n] * weights[j * n : (j + 1) * n] for j in range(k))
 
+  @jax.named_scope("moe_grouped_matmul")
   def _ragged_ffn(self, x_rows, group_sizes):
     """The experts on expert-sorted rows through `jax.lax.ragged_dot`: [rows, d] float32."""
     w_gate, w_up, w_down = self._expert_weights()
@@ -791,6 +796,7 @@ class MoeFeedForward(nnx.Module):
 
   # --- forward -------------------------------------------------------------
 
+  @jax.named_scope("moe")
   def __call__(
     self,
     x: jax.Array,
