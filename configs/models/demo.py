@@ -1,7 +1,7 @@
-"""Demo model: sized to train to a useful model on a 2-core CPU in about 10 minutes.
+"""Demo model: sized for `moe-asr demo`, about 20 minutes of training on a 2-core CPU.
 
-bfloat16 compute (float32 parameters): the development CPU has AMX-BF16, where
-bf16 matmuls are several times faster than float32 (DESIGN §8).
+bfloat16 compute (float32 parameters): CPUs with AMX-BF16 or AVX-512 BF16 run bf16
+matmuls faster than float32 (`benchmarks/train_step.py` measures both).
 """
 
 from configs.models.common import model_config
