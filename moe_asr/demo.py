@@ -53,6 +53,17 @@ def run_demo(
   total_s = time.time() - start
   _LOG.info("demo summary: %s", summary)
   print(report_lib.format_table(report))
+  decoding = report.get("decode") or {}
+  method = decoding.get("method", "?")
+  if method != "greedy":
+    method += (
+      f" (beam {decoding.get('beam')}, LM weight {decoding.get('lm_weight', 0)}, bias list "
+      f"{decoding.get('bias_file') or 'none'})"
+    )
+  print(
+    f"Decoding: {method}; the task heads read the best hypothesis (TF: the reference "
+    "transcript)."
+  )
   print(
     f"\nWall time {total_s / 60:.1f} min (corpus {build_s / 60:.1f}, training "
     f"{train_s / 60:.1f}, scoring {(total_s - build_s - train_s) / 60:.1f}); "
