@@ -294,6 +294,7 @@ class MoeAsr(nnx.Module):
     token_mask: jax.Array,
     token_lang: jax.Array | None = None,
     token_word: jax.Array | None = None,
+    with_slots: bool = True,
   ):
     """Runs the attention decoder (teacher forcing) and the task heads on `tokens`.
 
@@ -311,6 +312,7 @@ class MoeAsr(nnx.Module):
       token_word: int [B, L] word of each token (-1 none): the pipeline's `token_word`
         for references, `task_heads.word_index` of hypotheses; read by the word-level
         slot tagger (None: each token is a word).
+      with_slots: False skips the slot tagger (only the intent is read).
 
     Returns:
       (DecoderOutput over L + 1 positions, TaskOutput or None); (None, None)
@@ -350,6 +352,7 @@ class MoeAsr(nnx.Module):
         encoded.utt_probs,
         stop_gradient=self.stop_task_gradient,
         token_word=token_word,
+        with_slots=with_slots,
       )
     return dec, task
 
@@ -400,7 +403,10 @@ class MoeAsr(nnx.Module):
         # Cut as `decoding.decode` cuts a greedy hypothesis (room for eos).
         max_len = min(hyp.shape[1], model.decoder.max_len - 1)
         _, hyp_task = model.decode_tokens(
-          encoded, hyp[:, :max_len], greedy.token_mask(jnp.minimum(lengths, max_len), max_len)
+          encoded,
+          hyp[:, :max_len],
+          greedy.token_mask(jnp.minimum(lengths, max_len), max_len),
+          with_slots=False,
         )
         return hyp_task.intent_log_probs
 

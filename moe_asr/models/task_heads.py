@@ -255,7 +255,7 @@ class TaskOutput:
   """
 
   intent_log_probs: jax.Array
-  slot_log_probs: jax.Array
+  slot_log_probs: jax.Array | None  # None where the slots were not asked for.
   per_language_intent_logits: jax.Array
 
 
@@ -381,6 +381,7 @@ class TaskHeads(nnx.Module):
     stop_gradient: bool = False,
     token_lang_probs: jax.Array | None = None,
     token_word: jax.Array | None = None,
+    with_slots: bool = True,
   ) -> TaskOutput:
     """Predicts intent and slots.
 
@@ -397,6 +398,8 @@ class TaskHeads(nnx.Module):
         `lang_probs` for every token.
       token_word: int [batch, tokens] word of each token (-1 none; `word_index`), read
         by the word tagger; None makes each valid token a word of its own.
+      with_slots: False skips the slot tagger (where only the intent is read); the
+        output's `slot_log_probs` is then None.
 
     Returns:
       TaskOutput. With the word tagger, each token's slot distribution is its word's
@@ -417,7 +420,9 @@ class TaskHeads(nnx.Module):
       token_lang_probs = jnp.broadcast_to(
         lang_probs[:, None, :], (*token_states.shape[:2], lang_probs.shape[-1])
       )
-    if self.word_tagger is None:
+    if not with_slots:
+      slot_log_probs = None
+    elif self.word_tagger is None:
       slot_logits = self._heads(token_states, self.slot_kernel, self.slot_bias, "btd,ldc->btlc")
       slot_log_probs = _mixture_log_probs(slot_logits, token_lang_probs, lang_axis=2)
     else:
