@@ -120,6 +120,7 @@ def model_config(
   # causal decoder state, the earlier design).
   t.slot_tagger = "word"
   t.word_layers = 2  # Layers of the word tagger.
+  t.word_token_embedding = True  # The word tagger also embeds the tokens (word identity).
   t.stop_gradient = False  # True: the cascade baseline (task loss does not train the ASR).
   t.num_languages = m.get_ref("num_languages")
 

@@ -211,6 +211,7 @@ class MoeAsr(nnx.Module):
           num_intents=num_intents,
           num_slot_tags=num_slot_tags,
           max_words=cfg.decoder.max_len,
+          vocab_size=vocab_size,
         ),
         rngs=rngs,
       )
@@ -353,6 +354,7 @@ class MoeAsr(nnx.Module):
         stop_gradient=self.stop_task_gradient,
         token_word=token_word,
         with_slots=with_slots,
+        tokens=tokens,
       )
     return dec, task
 

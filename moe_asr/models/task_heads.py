@@ -195,7 +195,10 @@ class WordTagger(nnx.Module):
   """Word states for slot tagging: token states pooled per word, then `WordLayer`s.
 
   A word's input is a projection of [mean of its token states ; its last token's
-  state] plus a learned embedding of its position among the words. There are
+  state] plus a learned embedding of its position among the words. With `vocab_size`,
+  each token state first gets an embedding of the token itself: the word's identity,
+  which entity lists and context words key on, reaches the tagger directly rather than
+  through decoder states trained to predict the next token. There are
   min(tokens, max_words) word positions (a word has at least one token), so shapes
   stay static; tokens of words beyond `max_words` belong to none.
   """
@@ -208,10 +211,20 @@ class WordTagger(nnx.Module):
     d_ff: int,
     dropout: float,
     max_words: int,
+    vocab_size: int = 0,
     *,
     dtype,
     rngs: nnx.Rngs,
   ):
+    embedding = None
+    if vocab_size:
+      embedding = nnx.Embed(
+        vocab_size,
+        d_model,
+        embedding_init=partitioning.with_axes(nnx.initializers.normal(0.02), ("vocab", "embed")),
+        rngs=rngs,
+      )
+    self.token_embedding = nnx.data(embedding)
     self.pool = partitioning.dense(2 * d_model, d_model, ("mlp", "embed"), dtype=dtype, rngs=rngs)
     self.position_embedding = partitioning.param(
       rngs, nnx.initializers.normal(0.02), (max_words, d_model), ("length", "embed")
@@ -224,7 +237,9 @@ class WordTagger(nnx.Module):
     )
     self.norm = layers.layer_norm(d_model, dtype=None, param_dtype=jnp.float32, rngs=rngs)
 
-  def __call__(self, token_states, token_word, audio, audio_mask) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, token_states, token_word, audio, audio_mask, tokens=None
+  ) -> tuple[jax.Array, jax.Array]:
     """Word states [batch, words, d_model] and their mask (words = min(tokens, max_words))."""
     positions = self.position_embedding[...]
     num_words = min(token_states.shape[1], positions.shape[0])
@@ -233,6 +248,10 @@ class WordTagger(nnx.Module):
     count = member.sum(-1, keepdims=True)
     word_mask = count[..., 0] > 0
     x = token_states.astype(jnp.float32)
+    if self.token_embedding is not None:
+      if tokens is None:
+        raise ValueError("This word tagger embeds the tokens: pass them")
+      x = x + self.token_embedding(tokens).astype(jnp.float32)
     mean = jnp.einsum("bwt,btd->bwd", member, x) / jnp.maximum(count, 1.0)
     last = member * last_piece_mask(token_word)[:, None, :].astype(jnp.float32)
     last = jnp.einsum("bwt,btd->bwd", last, x)
@@ -284,6 +303,7 @@ class TaskHeads(nnx.Module):
     slot_tagger: str = "token",
     word_layers: int = 2,
     max_words: int = 128,
+    vocab_size: int = 0,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -312,6 +332,7 @@ class TaskHeads(nnx.Module):
         d_ff or 4 * d_model,
         dropout,
         max_words,
+        vocab_size,
         dtype=dtype,
         rngs=rngs,
       )
@@ -343,7 +364,8 @@ class TaskHeads(nnx.Module):
     (default len(LANGUAGE_CODES)), num_heads (4), num_queries (4), dropout (0.0),
     token_layers (0: bidirectional layers over the token states, see `Bridge`), d_ff
     (their hidden width, 4 * d_model), slot_tagger ("token", or "word": `WordTagger`),
-    word_layers (2: its layers), max_words (128: its positions), dtype ("float32" |
+    word_layers (2: its layers), max_words (128: its positions), word_token_embedding
+    (False; True with vocab_size: the tagger embeds the tokens too), dtype ("float32" |
     "bfloat16", default float32).
     """
     fields = {**dict(cfg), **overrides}
@@ -360,6 +382,7 @@ class TaskHeads(nnx.Module):
       slot_tagger=fields.get("slot_tagger", "token"),
       word_layers=fields.get("word_layers", 2),
       max_words=fields.get("max_words", 128),
+      vocab_size=fields.get("vocab_size", 0) if fields.get("word_token_embedding") else 0,
       dtype=_config_dtype(fields.get("dtype")),
       rngs=rngs,
     )
@@ -382,6 +405,7 @@ class TaskHeads(nnx.Module):
     token_lang_probs: jax.Array | None = None,
     token_word: jax.Array | None = None,
     with_slots: bool = True,
+    tokens: jax.Array | None = None,
   ) -> TaskOutput:
     """Predicts intent and slots.
 
@@ -400,6 +424,7 @@ class TaskHeads(nnx.Module):
         by the word tagger; None makes each valid token a word of its own.
       with_slots: False skips the slot tagger (where only the intent is read); the
         output's `slot_log_probs` is then None.
+      tokens: int [batch, tokens], the token ids (a word tagger that embeds them).
 
     Returns:
       TaskOutput. With the word tagger, each token's slot distribution is its word's
@@ -432,7 +457,7 @@ class TaskHeads(nnx.Module):
       audio = jnp.where(enc_mask[..., None], enc_states, 0).astype(jnp.float32)
       if stop_gradient:
         audio = jax.lax.stop_gradient(audio)
-      word_states, _ = self.word_tagger(token_states, token_word, audio, enc_mask)
+      word_states, _ = self.word_tagger(token_states, token_word, audio, enc_mask, tokens)
       token_word = jnp.where(token_word < word_states.shape[1], token_word, -1)
       word_states = self.dropout(word_states)
       word_logits = self._heads(word_states, self.slot_kernel, self.slot_bias, "bwd,ldc->bwlc")
