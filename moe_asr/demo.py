@@ -61,8 +61,7 @@ def run_demo(
       f"{decoding.get('bias_file') or 'none'})"
     )
   print(
-    f"Decoding: {method}; the task heads read the best hypothesis (TF: the reference "
-    "transcript)."
+    f"Decoding: {method}; the task heads read the best hypothesis (TF: the reference transcript)."
   )
   print(
     f"\nWall time {total_s / 60:.1f} min (corpus {build_s / 60:.1f}, training "

@@ -121,20 +121,27 @@ def test_example_batches_have_the_shapes_of_every_bucket(source, tokenizer):
   assert sorted(wide.example_batches()) == [0, 1, 2, 3]
 
 
-def test_iterator_state_round_trips(source, tokenizer):
-  p = _pipeline(source, tokenizer)
-  it = iter(p)
-  for _ in range(p.batches_per_epoch + 2):  # Cross an epoch boundary first.
+def _assert_resumes(make, skip: int, compare: int) -> None:
+  """After `skip` batches, a new pipeline set to the iterator's state yields the same
+  `compare` batches as the old one."""
+  it = iter(make())
+  for _ in range(skip):
     next(it)
   state = it.get_state()
-  expected = [next(it) for _ in range(5)]
-  it2 = iter(_pipeline(source, tokenizer))
+  expected = [next(it) for _ in range(compare)]
+  it2 = iter(make())
   it2.set_state(state)
   for want in expected:
     got = next(it2)
     assert set(got) == set(want)
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_iterator_state_round_trips(source, tokenizer):
+  p = _pipeline(source, tokenizer)
+  # Cross an epoch boundary first.
+  _assert_resumes(lambda: _pipeline(source, tokenizer), p.batches_per_epoch + 2, 5)
 
 
 def test_epochs_reshuffle(source, tokenizer):
@@ -387,18 +394,7 @@ def test_curriculum_resumes_exactly(noisy_source, tokenizer):
   def make():
     return _pipeline(noisy_source, tokenizer, curriculum=_curriculum(steps=12, by="length+snr"))
 
-  it = iter(make())
-  for _ in range(5):
-    next(it)
-  state = it.get_state()
-  expected = [next(it) for _ in range(12)]  # Past the curriculum's end too.
-  it2 = iter(make())
-  it2.set_state(state)
-  for want in expected:
-    got = next(it2)
-    assert set(got) == set(want)
-    for k in want:
-      np.testing.assert_array_equal(got[k], want[k])
+  _assert_resumes(make, 5, 12)  # Past the curriculum's end too.
 
 
 def test_curriculum_is_the_same_on_every_process(noisy_source, tokenizer):

@@ -240,7 +240,8 @@ class WordTagger(nnx.Module):
   def __call__(
     self, token_states, token_word, audio, audio_mask, tokens=None
   ) -> tuple[jax.Array, jax.Array]:
-    """Word states [batch, words, d_model] and their mask (words = min(tokens, max_words))."""
+    """Word states [batch, words, d_model] and the float32 membership [batch, words, tokens]
+    of tokens in words (words = min(tokens, max_words))."""
     positions = self.position_embedding[...]
     num_words = min(token_states.shape[1], positions.shape[0])
     words = jnp.arange(num_words)
@@ -260,7 +261,7 @@ class WordTagger(nnx.Module):
     for layer in self.layers:
       x = layer(x, word_mask, audio, audio_mask)
     x = self.norm(x)
-    return jnp.where(word_mask[..., None], x, 0.0), word_mask
+    return jnp.where(word_mask[..., None], x, 0.0), member
 
 
 @flax.struct.dataclass
@@ -457,13 +458,11 @@ class TaskHeads(nnx.Module):
       audio = jnp.where(enc_mask[..., None], enc_states, 0).astype(jnp.float32)
       if stop_gradient:
         audio = jax.lax.stop_gradient(audio)
-      word_states, _ = self.word_tagger(token_states, token_word, audio, enc_mask, tokens)
+      word_states, member = self.word_tagger(token_states, token_word, audio, enc_mask, tokens)
       token_word = jnp.where(token_word < word_states.shape[1], token_word, -1)
       word_states = self.dropout(word_states)
       word_logits = self._heads(word_states, self.slot_kernel, self.slot_bias, "bwd,ldc->bwlc")
       # A word's language: the mean of its tokens' language posteriors.
-      words = jnp.arange(word_states.shape[1])
-      member = (token_word[:, None, :] == words[None, :, None]).astype(jnp.float32)  # [B, W, T]
       word_lang = jnp.einsum("bwt,btl->bwl", member, token_lang_probs.astype(jnp.float32))
       count = member.sum(-1, keepdims=True)
       # Padding words get a uniform mixture, so no -inf reaches the backward pass.
