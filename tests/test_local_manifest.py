@@ -140,7 +140,7 @@ def test_build_and_read_back_all_fields(corpus, tmp_path):
   builder.download_and_prepare(file_format="array_record")
 
   assert set(builder.info.splits) == {"train", "test"}
-  assert (tmp_path / "local_manifest" / "mydata" / "1.0.0").is_dir()
+  assert (tmp_path / "local_manifest" / "mydata" / "1.1.0").is_dir()
   train = _by_id(builder.as_data_source(split="train"))
   assert set(train) == {"stereo8k", "b_custom"}
   features = schema.features()
@@ -315,8 +315,11 @@ def test_manifest_level_errors(tmp_path):
   (tmp_path / "train.tsv").write_text("path\ttranscript\nok.wav\thi\n")
   with pytest.raises(lm.ManifestError, match="unknown columns \\['transcript'\\]"):
     lm.read_manifest(tmp_path / "train.tsv")
-  (tmp_path / "train.tsv").write_text("path\tlanguage\nok.wav\ten\n")
-  with pytest.raises(lm.ManifestError, match="missing required columns \\['text'\\]"):
+  (tmp_path / "train.tsv").write_text("text\tlanguage\nhi\ten\n")
+  with pytest.raises(lm.ManifestError, match="missing required columns \\['path'\\]"):
+    lm.read_manifest(tmp_path / "train.tsv")
+  (tmp_path / "train.tsv").write_bytes(b"path\ttext\xff\nok.wav\thi\n")
+  with pytest.raises(lm.ManifestError, match="train.tsv:1: the header line is not valid UTF-8"):
     lm.read_manifest(tmp_path / "train.tsv")
   (tmp_path / "train.jsonl").write_text("{}\n")
   with pytest.raises(lm.ManifestError, match="two manifests"):
@@ -356,3 +359,74 @@ def test_duplicate_ids_are_an_item_error(tmp_path):
   )
   with pytest.raises(lm.ManifestError, match=r"train\.jsonl:2 \(b/same\.wav\): id 'same' already"):
     lm.build_local_manifest(tmp_path, tmp_path / "data", default_language="en")
+
+
+def test_non_utf8_lines_are_item_errors_and_skipped(tmp_path):
+  sf.write(tmp_path / "ok.wav", _sine(200, SR, 1600, 0.3), SR, subtype="PCM_16")
+  (tmp_path / "train.tsv").write_bytes(
+    b"path\ttext\nok.wav\thello\nok.wav\tcaf\xe9\n"  # Line 3: Latin-1, not UTF-8.
+  )
+  rows = lm.read_manifest(tmp_path / "train.tsv")
+  assert [r.line for r in rows] == [2, 3]
+  with pytest.raises(lm.ManifestError, match=r"train\.tsv:3: not valid UTF-8 \(byte 0xe9 at col"):
+    lm.row_to_example(rows[1], base_dir=tmp_path, default_language="en")
+  builder = lm.build_local_manifest(
+    tmp_path, tmp_path / "data", on_error="skip", default_language="en"
+  )
+  assert len(builder.as_data_source(split="train")) == 1
+  (skipped,) = builder.info.metadata["skipped"]["train"]
+  assert skipped["line"] == 3 and "not valid UTF-8" in skipped["reason"]
+
+
+def test_audio_outside_the_folder_needs_allow_outside(tmp_path):
+  folder = tmp_path / "set"
+  folder.mkdir()
+  sf.write(tmp_path / "outside.wav", _sine(200, SR, 1600, 0.3), SR, subtype="PCM_16")
+  for path in ("../outside.wav", str(tmp_path / "outside.wav")):
+    (folder / "train.tsv").write_text(f"path\ttext\n{path}\thello\n")
+    (row,) = lm.read_manifest(folder / "train.tsv")
+    with pytest.raises(lm.ManifestError, match="outside the manifest's folder"):
+      lm.row_to_example(row, base_dir=folder, default_language="en")
+    example = lm.row_to_example(row, base_dir=folder, default_language="en", allow_outside=True)
+    assert example["text"] == "hello"
+
+
+def test_rows_without_text_keep_their_intent_and_the_vocabularies(tmp_path):
+  sf.write(tmp_path / "a.wav", _sine(200, SR, 1600, 0.3), SR, subtype="PCM_16")
+  (tmp_path / "train.jsonl").write_text(
+    "\n".join(
+      json.dumps(row)
+      for row in [
+        {
+          "path": "a.wav",
+          "id": "1",
+          "text": "lights on in the kitchen",
+          "intent": "lights_on",
+          "slots": [["room", "kitchen"]],
+        },
+        {"path": "a.wav", "id": "2", "intent": "play_music"},  # No transcript: kept.
+        {"path": "a.wav", "id": "3"},  # Neither: an error.
+        {
+          "path": "a.wav",
+          "id": "4",
+          "intent": "x",
+          "slots": [["room", "kitchen"]],
+        },  # Slots need text.
+      ]
+    )
+    + "\n"
+  )
+  (tmp_path / "test.jsonl").write_text(json.dumps({"path": "a.wav", "intent": "unseen"}) + "\n")
+  builder = lm.build_local_manifest(
+    tmp_path, tmp_path / "data", on_error="skip", default_language="en"
+  )
+  train = _by_id(builder.as_data_source(split="train"))
+  assert sorted(train) == ["1", "2"]
+  assert train["2"]["text"].decode() == "" and train["2"]["intent"].decode() == "play_music"
+  assert train["2"]["phonemes"].decode() == ""
+  reasons = {s["line"]: s["reason"] for s in builder.info.metadata["skipped"]["train"]}
+  assert "missing or empty 'text'" in reasons[3] and "missing or empty 'text'" in reasons[4]
+  # The train split's labels, not the test split's.
+  assert builder.info.metadata["intents"] == ["lights_on", "play_music"]
+  assert builder.info.metadata["slot_types"] == ["room"]
+  assert builder.info.metadata["num_without_text"] == {"train": 1, "test": 1}

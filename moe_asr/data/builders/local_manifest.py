@@ -4,8 +4,12 @@ The folder holds the audio and one manifest per split, `{split}.tsv` or
 `{split}.jsonl` (any split names: train, validation, test, test_cs...). Each
 manifest line describes one utterance:
 
-- `path` (required): audio file, relative to the folder or absolute.
-- `text` (required): transcript, normalised with `moe_asr.data.text.normalize`.
+- `path` (required): audio file, relative to the folder or absolute; it must
+  lie inside the folder unless the config sets `allow_outside=True`.
+- `text`: transcript, normalised with `moe_asr.data.text.normalize`. Required,
+  except on a line with an `intent` and no `slots`: such an example (speech-to-
+  intent sets often have no transcripts) is kept with text "" and trains the
+  task heads only (the pipeline and losses give it no CTC or attention target).
 - `language`: a code of `moe_asr.data.languages` or `mixed`. Default: the
   single language of `words_lang`, `mixed` if it has several, else the
   config's `default_language`.
@@ -36,6 +40,14 @@ build time. An item in a language without G2P gets `phonemes` "" (the build
 goes on), counted with any other item without phones in
 `builder.info.metadata["num_without_phonemes"]` (per split); the
 phone inventory of the whole dataset is in `builder.info.metadata["phone_inventory"]`.
+
+The task vocabularies are in the metadata too: `intents` and `slot_types`, sorted,
+as the train split's labels give them (every split's when there is no `train`
+split), with `num_without_text` per split; a run reads them from there
+(`training.inputs.load_run_data`).
+
+A manifest line that is not valid UTF-8 is an item error (naming the file and the
+line), as is an audio path outside the folder.
 
 With `on_error="skip"` bad items are left out, and each one is recorded (split,
 manifest line, audio path, reason) in the dataset's metadata
@@ -73,7 +85,7 @@ _COLUMNS = (
   "id",
   "segments",
 )
-_REQUIRED_COLUMNS = ("path", "text")
+_REQUIRED_COLUMNS = ("path",)
 _MANIFEST_SUFFIXES = (".tsv", ".jsonl")
 # TFDS split names: letters, digits and underscores.
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -97,6 +109,9 @@ class LocalManifestConfig(tfds.core.BuilderConfig):
     default_language: language of items that give none (no `language` nor
       `words_lang`); None makes such items bad.
     reject_silent: treat all-zero audio as a bad item.
+    allow_outside: accept audio paths outside `manifest_dir` (absolute, or with
+      `..`); by default such a path is a bad item.
+    train_split: the split whose labels give the intent and slot vocabularies.
   """
 
   manifest_dir: str = ""
@@ -105,6 +120,8 @@ class LocalManifestConfig(tfds.core.BuilderConfig):
   max_seconds: float | None = None
   default_language: str | None = None
   reject_silent: bool = False
+  allow_outside: bool = False
+  train_split: str = "train"
 
   def __post_init__(self):
     if not self.manifest_dir:
@@ -161,11 +178,13 @@ def read_manifest(manifest: str | os.PathLike) -> list[ManifestRow]:
       columns, a `segments` column in a TSV).
   """
   manifest = pathlib.Path(manifest)
-  # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-  lines = manifest.read_text(encoding="utf-8-sig").splitlines()
+  lines, bad_lines = _decode_lines(manifest.read_bytes())
   rows = []
   if manifest.suffix == ".jsonl":
     for i, line in enumerate(lines, start=1):
+      if i in bad_lines:
+        rows.append(ManifestRow(str(manifest), i, {}, bad_lines[i]))
+        continue
       if not line.strip():
         continue
       try:
@@ -180,6 +199,8 @@ def read_manifest(manifest: str | os.PathLike) -> list[ManifestRow]:
     return rows
   if not lines:
     raise ManifestError(f"{manifest}: empty TSV manifest (a header line is required).")
+  if 1 in bad_lines:
+    raise ManifestError(f"{manifest}:1: the header line is {bad_lines[1]}.")
   header = [column.strip() for column in lines[0].split("\t")]
   unknown = [column for column in header if column not in _COLUMNS or column == "segments"]
   if unknown:
@@ -191,6 +212,9 @@ def read_manifest(manifest: str | os.PathLike) -> list[ManifestRow]:
   if missing:
     raise ManifestError(f"{manifest}:1: missing required columns {missing}.")
   for i, line in enumerate(lines[1:], start=2):
+    if i in bad_lines:
+      rows.append(ManifestRow(str(manifest), i, {}, bad_lines[i]))
+      continue
     if not line.strip():
       continue
     values = [v.strip() for v in line.split("\t")]
@@ -210,6 +234,31 @@ def read_manifest(manifest: str | os.PathLike) -> list[ManifestRow]:
         problem = f"slots is not valid JSON ({e})"
     rows.append(ManifestRow(str(manifest), i, fields, problem))
   return rows
+
+
+def _decode_lines(data: bytes) -> tuple[list[str], dict[int, str]]:
+  """The lines of a manifest's bytes, and {1-based line: problem} for lines not UTF-8.
+
+  Lines are split on b"\\n" (a "\\r" before it dropped), so that one bad byte spoils
+  one line only; such a line is "" in the list. A UTF-8 byte-order mark (spreadsheet
+  exports often start with one) is dropped.
+  """
+  data = data.removeprefix(b"\xef\xbb\xbf")
+  raw_lines = data.split(b"\n")
+  if raw_lines and raw_lines[-1] == b"":
+    raw_lines.pop()
+  lines, bad = [], {}
+  for i, raw in enumerate(raw_lines, start=1):
+    raw = raw.removesuffix(b"\r")
+    try:
+      lines.append(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      bad[i] = (
+        f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+        "save the manifest as UTF-8"
+      )
+      lines.append("")
+  return lines, bad
 
 
 def _check_code(row: ManifestRow, code: Any, what: str, allow_mixed: bool = False) -> str:
@@ -272,6 +321,7 @@ def row_to_example(
   max_seconds: float | None = None,
   default_language: str | None = None,
   reject_silent: bool = False,
+  allow_outside: bool = False,
 ) -> dict[str, Any]:
   """Validates one manifest line and builds its schema example (audio included).
 
@@ -281,6 +331,7 @@ def row_to_example(
     max_seconds: longer audio is an error.
     default_language: language of a line that gives none.
     reject_silent: all-zero audio is an error.
+    allow_outside: accept audio outside `base_dir` (else an error).
 
   Returns:
     A dict matching `schema.features()`.
@@ -301,9 +352,17 @@ def row_to_example(
     if column in fields and not isinstance(fields[column], str):
       raise row.error(f"{column!r} must be a string, got {fields[column]!r}")
 
-  transcript = text.normalize(fields["text"])
+  if "text" in fields and not isinstance(fields["text"], str):
+    raise row.error(f"'text' must be a string, got {fields['text']!r}")
+  raw_text = fields.get("text") or ""
+  transcript = text.normalize(raw_text)
   if not transcript:
-    raise row.error(f"empty transcript after normalisation (text {fields['text']!r})")
+    if raw_text:
+      raise row.error(f"empty transcript after normalisation (text {raw_text!r})")
+    if not fields.get("intent") or fields.get("slots"):
+      raise row.error(
+        "missing or empty 'text' (a line without a transcript needs an intent, and no slots)"
+      )
   num_words = len(transcript.split())
 
   language = fields.get("language") or None
@@ -333,6 +392,12 @@ def row_to_example(
   audio_path = pathlib.Path(fields["path"])
   if not audio_path.is_absolute():
     audio_path = pathlib.Path(base_dir) / audio_path
+  inside = audio_path.resolve().is_relative_to(pathlib.Path(base_dir).resolve())
+  if not allow_outside and not inside:
+    raise row.error(
+      f"audio file {audio_path} is outside the manifest's folder {base_dir} "
+      "(allow_outside=True accepts it)"
+    )
   if not audio_path.is_file():
     raise row.error(f"audio file {audio_path} not found")
   try:
@@ -356,6 +421,8 @@ def row_to_example(
 
 def _phonemes(transcript: str, words_lang: list[str]) -> str:
   """The stored phonemes of a transcript; "" where a word's language has no G2P."""
+  if not transcript:
+    return ""
   if not all(phonemes.is_supported(code) for code in words_lang):
     return ""
   return phonemes.phonemize_text(transcript, words_lang)
@@ -364,8 +431,16 @@ def _phonemes(transcript: str, words_lang: list[str]) -> str:
 class LocalManifest(tfds.core.GeneratorBasedBuilder):
   """Speech from a local folder of audio files and per-split TSV / JSONL manifests."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": (
+      "Phonemes of every example (espeak-ng G2P) and the phone inventory in the metadata; "
+      "the intent and slot vocabularies of the train split in the metadata; lines with an "
+      "intent but no transcript kept (text ''); non-UTF-8 lines and audio outside the "
+      "folder are item errors."
+    ),
+  }
   # No predefined configs: every folder is described by its own
   # LocalManifestConfig, passed as `config=`.
   BUILDER_CONFIGS = []
@@ -414,7 +489,9 @@ class LocalManifest(tfds.core.GeneratorBasedBuilder):
     metadata["skipped"] = {split: [] for split in manifests}
     metadata["num_skipped"] = {split: 0 for split in manifests}
     metadata["num_without_phonemes"] = {split: 0 for split in manifests}
+    metadata["num_without_text"] = {split: 0 for split in manifests}
     self._phone_units: set[str] = set()
+    self._labels: dict[str, tuple[set[str], set[str]]] = {}
     return {
       split: self._generate_examples(split, manifest) for split, manifest in manifests.items()
     }
@@ -431,6 +508,7 @@ class LocalManifest(tfds.core.GeneratorBasedBuilder):
           max_seconds=config.max_seconds,
           default_language=config.default_language,
           reject_silent=config.reject_silent,
+          allow_outside=config.allow_outside,
         )
         if example["id"] in first_line:
           raise row.error(
@@ -446,8 +524,14 @@ class LocalManifest(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["num_skipped"][split] = len(skipped)
         continue
       first_line[example["id"]] = row.line
-      if not example["phonemes"]:
+      if not example["text"]:
+        self.info.metadata["num_without_text"][split] += 1
+      if not example["phonemes"] and example["text"]:
         self.info.metadata["num_without_phonemes"][split] += 1
+      labels = self._labels.setdefault(split, (set(), set()))
+      if example["intent"]:
+        labels[0].add(example["intent"])
+      labels[1].update(example["slots"]["type"])
       self._phone_units.update(phonemes.split_units(example["phonemes"]))
       yield example["id"], example
     if skipped:
@@ -462,6 +546,11 @@ class LocalManifest(tfds.core.GeneratorBasedBuilder):
     # Splits are written one after another: after the last, the units of all of them.
     inventory = phonemes.PhoneInventory(self._phone_units)
     self.info.metadata["phone_inventory"] = json.loads(inventory.to_json())
+    # The task vocabularies: the train split's labels (all splits' without one).
+    source = [self._labels[config.train_split]] if config.train_split in self._labels else []
+    source = source or list(self._labels.values())
+    self.info.metadata["intents"] = sorted(set().union(*(s[0] for s in source)))
+    self.info.metadata["slot_types"] = sorted(set().union(*(s[1] for s in source)))
 
 
 def build_local_manifest(
@@ -474,6 +563,7 @@ def build_local_manifest(
   default_language: str | None = None,
   splits: tuple[str, ...] | None = None,
   reject_silent: bool = False,
+  allow_outside: bool = False,
   overwrite: bool = False,
 ) -> LocalManifest:
   """Builds (or reuses) the array_record dataset of a manifest folder.
@@ -481,13 +571,14 @@ def build_local_manifest(
   Args:
     manifest_dir: folder with the audio and the `{split}.tsv|jsonl` manifests.
     data_dir: TFDS data dir; the dataset goes to
-      `data_dir/local_manifest/{name}/1.0.0`.
+      `data_dir/local_manifest/{name}/1.1.0`.
     name: config name of this folder's dataset.
     on_error: "raise" or "skip" (see `LocalManifestConfig`).
     max_seconds: longer audio is a bad item.
     default_language: language of items that give none.
     splits: splits to build (default: every manifest in the folder).
     reject_silent: all-zero audio is a bad item.
+    allow_outside: accept audio paths outside `manifest_dir`.
     overwrite: rebuild even if the dataset already exists in `data_dir`.
 
   Returns:
@@ -501,6 +592,7 @@ def build_local_manifest(
     max_seconds=max_seconds,
     default_language=default_language,
     reject_silent=reject_silent,
+    allow_outside=allow_outside,
   )
   builder = LocalManifest(config=config, data_dir=os.fspath(data_dir))
   if overwrite and builder.data_path.exists():
