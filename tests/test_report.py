@@ -189,8 +189,9 @@ def test_format_table_exact():
   expected = (
     "split         n   CER    WER   MER   LID  intent  slot F1  SLU-F1  TF intent  TF slot F1\n"
     "test          4   4.7   13.3  13.3  75.0    66.7     80.0    85.0      100.0        90.0\n"
-    "test_noisy  120  50.0  100.0     -     -       -        -       -          -           -"
+    "test_noisy  120  50.0  100.0     -     -     n/a      n/a     n/a        n/a         n/a"
   )
+  # Task-head scores a split does not measure read "n/a", other missing ones "-".
   assert report.format_table(r) == expected
 
 

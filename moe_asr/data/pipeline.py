@@ -598,6 +598,8 @@ class _LoadBatch:
       audio = audio[: bucket.max_samples]
     text = _as_str(ex.get("text", ""))
     words = text.split()
+    if not words:  # Task labels only: no token, so no CTC or attention target.
+      self._count("no_text")
     words_lang = [_as_str(w) for w in ex.get("words_lang", [])]
     if words_lang and len(words_lang) != len(words):
       raise ValueError(

@@ -55,6 +55,16 @@ _COUNT_METRICS = {
   "boundary_acc": ("boundary_hit", "boundary_total"),
 }
 _MODE_OF = {"wer": "word", "cer": "char", "mer": "mixed"}
+# Scores of the task heads: "n/a" (None) where no record has a prediction of them.
+TASK_METRICS = (
+  "intent_acc",
+  "slot_f1",
+  "slu_f1",
+  "span_f1_word",
+  "span_f1_char",
+  "tf_intent_acc",
+  "tf_slot_f1",
+)
 SPAN_DISTANCES = ("word", "char")
 # Span F1 metrics and the value distances whose (TP, FP, FN) they sum.
 _SPAN_METRICS = {"span_f1_word": ("word",), "span_f1_char": ("char",), "slu_f1": SPAN_DISTANCES}
@@ -571,6 +581,8 @@ def _ratio_arrays(records: Sequence[Utterance], metric: str) -> tuple[np.ndarray
   """Per-record numerator and denominator whose sums give the corpus-level `metric`."""
   if metric in _MODE_OF:
     mode = _MODE_OF[metric]
+    # Utterances without a reference transcript (task labels only) have no error rate.
+    records = [r for r in records if r.ref_text.strip()]
     counts = [edit_counts(r.ref_text, r.hyp_text, mode) for r in records]
     return (
       np.array([c.errors for c in counts], np.float64),
@@ -652,7 +664,13 @@ def summarize(records: Sequence[Utterance]) -> dict[str, Any]:
     with "intent_acc_kept" (intent accuracy on the rest).
   """
   out: dict[str, Any] = {"n": len(records)}
+  # A model without task heads predicts no intent: its task scores are not measured (None),
+  # not 0.
+  heads = any(r.hyp_intent or r.tf_intent or r.hyp_slots for r in records)
   for metric in RATIO_METRICS:
+    if not heads and metric in TASK_METRICS:
+      out[metric] = None
+      continue
     num, den = _ratio_arrays(records, metric)
     total = den.sum()
     out[metric] = float(num.sum() / total) if total else None

@@ -187,8 +187,15 @@ def _pct(value: float | None) -> str:
   return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _pct_task(summary: Mapping[str, Any], key: str) -> str | None:
+  """ "n/a" for a task-head score the split does not measure (no labels, or no heads)."""
+  if key in metrics_lib.TASK_METRICS and summary.get(key) is None:
+    return "n/a"
+  return None
+
+
 def _pct_ci(summary: Mapping[str, Any], key: str) -> str:
-  text = _pct(summary.get(key))
+  text = _pct_task(summary, key) or _pct(summary.get(key))
   interval = (summary.get("ci") or {}).get(key)
   if text != "-" and interval:
     text += f" ({_pct(interval[0])}–{_pct(interval[1])})"
@@ -218,7 +225,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 def _md_breakdown(title: str, groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
   header = [title, "n", *(name for name, _ in _MD_COLUMNS)]
   rows = [
-    [group, str(s["n"]), *(_pct(s.get(key)) for _, key in _MD_COLUMNS)]
+    [group, str(s["n"]), *(_pct_task(s, key) or _pct(s.get(key)) for _, key in _MD_COLUMNS)]
     for group, s in groups.items()
   ]
   return _md_table(header, rows)
@@ -293,7 +300,8 @@ _TABLE_COLUMNS = (
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-  """The terminal summary: one row per split, metrics in % with one decimal, "-" for None.
+  """The terminal summary: one row per split, metrics in % with one decimal, "-" for None
+  ("n/a" for a task-head score of a split without task labels, or of a model without heads).
 
   Args:
     report: a `build_report` result.
@@ -303,7 +311,7 @@ def format_table(report: Mapping[str, Any]) -> str:
   """
   header = ["split", "n", *(name for name, _ in _TABLE_COLUMNS)]
   rows = [
-    [name, str(s["n"]), *(_pct(s.get(key)) for _, key in _TABLE_COLUMNS)]
+    [name, str(s["n"]), *(_pct_task(s, key) or _pct(s.get(key)) for _, key in _TABLE_COLUMNS)]
     for name, s in report["splits"].items()
   ]
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -139,9 +139,10 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     import moe_asr.data.builders  # noqa: F401
 
     local = tfds.builder(cfg.data.name, data_dir=cfg.data.data_dir)
-    stored = (local.info.metadata or {}).get("phone_inventory") if local.is_prepared() else None
-    if stored:
-      metadata["phone_inventory"] = stored
+    stored = dict(local.info.metadata or {}) if local.is_prepared() else {}
+    for key in ("phone_inventory", "intents", "slot_types"):
+      if stored.get(key):
+        metadata[key] = stored[key]
   own = pathlib.Path(workdir) / "tokenizer.model"  # A tokenizer trained for this run.
   vocab_size = cfg.data.get("vocab_size", 0)
   if cfg.data.get("tokenizer"):
@@ -164,9 +165,50 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     )
     # Every process trains the same model (same text, one thread) and writes it atomically.
     report_lib.write_atomic(own, tokenizer.to_bytes())
-  intents = tuple(metadata.get("intents", ()))
-  slot_types = tuple(metadata.get("slot_types", ()))
-  return RunData(tokenizer, pipeline_lib.Vocabularies(intents, slot_types), metadata)
+  return RunData(tokenizer, task_vocabularies(cfg, workdir, metadata), metadata)
+
+
+def task_vocabularies(
+  cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, metadata: Mapping
+) -> pipeline_lib.Vocabularies:
+  """The run's intent and slot vocabularies, whatever the data's source.
+
+  In order: the run's own (`run_data.json` in the workdir: what its checkpoints were
+  built with), the dataset's metadata (the embedded corpus, a `local_manifest` built
+  since 1.1.0), else the labels of the train split, scanned once (and cached beside the
+  split's lengths). Empty where the data has no task labels (no task heads).
+  """
+  saved = _saved_run_data(pathlib.Path(workdir))
+  if saved is not None and (saved.get("intents") or saved.get("slot_types")):
+    return pipeline_lib.Vocabularies(tuple(saved["intents"]), tuple(saved["slot_types"]))
+  if "intents" in metadata or "slot_types" in metadata:
+    return pipeline_lib.Vocabularies(
+      tuple(metadata.get("intents", ())), tuple(metadata.get("slot_types", ()))
+    )
+  cache = _example_cache(cfg, cfg.data.train_split, "task_vocab")
+  cache = None if cache is None else pathlib.Path(cache).with_suffix(".json")
+  if cache is not None and cache.exists():
+    stored = json.loads(cache.read_text("utf-8"))
+  else:
+    _LOG.info("Scanning %s:%s for intent and slot labels", cfg.data.name, cfg.data.train_split)
+    stored = scan_task_labels(split_source(cfg, cfg.data.train_split))
+    if cache is not None:
+      report_lib.write_atomic(cache, json.dumps(stored))
+  return pipeline_lib.Vocabularies(tuple(stored["intents"]), tuple(stored["slot_types"]))
+
+
+def scan_task_labels(source) -> dict[str, list[str]]:
+  """{"intents": [...], "slot_types": [...]} (sorted) of the labels in a data source."""
+  intents, slot_types = set(), set()
+  for i in range(len(source)):
+    ex = source[i]
+    intent = pipeline_lib._as_str(ex.get("intent", ""))
+    if intent:
+      intents.add(intent)
+    slots = ex.get("slots") or {}
+    slot_types.update(pipeline_lib._as_str(t) for t in slots.get("type", ()))
+  slot_types.discard("")
+  return {"intents": sorted(intents), "slot_types": sorted(slot_types)}
 
 
 def split_source(cfg: ml_collections.ConfigDict, split: str):

@@ -7,7 +7,9 @@
 Every term is a mean over what it supervises (CTC and attention CE per label
 token, LID per supervised utterance, intent per labelled utterance, slots per
 labelled token), so the weights mean the same whatever the bucket shape of the
-step. Rows with `example_mask == False` contribute nothing. Weights may ramp
+step. Rows with `example_mask == False` contribute nothing; rows without a
+transcript (no tokens: a speech-to-intent example) contribute to no CTC or
+attention term, only to LID and the task heads. Weights may ramp
 in linearly (`<name>_warmup = (start_step, ramp_steps)`), which is how a recipe
 trains the ASR first and brings the task loss in later.
 """
@@ -170,8 +172,10 @@ def joint_loss(
   metrics["phone_ctc"] = phone_ctc
 
   if out.decoder_logits is not None:
-    # The decoder predicts the tokens, then eos.
-    labels, label_mask = out.decoder_labels, out.decoder_mask & example_mask[:, None]
+    # The decoder predicts the tokens, then eos. A row without a transcript (task labels
+    # only) has no target here: its lone eos is not one (CTC skips it as it has no tokens).
+    has_text = token_mask.any(-1) & example_mask
+    labels, label_mask = out.decoder_labels, out.decoder_mask & has_text[:, None]
     att, _ = decoder_lib.attention_loss(
       out.decoder_logits, labels, label_mask, cfg.get("label_smoothing", 0.0)
     )
