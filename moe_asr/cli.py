@@ -2,6 +2,7 @@
 
 moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA [--config.seed=1]
 moe-asr corpus stats --data-dir DATA [--name moe_asr_synth/tiny]
+moe-asr data import DIR --name NAME --data-dir DATA [--on-error skip|raise]  # your recordings
 moe-asr devices [--json PATH]        # join the job's processes, check an all-reduce
 moe-asr train --config configs/tiny.py --workdir W [--config.train.steps=200]
 moe-asr train-lm --workdir W         # text LM for fusion and rescoring (W/lm)
@@ -78,6 +79,41 @@ def _corpus_stats(args, overrides) -> int:
   print(stats_lib.format_stats(stats))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(stats, indent=2))
+  return 0
+
+
+def _data_import(args, overrides) -> int:
+  from moe_asr.data.builders import local_manifest
+
+  name = args.name
+  print(f"Importing {args.dir} as local_manifest/{name} into {args.data_dir} ...", flush=True)
+  builder = local_manifest.build_local_manifest(
+    args.dir,
+    args.data_dir,
+    name=name,
+    on_error=args.on_error,
+    max_seconds=args.max_seconds,
+    default_language=args.default_language,
+    allow_outside=args.allow_outside,
+    overwrite=args.overwrite,
+  )
+  metadata = builder.info.metadata
+  for split, info in builder.info.splits.items():
+    without = metadata.get("num_without_text", {}).get(split, 0)
+    skipped = metadata.get("skipped", {}).get(split, [])
+    print(
+      f"  {split}: {info.num_examples} utterances"
+      + (f" ({without} without a transcript: task heads only)" if without else "")
+      + (f", {len(skipped)} skipped" if skipped else "")
+    )
+    for item in skipped:
+      print(f"    skipped {item['reason']}")
+  intents, slot_types = metadata.get("intents", []), metadata.get("slot_types", [])
+  print(f"  {len(intents)} intents, {len(slot_types)} slot types (from the train split)")
+  print(
+    f"Train on it: moe-asr train --config configs/small.py --workdir W "
+    f"--config.data.name=local_manifest/{name} --config.data.data_dir={args.data_dir}"
+  )
   return 0
 
 
@@ -265,6 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
   )
   stats.add_argument("--json", default=None, help="also write the statistics to this JSON file")
   stats.set_defaults(func=_corpus_stats)
+
+  data = sub.add_parser("data", help="bring your own recordings in")
+  data_sub = data.add_subparsers(dest="data_command", required=True)
+  imp = data_sub.add_parser(
+    "import", help="a folder of audio and {split}.tsv|jsonl manifests -> local_manifest/NAME"
+  )
+  imp.add_argument("dir", type=pathlib.Path, help="folder with the audio and the manifests")
+  imp.add_argument("--name", required=True, help="dataset config name: local_manifest/NAME")
+  imp.add_argument("--data-dir", default="data", type=pathlib.Path, help="TFDS data directory")
+  imp.add_argument(
+    "--on-error", choices=("skip", "raise"), default="skip", help="bad items: skip or stop"
+  )
+  imp.add_argument("--default-language", default=None, help="language of lines that give none")
+  imp.add_argument("--max-seconds", type=float, default=None, help="longer audio is skipped")
+  imp.add_argument(
+    "--allow-outside", action="store_true", help="accept audio paths outside the folder"
+  )
+  imp.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+  imp.set_defaults(func=_data_import)
 
   model_info = sub.add_parser("model-info", help="parameters in total and active per token")
   model_info.add_argument("--config", required=True, help="experiment config (configs/*.py)")
