@@ -16,11 +16,13 @@ moe-asr demo --workdir runs/demo     # the main job
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pathlib
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 
@@ -284,6 +286,13 @@ def _demo(args, overrides) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "-v",
+    "--verbose",
+    dest="traceback",
+    action="store_true",
+    help="show the traceback of an error (each subcommand's -v also logs everything)",
+  )
   sub = parser.add_subparsers(dest="command", required=True)
 
   corpus = sub.add_parser("corpus", help="build or inspect the embedded corpus")
@@ -382,13 +391,47 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _known_errors() -> tuple[type[BaseException], ...]:
+  """Errors that say what is wrong with the input or the run, not with the program.
+
+  Each module's own are known once it is imported (one that is not imported raised none).
+  """
+  known: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, PermissionError]
+  for module, names in (
+    ("moe_asr.config_lib", ("ConfigError",)),
+    ("moe_asr.training.checkpoint", ("CheckpointError", "TokenizerMismatchError", "SaveError")),
+    ("moe_asr.training.run_lock", ("WorkdirBusyError",)),
+    ("moe_asr.training.distributed", ("PeerError",)),
+  ):
+    loaded = sys.modules.get(module)
+    known += [getattr(loaded, name) for name in names if hasattr(loaded, name)]
+  return tuple(known)
+
+
+def _is_known(error: BaseException) -> bool:
+  if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return True  # A full disk or quota.
+  return isinstance(error, _known_errors())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs a subcommand; a known error prints one line (`-v`: its traceback) and exits 2."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (dataset builds) is quiet.
   argv = sys.argv[1:] if argv is None else list(argv)
   rest, overrides = _split_overrides(argv)
-  args = parser_args = build_parser().parse_args(rest)
-  del parser_args
-  return args.func(args, overrides)
+  args = build_parser().parse_args(rest)
+  try:
+    return args.func(args, overrides)
+  except Exception as e:
+    if not _is_known(e):
+      raise
+    verbose = args.traceback or getattr(args, "verbose", False)
+    if verbose:
+      traceback.print_exc()
+    message = " ".join(str(e).split()) or type(e).__name__
+    hint = "" if verbose else " (-v shows the traceback)"
+    print(f"moe-asr {args.command}: error: {message}{hint}", file=sys.stderr, flush=True)
+    return 2
 
 
 if __name__ == "__main__":
