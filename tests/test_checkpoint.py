@@ -230,7 +230,7 @@ def test_half_written_step_is_ignored_and_swept(tmp_path):
     assert ckptr.latest_step() == 3
 
 
-def test_damaged_step_raises_an_error_naming_step_and_directory(tmp_path):
+def test_a_damaged_step_is_named_and_the_one_before_it_restored(tmp_path, caplog):
   state = {"w": jnp.arange(6.0).reshape(2, 3)}
   abstract = _abstract(state, _one_device())
   with ckpt.Checkpointer(tmp_path, async_save=False) as ckptr:
@@ -239,20 +239,59 @@ def test_damaged_step_raises_an_error_naming_step_and_directory(tmp_path):
   for data_file in (tmp_path / "2" / "state" / "d").iterdir():
     data_file.unlink()
   with ckpt.Checkpointer(tmp_path) as ckptr:
+    with caplog.at_level("WARNING", logger="moe_asr.training.checkpoint"):
+      restored = ckptr.restore(abstract)
+    assert (restored.step, restored.damaged, restored.config) == (1, [2], {"a": 1})
+    assert f"step 2 in {tmp_path} is damaged" in caplog.text
+    # A step asked for by number is that step or an error naming it.
     with pytest.raises(ckpt.CheckpointError, match=f"step 2 in {re.escape(str(tmp_path))}"):
-      ckptr.restore(abstract)
+      ckptr.restore(abstract, step=2)
     assert ckptr.restore(abstract, step=1).config == {"a": 1}
     with pytest.raises(FileNotFoundError, match=r"step 9 .*complete steps: \[1, 2\]"):
       ckptr.restore(abstract, step=9)
+    # Only the items asked for are read.
+    only_state = ckptr.restore(abstract, step=1, items=(ckpt.STATE,))
+    assert only_state.config is None and only_state.step == 1
+  assert (tmp_path / "2").exists()  # A reader leaves the damaged step where it is.
 
   config_file = tmp_path / "2" / "config" / "metadata"
   config_file.write_text(config_file.read_text()[:5])
   with pytest.raises(ckpt.CheckpointError, match=f"step 2 in {re.escape(str(tmp_path))}"):
-    ckpt.read_config(tmp_path)
+    ckpt.read_config(tmp_path, step=2)
+  assert ckpt.read_config(tmp_path) == {"a": 1}
   tokenizer_file = tmp_path / "2" / "tokenizer" / "metadata"
   tokenizer_file.write_text(tokenizer_file.read_text().replace("c3Bt", "c3Bu"))  # b"spm" -> b"spn"
   with pytest.raises(ckpt.CheckpointError, match="step 2 .*sha256"):
-    ckpt.read_tokenizer(tmp_path)
+    ckpt.read_tokenizer(tmp_path, step=2)
+
+  # Every step damaged: an error naming them all.
+  for data_file in (tmp_path / "1" / "state" / "d").iterdir():
+    data_file.unlink()
+  with (
+    ckpt.Checkpointer(tmp_path) as ckptr,
+    pytest.raises(ckpt.CheckpointError, match=r"every step \(\[1, 2\]\) is damaged"),
+  ):
+    ckptr.restore(abstract)
+
+
+def test_a_training_restore_moves_damaged_steps_aside_and_saves_them_again(tmp_path):
+  state = {"w": jnp.arange(3.0)}
+  abstract = _abstract(state, _one_device())
+  with ckpt.Checkpointer(tmp_path, async_save=False) as ckptr:
+    ckptr.save(1, state)
+    ckptr.save(2, {"w": state["w"] * 2})
+  for path in (tmp_path / "2").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"\0" * path.stat().st_size)  # Zeroed, as a failed disk leaves it.
+  with ckpt.Checkpointer(tmp_path, async_save=False) as ckptr:
+    restored = ckptr.restore(abstract, set_aside_damaged=True)
+    assert (restored.step, restored.damaged) == (1, [2])
+    assert ckptr.all_steps() == [1]
+    assert (tmp_path / "2.damaged").is_dir()
+    assert ckptr.save(2, {"w": state["w"] * 3})
+    back = ckptr.restore(abstract)
+  assert back.step == 2
+  np.testing.assert_array_equal(np.asarray(back.state["w"]), [0.0, 3.0, 6.0])
 
 
 def test_data_state_from_another_process_count_is_not_restored(tmp_path):
@@ -358,3 +397,37 @@ def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
     restored = ckptr.restore(_abstract(state, _one_device()))
   assert restored.step == 1 and restored.data_state == {"next_index": 5}
   np.testing.assert_array_equal(np.asarray(restored.state["w"]), [0.0, 1.0, 2.0])
+
+
+def test_a_checkpoint_refuses_another_tokenizer_naming_both(tmp_path, caplog):
+  state = {"w": jnp.arange(3.0)}
+  abstract = _abstract(state, _one_device())
+  ours = ckpt.tokenizer_id(_TOKENIZER, "/runs/a/tokenizer.model")
+  swapped = _TOKENIZER[:10] + _TOKENIZER[11:12] + _TOKENIZER[10:11] + _TOKENIZER[12:]  # Same size.
+  theirs = ckpt.tokenizer_id(swapped, "/elsewhere/tokenizer.model")
+  with ckpt.Checkpointer(tmp_path, async_save=False) as ckptr:
+    ckptr.save(1, state, tokenizer=_TOKENIZER, tokenizer_source="/runs/a/tokenizer.model")
+    ckptr.save(2, state)  # A step without a tokenizer.
+  assert ckpt.saved_tokenizer_id(tmp_path, 1) == ours
+  with ckpt.Checkpointer(tmp_path) as ckptr:
+    assert ckptr.restore(abstract, step=1, tokenizer=ours).step == 1
+    with pytest.raises(ckpt.TokenizerMismatchError) as e:
+      ckptr.restore(abstract, step=1, tokenizer=theirs)
+    message = str(e.value)
+    for side in (ours, theirs):  # Digest, size and file of both.
+      assert f"sha256 {side['sha256'][:12]}, {len(_TOKENIZER)} bytes, from {side['source']}" in (
+        message
+      )
+    assert ours["sha256"] != theirs["sha256"]
+    # No fallback past a mismatch: the newest step (2) records no tokenizer and is let through
+    # with a warning; asked for step 1, the mismatch stops the restore.
+    with caplog.at_level("WARNING", logger="moe_asr.training.checkpoint"):
+      assert ckptr.restore(abstract, tokenizer=theirs).step == 2
+    assert "tokenizer of checkpoint step 2" in caplog.text and "cannot be checked" in caplog.text
+
+  # A checkpoint from before identities were recorded: its tokenizer copy is compared.
+  shutil.rmtree(tmp_path / "1" / ckpt.TOKENIZER_ID)
+  with ckpt.Checkpointer(tmp_path) as ckptr:
+    assert ckptr.restore(abstract, step=1, tokenizer=ours).step == 1
+    with pytest.raises(ckpt.TokenizerMismatchError, match="the copy in checkpoint step 1"):
+      ckptr.restore(abstract, step=1, tokenizer=theirs)

@@ -1,6 +1,6 @@
 """Checkpoints that travel: orbax steps that resume exactly on any mesh.
 
-One step directory holds up to five orbax items:
+One step directory holds up to six orbax items:
 
   state      the train state (any pytree of jax.Arrays, possibly sharded), in
              orbax's array format, so it restores onto any mesh: 8 devices -> 1,
@@ -9,6 +9,9 @@ One step directory holds up to five orbax items:
              one `process_<i>-of-<n>.json` per process, the layout grain's own
              orbax handler writes, because each process reads its own shard.
   tokenizer  the serialized SentencePiece model, base64 in JSON with its sha256.
+  tokenizer_id  that model's identity, small and apart from the copy: its sha256, size
+             in bytes and pieces, and the file it came from. Restores compare it with
+             the tokenizer of the run restoring (`check_tokenizer`) and refuse another.
   config     the experiment config as a dict (`config.to_dict()`).
   extra      a small JSON dict (counters that must survive a restart).
 
@@ -16,6 +19,10 @@ Saves are asynchronous; a step becomes visible only once orbax has finalized
 it, so a crash mid-save leaves the previous step as the latest. A state holding
 NaN or Inf is refused before anything is written: a NaN never reaches a
 checkpoint. JSON items come back as JSON gives them (tuples become lists).
+
+Restoring without a step takes the newest intact one: a step whose files are damaged is
+named in a warning and the one before it is tried. A restore reads only the items it is
+asked for (`items`): evaluation and transcription need the state, not the data iterator.
 """
 
 from __future__ import annotations
@@ -45,9 +52,11 @@ _LOG = logging.getLogger(__name__)
 STATE = "state"
 DATA = "data"
 TOKENIZER = "tokenizer"
+TOKENIZER_ID = "tokenizer_id"
 CONFIG = "config"
 EXTRA = "extra"
-_JSON_ITEMS = (TOKENIZER, CONFIG, EXTRA)
+_JSON_ITEMS = (TOKENIZER, TOKENIZER_ID, CONFIG, EXTRA)
+ALL_ITEMS = (STATE, DATA, TOKENIZER, CONFIG, EXTRA)  # What `restore` reads by default.
 
 
 # Replicated arrays are written cooperatively by their replicas (orbax's replica-parallel
@@ -73,6 +82,10 @@ class CheckpointError(RuntimeError):
   """A checkpoint step exists but cannot be read back."""
 
 
+class TokenizerMismatchError(ValueError):
+  """The run's tokenizer is not the one the checkpoint was trained with."""
+
+
 @dataclasses.dataclass
 class Restored:
   """What `Checkpointer.restore` gives back; optional items not saved are None."""
@@ -83,6 +96,7 @@ class Restored:
   tokenizer: bytes | None  # Serialized SentencePiece model.
   config: dict | None  # The experiment config as a dict.
   extra: dict | None  # Small JSON-able dict.
+  damaged: list[int] = dataclasses.field(default_factory=list)  # Newer steps passed over.
 
 
 # --- Per-process JSON item (grain iterator states) ---------------------------
@@ -224,23 +238,76 @@ def _decode_tokenizer(item: dict) -> bytes:
   return model
 
 
+def _vocab_size(model: bytes) -> int | None:
+  try:
+    import sentencepiece
+
+    return int(sentencepiece.SentencePieceProcessor(model_proto=model).vocab_size())
+  except Exception:  # Not a SentencePiece model (a test's bytes): the size is unknown.
+    return None
+
+
+def tokenizer_id(model: bytes, source: str | None = None) -> dict:
+  """The identity of a serialized SentencePiece model, as a checkpoint records it.
+
+  Args:
+    model: the serialized model.
+    source: where it came from (a file path), for messages.
+
+  Returns:
+    {"sha256", "bytes", "vocab_size" (None if not a SentencePiece model), "source"}.
+  """
+  return {
+    "sha256": hashlib.sha256(model).hexdigest(),
+    "bytes": len(model),
+    "vocab_size": _vocab_size(model),
+    "source": source,
+  }
+
+
+def describe_tokenizer(identity: Mapping) -> str:
+  """'sha256 1a2b3c4d5e6f, 600 pieces, 250123 bytes, from PATH'."""
+  parts = [f"sha256 {identity['sha256'][:12]}"]
+  if identity.get("vocab_size") is not None:
+    parts.append(f"{identity['vocab_size']} pieces")
+  parts.append(f"{identity['bytes']} bytes")
+  if identity.get("source"):
+    parts.append(f"from {identity['source']}")
+  return ", ".join(parts)
+
+
+def tokenizer_mismatch(where: str, saved: Mapping, run: Mapping) -> TokenizerMismatchError:
+  """The error refusing `where` (trained with `saved`) for a run with tokenizer `run`."""
+  return TokenizerMismatchError(
+    f"The tokenizer does not match the checkpoint: {where} was trained with "
+    f"{describe_tokenizer(saved)}; this run has {describe_tokenizer(run)}. Decoding with "
+    "another tokenizer gives wrong text; use the checkpoint's own tokenizer (the workdir's "
+    "tokenizer.model, or config.data.tokenizer naming the one it was trained with)."
+  )
+
+
 def _step_path(directory: epath.Path, step: int) -> epath.Path:
   # The manager uses orbax's standard step names: the bare, unpadded number.
   return directory / str(step)
 
 
 def _resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
-  steps = list(manager.all_steps())
+  return _candidate_steps(manager, step)[0]
+
+
+def _candidate_steps(manager: ocp.CheckpointManager, step: int | None) -> list[int]:
+  """[step] if one is asked for, else every complete step, newest first."""
+  steps = sorted(manager.all_steps(), reverse=True)
   if step is None:
     if not steps:
       raise FileNotFoundError(f"No complete checkpoint in {manager.directory}.")
-    return max(steps)
+    return steps
   if step not in steps:
     raise FileNotFoundError(
       f"No complete checkpoint for step {step} in {manager.directory}; "
       f"complete steps: {sorted(steps)}."
     )
-  return step
+  return [step]
 
 
 def _restore_items(
@@ -259,6 +326,40 @@ def _restore_items(
       "state may not match the saved one."
     ) from e
   return out
+
+
+def _saved_tokenizer_id(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """The identity of the tokenizer `step` was trained with, or None (with a warning).
+
+  A checkpoint from before identities were recorded gives its tokenizer copy's; one without
+  either (or whose copy does not read back) gives None. A damaged identity item raises
+  CheckpointError (the step is damaged).
+  """
+  step_dir = _step_path(manager.directory, step)
+  where = f"checkpoint step {step} in {manager.directory}"
+  if (step_dir / TOKENIZER_ID).exists():
+    return _restore_items(manager, step, {TOKENIZER_ID: ocp.args.JsonRestore()})[TOKENIZER_ID]
+  if (step_dir / TOKENIZER).exists():
+    try:
+      model = _restore_items(manager, step, {TOKENIZER: ocp.args.JsonRestore()})[TOKENIZER]
+    except CheckpointError as e:
+      _LOG.warning(
+        "The tokenizer of %s cannot be checked: it records no identity and its copy does not "
+        "read back (%s).",
+        where,
+        str(e).splitlines()[0],
+      )
+      return None
+    return tokenizer_id(model, source=f"the copy in {where}")
+  _LOG.warning("The tokenizer of %s cannot be checked: the step records none.", where)
+  return None
+
+
+def _check_tokenizer(manager: ocp.CheckpointManager, step: int, run: Mapping) -> None:
+  """Raises TokenizerMismatchError unless `step` was trained with the tokenizer `run` names."""
+  saved = _saved_tokenizer_id(manager, step)
+  if saved is not None and saved["sha256"] != run["sha256"]:
+    raise tokenizer_mismatch(f"checkpoint step {step} in {manager.directory}", saved, run)
 
 
 def _json_restore_args(step_dir: epath.Path, names: Iterable[str]) -> dict:
@@ -352,6 +453,7 @@ class Checkpointer:
     config: dict | None = None,
     extra: dict | None = None,
     force: bool = False,
+    tokenizer_source: str | None = None,
   ) -> bool:
     """Saves a step (asynchronously unless the Checkpointer was made otherwise).
 
@@ -366,6 +468,7 @@ class Checkpointer:
       config: The experiment config as a dict.
       extra: Small JSON-able dict.
       force: Save even off the save interval (e.g. on preemption).
+      tokenizer_source: Where `tokenizer` came from (a path), recorded with its identity.
 
     Returns:
       Whether a step was written: False off the interval, or when `step` is
@@ -388,6 +491,7 @@ class Checkpointer:
       items[DATA] = _ProcessJsonSave(json.dumps(_json_snapshot(DATA, data_state)))
     if tokenizer is not None:
       items[TOKENIZER] = ocp.args.JsonSave(_encode_tokenizer(tokenizer))
+      items[TOKENIZER_ID] = ocp.args.JsonSave(tokenizer_id(bytes(tokenizer), tokenizer_source))
     if config is not None:
       items[CONFIG] = ocp.args.JsonSave(_json_snapshot(CONFIG, config))
     if extra is not None:
@@ -408,36 +512,106 @@ class Checkpointer:
       _LOG.warning("Removing unfinished checkpoint %s.", tmp.get())
       tmp.get().rmtree()
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Restored:
+  def restore(
+    self,
+    abstract_state: Any,
+    step: int | None = None,
+    *,
+    items: Iterable[str] = ALL_ITEMS,
+    tokenizer: Mapping | None = None,
+    set_aside_damaged: bool = False,
+  ) -> Restored:
     """Restores a step onto the shardings of `abstract_state`.
+
+    Without `step`, the newest step that reads back: a damaged step is named in a warning
+    and the one before it is tried.
 
     Args:
       abstract_state: Pytree of `jax.ShapeDtypeStruct` with `.sharding` set; the
         mesh may differ from the one that saved.
-      step: Which step; None is the latest complete one.
+      step: Which step; None is the newest intact one.
+      items: The items to read (the state always); the others come back as None.
+      tokenizer: The run's tokenizer (`tokenizer_id`): a step trained with another one is
+        refused.
+      set_aside_damaged: Rename the damaged steps passed over to `<step>.damaged`, so that
+        a run continuing from an older step can save those steps again.
 
     Returns:
-      The step and its items; items that were not saved are None.
+      The step and its items; items that were not saved or not asked for are None.
 
     Raises:
       FileNotFoundError: no complete checkpoint (for `step`).
-      CheckpointError: the step's files are damaged or do not match the target.
+      CheckpointError: the step's files are damaged or do not match the target (without
+        `step`: every step is).
+      TokenizerMismatchError: the step was trained with another tokenizer.
     """
-    step = _resolve_step(self._manager, step)
+    items = set(items) | {STATE}
+    damaged: list[tuple[int, CheckpointError]] = []
+    for candidate in _candidate_steps(self._manager, step):
+      try:
+        restored = self._restore_step(candidate, abstract_state, items, tokenizer)
+      except CheckpointError as e:
+        if step is not None:
+          raise
+        damaged.append((candidate, e))
+        _LOG.warning(
+          "Checkpoint step %d in %s is damaged, trying the step before it: %s",
+          candidate,
+          self.directory,
+          " ".join(str(e).split("\n")),
+        )
+        continue
+      restored.damaged = [s for s, _ in damaged]
+      if damaged:
+        _LOG.warning(
+          "Restored step %d of %s; damaged newer steps passed over: %s",
+          candidate,
+          self.directory,
+          restored.damaged,
+        )
+        if set_aside_damaged:
+          self._set_aside(restored.damaged)
+      return restored
+    steps = [s for s, _ in damaged]
+    raise CheckpointError(
+      f"No intact checkpoint in {self.directory}: every step ({sorted(steps)}) is damaged; the "
+      f"newest: {damaged[0][1]}"
+    ) from damaged[0][1]
+
+  def _restore_step(
+    self, step: int, abstract_state: Any, items: set[str], tokenizer: Mapping | None
+  ) -> Restored:
+    if tokenizer is not None:
+      _check_tokenizer(self._manager, step, tokenizer)
     step_dir = _step_path(self.directory, step)
     args: dict[str, ocp.args.CheckpointArgs] = {STATE: ocp.args.StandardRestore(abstract_state)}
-    if (step_dir / DATA).exists():
+    if DATA in items and (step_dir / DATA).exists():
       args[DATA] = _ProcessJsonRestore()
-    args.update(_json_restore_args(step_dir, _JSON_ITEMS))
-    items = _restore_items(self._manager, step, args)
+    args.update(_json_restore_args(step_dir, [n for n in _JSON_ITEMS if n in items]))
+    restored = _restore_items(self._manager, step, args)
     return Restored(
       step=step,
-      state=items[STATE],
-      data_state=items.get(DATA),
-      tokenizer=items.get(TOKENIZER),
-      config=items.get(CONFIG),
-      extra=items.get(EXTRA),
+      state=restored[STATE],
+      data_state=restored.get(DATA),
+      tokenizer=restored.get(TOKENIZER),
+      config=restored.get(CONFIG),
+      extra=restored.get(EXTRA),
     )
+
+  def _set_aside(self, steps: Iterable[int]) -> None:
+    if jax.process_index() == 0:
+      for step in steps:
+        path = _step_path(self.directory, step)
+        target = path.parent / f"{path.name}.damaged"
+        if target.exists():
+          target = path.parent / f"{path.name}.damaged.{os.getpid()}"
+        _LOG.warning("Moving damaged checkpoint %s to %s", path, target)
+        path.rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("moe_asr_checkpoint_set_aside")
+    self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until asynchronous saves are finalized; raises their errors."""
@@ -458,15 +632,49 @@ class Checkpointer:
 
 
 def _read_json_item(directory: epath.PathLike, step: int | None, name: str) -> Any:
+  """Item `name` of `step`, or of the newest step where it reads back (None if not saved)."""
   directory = absolute(directory)
   if not directory.is_dir():
     raise FileNotFoundError(f"Checkpoint directory {directory} does not exist.")
   options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
   manager = ocp.CheckpointManager(directory, options=options)
   try:
-    step = _resolve_step(manager, step)
-    args = _json_restore_args(_step_path(directory, step), [name])
-    return _restore_items(manager, step, args)[name] if args else None
+    errors = []
+    for candidate in _candidate_steps(manager, step):
+      args = _json_restore_args(_step_path(directory, candidate), [name])
+      try:
+        return _restore_items(manager, candidate, args)[name] if args else None
+      except CheckpointError as e:
+        if step is not None:
+          raise
+        errors.append(e)
+        _LOG.warning(
+          "The %s of checkpoint step %d in %s is damaged; trying the step before it.",
+          name,
+          candidate,
+          directory,
+        )
+    raise errors[0]
+  finally:
+    manager.close()
+
+
+def saved_tokenizer_id(directory: epath.PathLike, step: int | None = None) -> dict | None:
+  """The identity (`tokenizer_id`) of the tokenizer a checkpoint step was trained with.
+
+  Args:
+    directory: The checkpoint directory.
+    step: Which step; None is the latest complete one.
+
+  Returns:
+    The identity; from the tokenizer copy for checkpoints that predate recorded identities;
+    None (with a warning) where the step holds neither.
+  """
+  directory = absolute(directory)
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+  manager = ocp.CheckpointManager(directory, options=options)
+  try:
+    return _saved_tokenizer_id(manager, _resolve_step(manager, step))
   finally:
     manager.close()
 

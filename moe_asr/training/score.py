@@ -35,18 +35,23 @@ CALIBRATION_FILE = "calibration.json"  # Fitted calibration (`confidence.Calibra
 
 
 def workdir_config(
-  workdir: str | pathlib.Path, overrides: Sequence[str] = ()
+  workdir: str | pathlib.Path, overrides: Sequence[str] = (), *, step: int | None = None
 ) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (from its newest checkpoint), with overrides.
+  """The config a workdir was trained with (from a checkpoint), with overrides.
 
-  The `decode` section starts from the defaults, then the checkpoint's, then the
-  tuned settings of `W/decoding.json`, then `overrides`.
+  The config of checkpoint `step`, else of the newest step whose config reads back. The
+  `decode` section starts from the defaults, then the checkpoint's, then the tuned
+  settings of `W/decoding.json`, then `overrides`.
   """
   workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"Workdir {workdir} does not exist; check the --workdir path.")
   ckpt_dir = workdir / "checkpoints"
-  saved = checkpoint_lib.read_config(ckpt_dir) if ckpt_dir.exists() else None
+  saved = checkpoint_lib.read_config(ckpt_dir, step) if ckpt_dir.exists() else None
   if saved is None:
-    raise FileNotFoundError(f"No checkpoint with a config in {ckpt_dir}; train first.")
+    raise FileNotFoundError(
+      f"No checkpoint with a config in {ckpt_dir}; train first (moe-asr train --workdir {workdir})."
+    )
   cfg = ml_collections.ConfigDict(saved)
   # Settings added since the run was trained get their defaults.
   defaults = config_lib.load_config(config_lib.config_dir() / "base.py")
@@ -102,8 +107,9 @@ def evaluate_workdir(
   overrides: Sequence[str] = (),
   out_dir: str | pathlib.Path | None = None,
   cfg: ml_collections.ConfigDict | None = None,
+  step: int | None = None,
 ) -> dict:
-  """Scores the newest checkpoint of `workdir` on `splits` and writes the report.
+  """Scores the newest intact checkpoint of `workdir` (or `step`) on `splits`; writes the report.
 
   Args:
     workdir: a training workdir.
@@ -111,15 +117,16 @@ def evaluate_workdir(
     overrides: `a.b=value` config overrides (e.g. `data.data_dir=...`).
     out_dir: where the report goes (default `W/eval`).
     cfg: use this config instead of the checkpoint's.
+    step: the checkpoint step to score (default: the newest that reads back).
 
   Returns:
     The report dict (also written to `out_dir/report.json`).
   """
   distributed.initialize()
   workdir = pathlib.Path(workdir)
-  cfg = cfg if cfg is not None else workdir_config(workdir, overrides)
+  cfg = cfg if cfg is not None else workdir_config(workdir, overrides, step=step)
   splits = tuple(splits or cfg.eval.splits)
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = train.build_run(cfg, workdir, for_training=False, step=step)
   sizes = info_lib.model_info(
     cfg,
     vocab_size=run.data.tokenizer.vocab_size,

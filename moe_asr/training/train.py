@@ -62,6 +62,7 @@ class Run:
   checkpointer: checkpoint_lib.Checkpointer | None
   start_step: int = 0
   data_state: dict | None = None
+  tokenizer_id: dict | None = None  # The run's tokenizer (`checkpoint.tokenizer_id`).
 
   def batch_shardings(self, batch: Mapping[str, np.ndarray]):
     return sharding.batch_shardings(self.mesh, batch)
@@ -322,14 +323,35 @@ def init_state(cfg: ml_collections.ConfigDict, mesh, rules, **model_kwargs):
   return graphdef, state, rng_state, state_shardings
 
 
+def tokenizer_identity(
+  cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: inputs.RunData
+) -> dict:
+  """The identity of the run's tokenizer (`checkpoint.tokenizer_id`), naming its file."""
+  model = data.tokenizer.to_bytes()
+  candidates = [cfg.data.get("tokenizer"), pathlib.Path(workdir) / "tokenizer.model"]
+  source = f"the tokenizer of dataset {cfg.data.name} in {cfg.data.data_dir}"
+  for path in candidates:
+    if path and os.path.isfile(path) and pathlib.Path(path).read_bytes() == model:
+      source = os.path.abspath(path)
+      break
+  return checkpoint_lib.tokenizer_id(model, source)
+
+
 def build_run(
-  cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, for_training: bool = True
+  cfg: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  *,
+  for_training: bool = True,
+  step: int | None = None,
 ) -> Run:
   """Mesh, data side, sharded state and its restoration (resume order).
 
   Resume order: the workdir's own checkpoints -> `config.resume` (another run's
   checkpoints: state and data position) -> `config.init_from` (parameters of
-  matching names only) -> scratch.
+  matching names only) -> scratch. Each refuses a checkpoint trained with another
+  tokenizer. Without `step`, the newest intact checkpoint step is restored (damaged newer
+  ones are named in a warning; a training run moves them aside, `<step>.damaged`, so it
+  can save those steps again). Not for training, only the state is read.
   """
   workdir = pathlib.Path(workdir)
   if cfg.get("compilation_cache"):
@@ -356,6 +378,7 @@ def build_run(
     async_save=cfg.train.async_checkpoints,
   )
   run = Run(cfg, mesh, rules, data, graphdef, state, rng_state, state_shardings, checkpointer)
+  run.tokenizer_id = tokenizer_identity(cfg, workdir, data)
   target = _abstract(state, state_shardings)
   source = None
   if checkpointer.latest_step() is not None:
@@ -364,25 +387,29 @@ def build_run(
     source = checkpoint_lib.Checkpointer(cfg.resume, async_save=False)
     if source.latest_step() is None:
       raise FileNotFoundError(f"config.resume={cfg.resume!r} holds no checkpoint")
+  if step is not None and source is not checkpointer:
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}, so none of step {step}")
   if source is not None:
-    restored = source.restore(target)
+    restored = source.restore(
+      target,
+      step,
+      items=checkpoint_lib.ALL_ITEMS if for_training else (checkpoint_lib.STATE,),
+      tokenizer=run.tokenizer_id,
+      set_aside_damaged=for_training and source is checkpointer,
+    )
     run.state, run.start_step, run.data_state = restored.state, restored.step, restored.data_state
     _LOG.info("Resumed from %s at step %d", source.directory, restored.step)
   elif cfg.get("init_from"):
     run.state = _init_from(run, cfg.init_from)
   elif not for_training:
-    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}")
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}; train first (moe-asr train).")
   return run
 
 
-def _saved_params(directory: str) -> dict[str, np.ndarray]:
-  """{'encoder/blocks/0/...': array} of the model parameters in a checkpoint directory."""
+def _saved_params(directory: str, step: int) -> dict[str, np.ndarray]:
+  """{'encoder/blocks/0/...': array} of the model parameters of a checkpoint step."""
   import orbax.checkpoint as ocp
 
-  source = checkpoint_lib.Checkpointer(directory, async_save=False)
-  step = source.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"config.init_from={directory!r} holds no checkpoint")
   path = checkpoint_lib.absolute(directory) / str(step) / "state"
   # As host numpy arrays: the source run's mesh (8 devices, 2 processes) need not exist here.
   checkpointer = ocp.PyTreeCheckpointer()
@@ -401,9 +428,28 @@ def _init_from(run: Run, directory: str):
   """Copies parameters of matching path and shape from another run's checkpoint.
 
   Parameters the source lacks (a new language's expert, adapters) keep their
-  fresh initialisation; the optimizer state starts fresh.
+  fresh initialisation; the optimizer state starts fresh. A source trained with another
+  tokenizer of the same size is refused (its token rows would be copied to other tokens);
+  with another size the token-indexed parameters differ in shape and start fresh.
   """
-  saved = _saved_params(directory)
+  with checkpoint_lib.Checkpointer(directory, async_save=False) as source:
+    step = source.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"config.init_from={directory!r} holds no checkpoint")
+  saved_tokenizer = checkpoint_lib.saved_tokenizer_id(directory, step)
+  run_tokenizer = run.tokenizer_id
+  if saved_tokenizer is not None and saved_tokenizer["sha256"] != run_tokenizer["sha256"]:
+    where = f"config.init_from={directory!r} (step {step})"
+    if saved_tokenizer.get("vocab_size") == run_tokenizer.get("vocab_size"):
+      raise checkpoint_lib.tokenizer_mismatch(where, saved_tokenizer, run_tokenizer)
+    _LOG.warning(
+      "%s was trained with another tokenizer (%s; this run: %s): its token-indexed "
+      "parameters differ in shape and start fresh",
+      where,
+      checkpoint_lib.describe_tokenizer(saved_tokenizer),
+      checkpoint_lib.describe_tokenizer(run_tokenizer),
+    )
+  saved = _saved_params(directory, step)
   copied, fresh = 0, []
 
   def take(path, leaf):
@@ -571,6 +617,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
         tokenizer=tokenizer_bytes,
         config=cfg.to_dict(),
         force=force,
+        tokenizer_source=run.tokenizer_id["source"],
       )
 
   def run_validation(step: int) -> None:
