@@ -6,8 +6,8 @@ moe-asr data import DIR --name NAME --data-dir DATA [--on-error skip|raise]  # y
 moe-asr devices [--json PATH]        # join the job's processes, check an all-reduce
 moe-asr train --config configs/tiny.py --workdir W [--config.train.steps=200]
 moe-asr train-lm --workdir W         # text LM for fusion and rescoring (W/lm)
-moe-asr eval --workdir W [--decode.method=ctc_beam --decode.beam=8 --decode.lm_weight=0.3
-             --decode.bias_file=phrases.txt]
+moe-asr eval --workdir W [--step N] [--decode.method=ctc_beam --decode.beam=8
+             --decode.lm_weight=0.3 --decode.bias_file=phrases.txt]
 moe-asr tune-decoding --workdir W    # fusion weights + calibration -> W/decoding.json
 moe-asr transcribe --workdir W a.wav b.flac   # JSON lines
 moe-asr demo --workdir runs/demo     # the main job
@@ -229,6 +229,7 @@ def _eval(args, overrides) -> int:
     splits=args.split or None,
     overrides=[o.removeprefix("--") for o in overrides],
     out_dir=out_dir,
+    step=args.step,
   )
   if distributed.is_primary():
     print(report_lib.format_table(report))
@@ -282,6 +283,9 @@ def _demo(args, overrides) -> int:
   _logging(args.verbose)
   demo.run_demo(args.workdir, data_dir=args.data_dir, config=args.config, overrides=overrides)
   return 0
+
+
+_STEP_HELP = "checkpoint step to use (default: the newest that reads back)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--workdir", required=True, help="a training workdir")
   ev.add_argument("--split", action="append", help="split to score (repeatable)")
   ev.add_argument("--out", default=None, help="report directory (default W/eval)")
+  ev.add_argument("--step", type=int, default=None, help=_STEP_HELP)
   ev.add_argument("-v", "--verbose", action="store_true")
   ev.set_defaults(func=_eval)
 
@@ -387,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   from moe_asr import transcribe
 
-  transcribe.add_parser(sub)
+  transcribe.add_parser(sub).add_argument("--step", type=int, default=None, help=_STEP_HELP)
   return parser
 
 
