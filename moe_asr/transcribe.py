@@ -238,6 +238,7 @@ def transcribe_files(
   beam: int | None = None,
   lm_weight: float | None = None,
   bias_file: str | None = None,
+  step: int | None = None,
 ) -> list[dict]:
   """Transcribes audio files with the newest checkpoint of `workdir`.
 
@@ -246,6 +247,7 @@ def transcribe_files(
     files: audio file paths.
     overrides: `config.a.b=value` overrides of the workdir's config.
     method, beam, lm_weight, bias_file: set `config.decode.*` (after the overrides).
+    step: the checkpoint step (default: the newest that reads back).
 
   Returns:
     One record per file, in the order of `files`: the transcript record of the module
@@ -264,7 +266,7 @@ def transcribe_files(
 
   distributed.initialize()
   workdir = pathlib.Path(workdir)
-  cfg = score.workdir_config(workdir, overrides)
+  cfg = score.workdir_config(workdir, overrides, step=step)
   for key, value in (
     ("method", method),
     ("beam", None if beam is None else int(beam)),
@@ -296,7 +298,7 @@ def transcribe_files(
       records[i] = {"file": name, "error": f"{name}: longer than the longest bucket"}
 
   if audio:
-    run = train.build_run(cfg, workdir, for_training=False)
+    run = train.build_run(cfg, workdir, for_training=False, step=step)
     calibration = score.load_calibration(workdir)
     process, processes = jax.process_index(), jax.process_count()
     try:
@@ -348,6 +350,7 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
     beam=args.beam,
     lm_weight=args.lm_weight,
     bias_file=args.bias_file,
+    step=getattr(args, "step", None),
   )
   if jax.process_index() == 0:
     lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
