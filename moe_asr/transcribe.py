@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import logging
 import pathlib
@@ -198,6 +199,9 @@ def record_from_row(
 # ---------------------------------------------------------------------------
 
 
+MIN_DURATION_S = 0.1  # Shorter audio holds no word: the no-speech result.
+
+
 def _bucket_batches(lengths: Mapping[int, int], buckets) -> list[tuple[object, list[int]]]:
   """(bucket, file indices) per batch: each file in the smallest bucket that holds it."""
   grouped: dict[int, list[int]] = collections.defaultdict(list)
@@ -217,7 +221,7 @@ def _host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray])
   batch = {
     "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
     "audio_mask": np.zeros((rows, bucket.max_samples), bool),
-    "index": np.full((rows,), -1, np.int32),  # Position of the file in the input list.
+    "index": np.full((rows,), -1, np.int32),  # Key of the audio in `audio`.
     "example_mask": np.zeros((rows,), bool),  # False on padding rows.
   }
   for r, i in enumerate(members):
@@ -227,6 +231,66 @@ def _host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray])
     batch["index"][r] = i
     batch["example_mask"][r] = True
   return batch
+
+
+def no_speech_record(name: str, duration_s: float, reason: str) -> dict:
+  """The record of a file with nothing to transcribe: no text, no language, no intent."""
+  return {
+    "file": name,
+    "text": "",
+    "speech": False,
+    "reason": reason,
+    "language": None,
+    "language_confidence": None,
+    "words": [],
+    "intent": None,
+    "intent_confidence": None,
+    "slots": [],
+    "confidence": None,
+    "deferred": False,
+    "duration_s": round(duration_s, 3),
+  }
+
+
+def speech_check(wave: np.ndarray, *, min_duration: float) -> tuple[str | None, np.ndarray | None]:
+  """(why `wave` holds no speech or None, its VAD speech mask or None where not run).
+
+  No speech: shorter than `min_duration` seconds, silent (`audio_io.silence_reason`: all
+  zeros, a stereo mix that cancels, an RMS below `audio_io.SILENCE_DBFS`), or no frame the
+  voice-activity detector (`moe_asr.data.vad`) calls speech.
+  """
+  from moe_asr.data import audio_io, schema, vad
+
+  seconds = len(wave) / schema.SAMPLE_RATE
+  if seconds < min_duration:
+    return f"{seconds:.3f} s is shorter than the minimum duration {min_duration:g} s", None
+  reason = audio_io.silence_reason(wave)
+  if reason is not None:
+    return f"silent: {reason}", None
+  mask = vad.speech_mask(wave)
+  if not mask.any():
+    return "the voice-activity detector found no speech", mask
+  return None, mask
+
+
+def _windows(wave: np.ndarray, mask: np.ndarray, max_samples: int):
+  """The windows a file is decoded in: the whole file when it fits, else `plan_windows`."""
+  from moe_asr import longform
+  from moe_asr.data import schema, vad
+
+  if len(wave) <= max_samples:
+    return [longform.Window(0, len(wave), "end")], False
+  rate = schema.SAMPLE_RATE
+  windows = longform.plan_windows(
+    mask,
+    len(wave),
+    max_samples,
+    frame_samples=vad.FRAME_SAMPLES,
+    min_pause=int(0.2 * rate),
+    pad=int(0.2 * rate),
+    overlap=int(1.0 * rate),
+  )
+  return windows, True
 
 
 def transcribe_files(
@@ -239,8 +303,10 @@ def transcribe_files(
   lm_weight: float | None = None,
   bias_file: str | None = None,
   step: int | None = None,
+  min_duration: float = MIN_DURATION_S,
+  no_speech_error: bool = False,
 ) -> list[dict]:
-  """Transcribes audio files with the newest checkpoint of `workdir`.
+  """Transcribes audio files of any length with the newest checkpoint of `workdir`.
 
   Args:
     workdir: a training workdir.
@@ -248,22 +314,32 @@ def transcribe_files(
     overrides: `config.a.b=value` overrides of the workdir's config.
     method, beam, lm_weight, bias_file: set `config.decode.*` (after the overrides).
     step: the checkpoint step (default: the newest that reads back).
+    min_duration: audio shorter than this (seconds) has no speech.
+    no_speech_error: a file without speech is an error record instead of the no-speech
+      record.
 
   Returns:
     One record per file, in the order of `files`: the transcript record of the module
-    docstring, or `{"file", "error"}` for a file that could not be read.
+    docstring, the no-speech record, or `{"file", "error"}` for a file that could not be
+    read.
 
-  Every process reads every file (they must be visible to all processes) and feeds its
-  share of each batch's rows.
+  Files are read one at a time and cut into windows (`_windows`); windows wait in a queue
+  per bucket and are decoded a full batch at a time, so what is held is the file being
+  cut, at most a batch of windows per bucket, and the decoded words. Every process reads
+  every file (they must be visible to all processes) and feeds its share of each batch's
+  rows.
   """
   import jax
 
+  from moe_asr import longform
   from moe_asr.data import audio_io, schema
   from moe_asr.data import features as features_lib
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.models import conformer, partitioning
   from moe_asr.training import distributed, evaluate, score, sharding, train
 
+  if not min_duration >= 0:
+    raise ValueError(f"min_duration must be >= 0 seconds, got {min_duration}")
   distributed.initialize()
   workdir = pathlib.Path(workdir)
   cfg = score.workdir_config(workdir, overrides, step=step)
@@ -279,51 +355,121 @@ def transcribe_files(
   buckets = pipeline_lib.make_buckets(
     pipeline_lib.PipelineConfig.from_config(cfg.data), feature_cfg
   )
-  max_seconds = buckets[-1].max_samples / schema.SAMPLE_RATE
+  max_samples = buckets[-1].max_samples
+  rate = schema.SAMPLE_RATE
   # `token_frames` count CTC frames: `ctc_upsample` per encoder frame.
   ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
   seconds_per_frame = ctc_frames * feature_cfg.frame_shift_ms / 1000.0
 
   names = [str(f) for f in files]
   records: list[dict | None] = [None] * len(names)
-  audio: dict[int, np.ndarray] = {}
-  for i, name in enumerate(names):
-    try:
-      audio[i] = audio_io.load_audio(name, max_seconds=max_seconds)
-    except audio_io.AudioError as e:
-      records[i] = {"file": name, "error": str(e)}
-      continue
-    if len(audio[i]) > buckets[-1].max_samples:  # Resampling can round up past the header.
-      del audio[i]
-      records[i] = {"file": name, "error": f"{name}: longer than the longest bucket"}
+  # Files being decoded: their windows, and the windows' records and language probabilities.
+  open_files: dict[int, dict] = {}
 
-  if audio:
-    run = train.build_run(cfg, workdir, for_training=False, step=step)
-    calibration = score.load_calibration(workdir)
-    process, processes = jax.process_index(), jax.process_count()
-    try:
-      with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-        eval_steps, described = score.make_decoder(run, workdir)
-        _LOG.info("Decoding %d files with %s", len(audio), described)
-        for bucket, members in _bucket_batches({i: len(a) for i, a in audio.items()}, buckets):
-          host = _host_batch(bucket, members, audio)
-          rows = bucket.batch_size // processes  # This process's rows of the global batch.
-          local = {k: v[process * rows : (process + 1) * rows] for k, v in host.items()}
-          batch = sharding.put_batch(local, run.batch_shardings(local))
-          out = evaluate._gather(eval_steps(batch)(run.state, run.rng_state, batch))
-          for r in np.flatnonzero(out["example_mask"]):
-            i = int(out["index"][r])
-            records[i] = record_from_row(
-              out,
-              int(r),
-              name=names[i],
-              duration_s=len(audio[i]) / schema.SAMPLE_RATE,
-              run_data=run.data,
-              seconds_per_frame=seconds_per_frame,
-              calibration=calibration,
-            )
-    finally:
-      run.checkpointer.close()
+  def no_speech(i: int, seconds: float, reason: str) -> None:
+    if no_speech_error:
+      records[i] = {"file": names[i], "error": f"{names[i]}: no speech ({reason})"}
+    else:
+      records[i] = no_speech_record(names[i], seconds, reason)
+
+  def windows():
+    """(file, window) pairs to decode with the window's samples, file by file."""
+    for i, name in enumerate(names):
+      try:
+        wave = audio_io.load_audio(name)
+      except audio_io.AudioError as e:
+        records[i] = {"file": name, "error": str(e)}
+        continue
+      seconds = len(wave) / rate
+      reason, mask = speech_check(wave, min_duration=min_duration)
+      if reason is not None:
+        no_speech(i, seconds, reason)
+        continue
+      planned, split = _windows(wave, mask, max_samples)
+      if not planned:
+        no_speech(i, seconds, "the voice-activity detector found no speech")
+        continue
+      if split:
+        _LOG.info("%s: %.1f s in %d windows", name, seconds, len(planned))
+      open_files[i] = {
+        "windows": planned,
+        "split": split,
+        "seconds": seconds,
+        "records": [None] * len(planned),
+        "lid": [None] * len(planned),
+        "left": len(planned),
+      }
+      for w, window in enumerate(planned):
+        yield i, w, np.array(wave[window.start : window.end])  # A copy: `wave` can go.
+
+  items = windows()
+  first = next(items, None)
+  if first is None:  # Nothing to decode: no model is loaded.
+    return _finish(names, records)
+
+  run = train.build_run(cfg, workdir, for_training=False, step=step)
+  calibration = score.load_calibration(workdir)
+  lid_temperature = calibration.lid_temperature if calibration else 1.0
+  process, processes = jax.process_index(), jax.process_count()
+
+  def finish(i: int) -> None:
+    state = open_files.pop(i)
+    if not state["split"]:
+      records[i] = {**state["records"][0], "speech": True}
+      return
+    records[i] = longform.stitch(
+      state["windows"],
+      state["records"],
+      name=names[i],
+      duration_s=state["seconds"],
+      sample_rate=rate,
+      lid_probs=state["lid"],
+    )
+
+  def decode(bucket, queue: list) -> None:
+    waves = {k: wave for k, (_, _, wave) in enumerate(queue)}
+    host = _host_batch(bucket, range(len(queue)), waves)
+    rows = bucket.batch_size // processes  # This process's rows of the global batch.
+    local = {k: v[process * rows : (process + 1) * rows] for k, v in host.items()}
+    batch = sharding.put_batch(local, run.batch_shardings(local))
+    out = evaluate._gather(eval_steps(batch)(run.state, run.rng_state, batch))
+    for r in np.flatnonzero(out["example_mask"]):
+      i, w, wave = queue[int(out["index"][r])]
+      state = open_files[i]
+      state["records"][w] = record_from_row(
+        out,
+        int(r),
+        name=names[i],
+        duration_s=len(wave) / rate,
+        run_data=run.data,
+        seconds_per_frame=seconds_per_frame,
+        calibration=calibration,
+      )
+      state["lid"][w] = evaluate.softmax(out["utt_lid_logits"][r], lid_temperature)
+      state["left"] -= 1
+      if state["left"] == 0:
+        finish(i)
+    queue.clear()
+
+  try:
+    with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+      eval_steps, described = score.make_decoder(run, workdir)
+      _LOG.info("Decoding with %s", described)
+      queues: list[list] = [[] for _ in buckets]
+      for item in itertools.chain([first], items):
+        b = next(k for k, bucket in enumerate(buckets) if len(item[2]) <= bucket.max_samples)
+        queues[b].append(item)
+        if len(queues[b]) == buckets[b].batch_size:
+          decode(buckets[b], queues[b])
+      for bucket, queue in zip(buckets, queues, strict=True):
+        if queue:
+          decode(bucket, queue)
+  finally:
+    run.checkpointer.close()
+  return _finish(names, records)
+
+
+def _finish(names: Sequence[str], records: Sequence[dict | None]) -> list[dict]:
   return [
     rec if rec is not None else {"file": name, "error": f"{name}: was not decoded"}
     for name, rec in zip(names, records, strict=True)
@@ -351,6 +497,8 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
     lm_weight=args.lm_weight,
     bias_file=args.bias_file,
     step=getattr(args, "step", None),
+    min_duration=args.min_duration,
+    no_speech_error=args.no_speech_error,
   )
   if jax.process_index() == 0:
     lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
@@ -375,7 +523,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     description=__doc__.split("\n")[0],
   )
   p.add_argument("--workdir", required=True, help="a trained workdir")
-  p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, ...; any rate/channels)")
+  p.add_argument(
+    "files",
+    nargs="+",
+    help="audio files (wav, flac, ogg, mp3, m4a, webm, ...; any rate, channels and length)",
+  )
   p.add_argument(
     "--method", choices=("greedy", "ctc_beam", "joint"), default=None, help="search (decode.method)"
   )
@@ -383,6 +535,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
   p.add_argument("--lm-weight", type=float, default=None, help="text LM weight (decode.lm_weight)")
   p.add_argument("--bias-file", default=None, help="phrases to boost, one per line")
   p.add_argument("--output", default=None, help="also write the JSON lines to this file")
+  p.add_argument(
+    "--min-duration",
+    type=float,
+    default=MIN_DURATION_S,
+    metavar="SECONDS",
+    help=f"shorter audio has no speech (default {MIN_DURATION_S})",
+  )
+  p.add_argument(
+    "--no-speech-error",
+    action="store_true",
+    help="a file without speech (silent, too short) is an error instead of a no-speech record",
+  )
   p.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
   p.set_defaults(func=run_command)
   return p
