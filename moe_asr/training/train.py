@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -37,7 +39,7 @@ from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, evaluate, inputs, losses, sharding
+from moe_asr.training import distributed, evaluate, inputs, losses, run_lock, sharding
 from moe_asr.training import state as state_lib
 
 _LOG = logging.getLogger(__name__)
@@ -477,19 +479,72 @@ def _init_from(run: Run, directory: str):
 # ---------------------------------------------------------------------------
 
 
+class _UntilStopped:
+  """An evaluation pipeline that ends early once `stop()` is true (`stopped` says so)."""
+
+  def __init__(self, pipeline, stop: Callable[[], bool]):
+    self.pipeline, self.stop, self.stopped = pipeline, stop, False
+    self.source = pipeline.source
+
+  @property
+  def stats(self):
+    return self.pipeline.stats
+
+  def __iter__(self):
+    for batch in self.pipeline:
+      if self.stop():
+        self.stopped = True
+        return
+      yield batch
+
+
+@functools.cache
+def _dataset_prepared(name: str, data_dir: str) -> bool | None:
+  """Whether TFDS dataset `name` is built in `data_dir` (None: not a TFDS name it knows)."""
+  import tensorflow_datasets as tfds
+
+  import moe_asr.data.builders  # noqa: F401  (registers the project's builders)
+
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # An unregistered name or config: the pipeline's own error says more.
+    return None
+
+
+def check_dataset(cfg: ml_collections.ConfigDict) -> None:
+  """Raises FileNotFoundError naming the dataset and folder when it is not built there.
+
+  (TFDS's own error for a missing dataset blames the file format.)
+  """
+  from moe_asr.data import catalog
+
+  name, data_dir = cfg.data.name, str(cfg.data.data_dir)
+  if name.split("/")[0] in catalog.ADAPTERS or "://" in data_dir:
+    return
+  if _dataset_prepared(name, os.path.abspath(data_dir)) is False:
+    raise FileNotFoundError(
+      f"Dataset {name} is missing: it is not built in data_dir {os.path.abspath(data_dir)!r}. "
+      "Build it there (moe-asr corpus build, moe-asr data import) or point "
+      "--config.data.data_dir at the folder that holds it."
+    )
+
+
 def validate(
   run: Run,
   eval_steps: CompiledSteps,
   split: str,
   max_batches: int = 0,
   knobs: Mapping[str, float] | None = None,
+  stop: Callable[[], bool] | None = None,
   **kwargs,
 ):
   """Decodes a split with `eval_steps`; returns (summary dict, records, info).
 
   `knobs`: per-utterance decoding weights put in every batch (`evaluate.WithKnobs`);
+  `stop`: polled before each batch, ends the pass early when true (`info["stopped"]`);
   `kwargs` go to `evaluate.evaluate_split` (calibration, keep_outputs).
   """
+  check_dataset(run.config)
   pipe = inputs.make_pipeline(
     run.config,
     split,
@@ -498,8 +553,12 @@ def validate(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  if knobs:
+    pipe = evaluate.WithKnobs(pipe, knobs)
+  if stop is not None:
+    pipe = _UntilStopped(pipe, stop)
   records, info = evaluate.evaluate_split(
-    evaluate.WithKnobs(pipe, knobs) if knobs else pipe,
+    pipe,
     eval_steps,
     run.state,
     run.rng_state,
@@ -508,6 +567,7 @@ def validate(
     max_batches=max_batches,
     **kwargs,
   )
+  info["stopped"] = bool(getattr(pipe, "stopped", False))
   return metrics_lib.summarize(records), records, info
 
 
@@ -534,34 +594,65 @@ def make_eval_steps(
 # ---------------------------------------------------------------------------
 
 
+# Config settings that name files or folders, resolved to absolute paths when a run starts so
+# that the workdir's config.json and checkpoints mean the same from any directory.
+PATH_SETTINGS = ("data.data_dir", "data.tokenizer", "resume", "init_from", "decode.bias_file")
+
+
+def absolute_paths(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `cfg` whose `PATH_SETTINGS` are absolute (URIs and empty settings as they are)."""
+  cfg = copy.deepcopy(cfg)
+  for key in PATH_SETTINGS:
+    *path, leaf = key.split(".")
+    parent = cfg
+    for part in path:
+      parent = parent.get(part) if parent is not None else None
+    value = parent.get(leaf) if parent is not None else None
+    if isinstance(value, str) and value and "://" not in value:
+      parent[leaf] = os.path.abspath(os.path.expanduser(value))
+  return cfg
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains `cfg` in `workdir` (resuming what is there) and validates it.
 
+  The run holds the workdir's lock (`run_lock`) throughout: a second run on it stops at
+  once. SIGTERM is caught from the start: before the loop (set-up, compilation) the run
+  stops without saving (nothing new to save); in the loop it saves the step and stops; in
+  the final validation (the last step already saved) it stops after finishing the save.
+
   Returns:
     The last logged training metrics and validation summaries (`train/...`,
-    `val/...`), plus `steps_per_second` and `compiles`.
+    `val/...`), plus `steps_per_second` and `compiles`; `preempted` when a signal stopped it.
   """
   # --- Processes and workdir.
   distributed.initialize()
   primary = jax.process_index() == 0
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  if primary:
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+  cfg = absolute_paths(cfg)
+  # Signal handlers exist only in the main thread (a notebook may train from another).
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  guard_context = checkpoint_lib.PreemptionGuard() if in_main_thread else contextlib.nullcontext()
+  with run_lock.WorkdirLock(workdir, jax.process_index()), guard_context as guard:
+    if primary:
+      (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
-  # --- Mesh, data side, state, resume.
-  run = build_run(cfg, workdir)
-  if primary:
-    inputs.save_run_data(run.data, workdir)  # Transcribe without the dataset.
-  with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-    try:
-      return _train_loop(run, workdir, primary)
-    finally:
-      run.checkpointer.close()  # A save in flight completes even when the run stops on an error.
+    # --- Mesh, data side, state, resume.
+    run = build_run(cfg, workdir)
+    if primary:
+      inputs.save_run_data(run.data, workdir)  # Transcribe without the dataset.
+    with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+      try:
+        return _train_loop(run, workdir, primary, guard)
+      finally:
+        run.checkpointer.close()  # A save in flight completes even when the run stops on an error.
 
 
-def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
+def _train_loop(run: Run, workdir: pathlib.Path, primary: bool, guard) -> dict:
   cfg, t = run.config, run.config.train
+  if _preempted(guard, 0, t, sync=True):
+    return _stopped_before_training(run, "setting up")
   for n in sorted({b for _, b in cfg.data.buckets}):
     if n % sharding.batch_size_multiple(run.mesh):
       raise ValueError(
@@ -576,6 +667,7 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  check_dataset(cfg)  # (make_pipeline below reads the dataset, but names it less clearly.)
   train_iter = iter(train_pipe)
   if run.data_state is not None:
     train_iter.set_state(run.data_state)
@@ -591,12 +683,16 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
     flat=True,
   )
   # Every bucket shape the run will meet, compiled up front.
+  _LOG.info("Compiling the train step")
   train_steps.precompile(
     [
       sharding.put_batch(pipeline_lib.device_arrays(b), run.batch_shardings(b))
       for b in train_pipe.example_batches().values()
     ]
   )
+  if _preempted(guard, 0, t, sync=True):
+    log.close()
+    return _stopped_before_training(run, "compiling")
   # Between steps the state lives as `leaves`; `run.state` is rebuilt where it is read.
   leaves, rng_leaves = train_steps.flatten(run.state), jax.tree.leaves(run.rng_state)
   eval_steps = make_eval_steps(run)
@@ -620,10 +716,19 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
         tokenizer_source=run.tokenizer_id["source"],
       )
 
+  # A single process may stop a validation pass between batches; several processes decode
+  # each batch together, so they stop only where they agree (between passes).
+  stop = (lambda: guard.requested) if guard is not None and jax.process_count() == 1 else None
+
   def run_validation(step: int) -> None:
     sync_state()
     for split in cfg.data.eval_splits:
-      val, _, info = validate(run, eval_steps, split, t.eval_max_batches)
+      if _preempted(guard, 0, t, sync=True):
+        return
+      val, _, info = validate(run, eval_steps, split, t.eval_max_batches, stop=stop)
+      if info["stopped"]:
+        _LOG.warning("Termination signal: validation of %s at step %d stopped", split, step)
+        return  # A partial pass is not logged.
       values = {f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)}
       values[f"val/{split}_rtf"] = info["rtf"]
       if split != cfg.data.eval_splits[0]:
@@ -639,50 +744,46 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
   progress = tqdm.tqdm(
     total=t.steps, initial=step, disable=not primary, desc="train", unit="step", dynamic_ncols=True
   )
-  # Signal handlers exist only in the main thread (a notebook may train from another).
-  in_main_thread = threading.current_thread() is threading.main_thread()
-  guard_context = checkpoint_lib.PreemptionGuard() if in_main_thread else contextlib.nullcontext()
-  with guard_context as guard:
-    while step < t.steps:
-      host_batch = next(train_iter)
-      batch = sharding.put_batch(
-        pipeline_lib.device_arrays(host_batch), run.batch_shardings(host_batch)
+  while step < t.steps:
+    host_batch = next(train_iter)
+    batch = sharding.put_batch(
+      pipeline_lib.device_arrays(host_batch), run.batch_shardings(host_batch)
+    )
+    audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
+    leaves, metrics = train_steps(batch)(leaves, rng_leaves, batch)
+    step += 1
+    window_steps += 1
+    pending.append(metrics)
+    if t.nonfinite == "stop" or step % t.log_every == 0 or step == t.steps:
+      _check_finite(pending, step, host_batch, t, sync_state)
+    if step % t.log_every == 0 or step == t.steps:
+      values = _mean_metrics(pending)
+      pending = []
+      elapsed = time.perf_counter() - window_start
+      values["steps_per_second"] = window_steps / elapsed
+      values["audio_hours_per_hour"] = audio_seconds / elapsed
+      values["compiles"] = train_steps.compiles
+      log.write(step, {f"train/{k}": v for k, v in values.items()})
+      summary.update({f"train/{k}": v for k, v in values.items()})
+      progress.set_postfix(
+        loss=f"{values['loss']:.3f}",
+        ctc=f"{values['ctc']:.3f}",
+        lr=f"{values['learning_rate']:.1e}",
+        x_realtime=f"{audio_seconds / elapsed:.1f}",
+        refresh=False,
       )
-      audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
-      leaves, metrics = train_steps(batch)(leaves, rng_leaves, batch)
-      step += 1
-      window_steps += 1
-      pending.append(metrics)
-      if t.nonfinite == "stop" or step % t.log_every == 0 or step == t.steps:
-        _check_finite(pending, step, host_batch, t, sync_state)
-      if step % t.log_every == 0 or step == t.steps:
-        values = _mean_metrics(pending)
-        pending = []
-        elapsed = time.perf_counter() - window_start
-        values["steps_per_second"] = window_steps / elapsed
-        values["audio_hours_per_hour"] = audio_seconds / elapsed
-        values["compiles"] = train_steps.compiles
-        log.write(step, {f"train/{k}": v for k, v in values.items()})
-        summary.update({f"train/{k}": v for k, v in values.items()})
-        progress.set_postfix(
-          loss=f"{values['loss']:.3f}",
-          ctc=f"{values['ctc']:.3f}",
-          lr=f"{values['learning_rate']:.1e}",
-          x_realtime=f"{audio_seconds / elapsed:.1f}",
-          refresh=False,
-        )
-        window_start, window_steps, audio_seconds = time.perf_counter(), 0, 0.0
-      progress.update(1)
-      if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-        run_validation(step)
-      save(step)
-      if _preempted(guard, step, t):
-        _LOG.warning("Termination signal: saving step %d and stopping", step)
-        save(step, force=True)
-        run.checkpointer.wait()
-        progress.close()
-        summary["preempted"] = True
-        return summary
+      window_start, window_steps, audio_seconds = time.perf_counter(), 0, 0.0
+    progress.update(1)
+    if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+      run_validation(step)
+    save(step)
+    if _preempted(guard, step, t):
+      _LOG.warning("Termination signal: saving step %d and stopping", step)
+      save(step, force=True)
+      run.checkpointer.wait()
+      progress.close()
+      summary["preempted"] = True
+      return summary
   progress.close()
   if run.start_step < t.steps or run.checkpointer.latest_step() != t.steps:
     save(step, force=True)
@@ -691,7 +792,19 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool) -> dict:
   log.close()
   summary["compiles"] = train_steps.compiles
   summary["step"] = step
+  if guard is not None and guard.requested:
+    _LOG.warning("Termination signal: step %d is saved; stopping", step)
+    summary["preempted"] = True
   return summary
+
+
+def _stopped_before_training(run: Run, doing: str) -> dict:
+  _LOG.warning(
+    "Termination signal while %s: stopping at step %d without a save (nothing new to save)",
+    doing,
+    run.start_step,
+  )
+  return {"preempted": True, "step": run.start_step}
 
 
 def _merged(run: Run):
@@ -733,12 +846,14 @@ def _check_finite(pending: list, step: int, host_batch: Mapping, t, get_state: C
   )
 
 
-def _preempted(guard, step: int, t) -> bool:
+def _preempted(guard, step: int, t, sync: bool = False) -> bool:
+  """Whether to stop: this process's signal alone, or (several processes) any process's,
+  agreed every `train.preemption_sync_every` steps and wherever `sync`."""
   if guard is None:
     return False
   if jax.process_count() == 1:
     return guard.requested
-  if step % max(1, t.preemption_sync_every):
+  if not sync and step % max(1, t.preemption_sync_every):
     return False
   from jax.experimental import multihost_utils
 
