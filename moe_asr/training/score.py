@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -53,6 +54,7 @@ def workdir_config(
       f"No checkpoint with a config in {ckpt_dir}; train first (moe-asr train --workdir {workdir})."
     )
   cfg = ml_collections.ConfigDict(saved)
+  cfg.data.data_dir = _resolve_recorded_dir(cfg.data.get("data_dir", ""), workdir)
   # Settings added since the run was trained get their defaults.
   defaults = config_lib.load_config(config_lib.config_dir() / "base.py")
   for section in ("eval", "lm_train"):
@@ -69,6 +71,21 @@ def workdir_config(
   cfg.decode = decode_cfg
   config_lib.apply_overrides(cfg, overrides)
   return cfg
+
+
+def _resolve_recorded_dir(path: str, workdir: pathlib.Path) -> str:
+  """A folder a workdir recorded, made absolute.
+
+  Runs record absolute paths; an older run's relative one meant a folder relative to where it
+  was started, unknown now: the current directory, the workdir and the two folders above it
+  are tried, in that order (the demo's `data` beside `runs/demo`); else the current directory.
+  """
+  if not isinstance(path, str) or not path or "://" in path or os.path.isabs(path):
+    return path
+  for base in (pathlib.Path.cwd(), workdir, *workdir.resolve().parents[:2]):
+    if (base / path).is_dir():
+      return str((base / path).resolve())
+  return os.path.abspath(path)
 
 
 def load_calibration(workdir: str | pathlib.Path) -> confidence_lib.Calibration | None:
