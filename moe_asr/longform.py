@@ -52,6 +52,7 @@ def plan_windows(
   *,
   frame_samples: int,
   min_pause: int = 3200,
+  split_pause: int = 8000,
   pad: int = 3200,
   overlap: int = 16000,
 ) -> list[Window]:
@@ -64,6 +65,9 @@ def plan_windows(
     max_samples: longest window (the longest bucket's samples).
     frame_samples: samples per VAD frame.
     min_pause: shortest non-speech run (samples) a window may end in.
+    split_pause: a non-speech run at least this long ends a window even where more speech
+      would fit: the model was trained on single utterances, so a window holds one where
+      the pauses show where they end.
     pad: non-speech kept around the speech at a window's edges (at most half a pause).
     overlap: samples a window shares with the previous one after a hard cut; at most a
       quarter of `max_samples`.
@@ -103,15 +107,22 @@ def plan_windows(
     # Start a little before the speech, but not back into the previous window's pause.
     start = max(cursor, first - pad)
     limit = start + max_samples
-    if speech_end <= limit:  # The rest of the speech fits.
-      windows.append(Window(start, min(num_samples, speech_end + pad, limit), "end"))
-      break
     # Pauses long enough to cut in, whose start (plus a little) still fits the window.
     candidates = [
       (a, b)
       for a, b in pauses
       if b - a >= min_pause and start < a and a + min(pad, (b - a) // 2) <= limit
     ]
+    # A long pause ends an utterance: the window ends at the first one, full or not.
+    ends = [(a, b) for a, b in candidates if b - a >= split_pause and a < speech_end]
+    if ends:
+      a, b = ends[0]
+      windows.append(Window(start, a + min(pad, (b - a) // 2), "pause"))
+      cursor = (a + b) // 2
+      continue
+    if speech_end <= limit:  # The rest of the speech fits.
+      windows.append(Window(start, min(num_samples, speech_end + pad, limit), "end"))
+      break
     late = [(a, b) for a, b in candidates if a >= start + max_samples // 2]
     pool = late or candidates
     if pool:
