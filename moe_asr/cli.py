@@ -200,8 +200,8 @@ def _train(args, overrides) -> int:
   from moe_asr.training import distributed, train
 
   _logging(args.verbose)
-  distributed.initialize()
-  cfg = config_lib.load_config(args.config, overrides)
+  cfg = config_lib.load_config(args.config, overrides)  # Touches no device: before joining.
+  distributed.initialize(timeouts=cfg.get("distributed"))
   summary = train.train_and_evaluate(cfg, args.workdir)
   keys = (
     "step",
@@ -426,9 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   rest, overrides = _split_overrides(argv)
   args = build_parser().parse_args(rest)
   try:
-    return args.func(args, overrides)
-  except Exception as e:
-    if not _is_known(e):
+    code = args.func(args, overrides)
+  except BaseException as e:
+    _tell_peers(ok=False, reason=" ".join(str(e).split()) or type(e).__name__)
+    if not isinstance(e, Exception) or not _is_known(e):
       raise
     verbose = args.traceback or getattr(args, "verbose", False)
     if verbose:
@@ -437,6 +438,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     hint = "" if verbose else " (-v shows the traceback)"
     print(f"moe-asr {args.command}: error: {message}{hint}", file=sys.stderr, flush=True)
     return 2
+  _tell_peers(ok=True)
+  return code
+
+
+def _tell_peers(ok: bool, reason: str = "") -> None:
+  """Tells the other processes of a multi-process job that this one ended (or failed)."""
+  distributed = sys.modules.get("moe_asr.training.distributed")
+  if distributed is not None:
+    distributed.finish(ok, reason)
 
 
 if __name__ == "__main__":
