@@ -68,6 +68,10 @@ def load_config(
     raise ValueError(f"{file} defines no get_config()")
   cfg = module.get_config(arg) if arg is not None else module.get_config()
   cfg = ml_collections.ConfigDict(cfg)
+  if "train" in cfg and "distributed" not in cfg:  # An experiment config: its timeouts.
+    from moe_asr.training import distributed
+
+    cfg.distributed = distributed.default_config()
   apply_overrides(cfg, overrides)
   validate(cfg)
   cfg.lock()

@@ -21,8 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="where checkpoints and metrics go")
   args = parser.parse_args(rest)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  distributed.initialize()
-  cfg = config_lib.load_config(args.config, overrides)
+  cfg = config_lib.load_config(args.config, overrides)  # Touches no device: before joining.
+  distributed.initialize(timeouts=cfg.get("distributed"))
   train.train_and_evaluate(cfg, args.workdir)
   return 0
 

@@ -357,3 +357,80 @@ def test_recorded_paths_are_absolute_and_a_missing_dataset_is_named(
   line = proc.stderr.strip().splitlines()[-1]
   assert line.startswith("moe-asr eval: error: Dataset moe_asr_synth/tiny is missing"), line
   assert str(tmp_path / "empty") in line and "TFRECORD" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- peers
+
+# Joins a 2-process job with a short peer timeout (JAX's own heartbeat far longer), then runs
+# a cross-process collective every 0.2 s for two minutes.
+_PEER = """
+import time
+import numpy as np
+from jax.experimental import multihost_utils
+from moe_asr.training import distributed
+distributed.initialize(timeouts={"peer_timeout_s": 8, "heartbeat_timeout_s": 300})
+multihost_utils.process_allgather(np.int32(1))
+print("ready", flush=True)
+start = time.monotonic()
+while time.monotonic() - start < 120:
+  multihost_utils.process_allgather(np.int32(1))
+  time.sleep(0.2)
+print("finished", flush=True)
+"""
+PEER_TIMEOUT_S = 8
+
+
+@pytest.mark.parametrize(
+  "frozen, message",
+  [
+    (1, "process 1 of 2 has not been heard from for"),
+    (0, "the coordination service of process 0 of 2 has not answered for"),
+  ],
+)
+def test_a_frozen_peer_ends_the_run_within_the_timeout_naming_it(frozen, message, tmp_path):
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_ASR_")}
+  env.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {TEST_XLA_FLAGS}",
+    MOE_ASR_COORDINATOR=f"localhost:{port}",
+    MOE_ASR_NUM_PROCESSES="2",
+  )
+  logs = [tmp_path / f"process_{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with log.open("w") as f:
+      procs.append(
+        subprocess.Popen(
+          [sys.executable, "-c", _PEER],
+          stdout=f,
+          stderr=subprocess.STDOUT,
+          env={**env, "MOE_ASR_PROCESS_ID": str(i)},
+          cwd=REPO,
+        )
+      )
+  survivor = procs[1 - frozen]
+  try:
+    deadline = time.monotonic() + 300
+    while not all("ready" in log.read_text() for log in logs):
+      assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+      assert time.monotonic() < deadline, "the processes did not join"
+      time.sleep(0.1)
+    procs[frozen].send_signal(signal.SIGSTOP)
+    start = time.monotonic()
+    survivor.wait(120)
+    seconds = time.monotonic() - start
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()  # SIGKILL ends a stopped process too.
+      p.wait()
+  text = logs[1 - frozen].read_text()
+  assert survivor.returncode == 3, text[-3000:]
+  assert message in text and f"Process {1 - frozen} stops (exit code 3)" in text, text[-3000:]
+  assert "finished" not in text
+  # Silence is counted from the peer's last answer, up to a poll (1.6 s) before the stop; the
+  # report comes within the timeout and two polls, with slack for a busy machine.
+  assert PEER_TIMEOUT_S - 2 <= seconds < PEER_TIMEOUT_S + 12, seconds

@@ -626,7 +626,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     `val/...`), plus `steps_per_second` and `compiles`; `preempted` when a signal stopped it.
   """
   # --- Processes and workdir.
-  distributed.initialize()
+  distributed.initialize(timeouts=cfg.get("distributed"))
   primary = jax.process_index() == 0
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
