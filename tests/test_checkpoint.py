@@ -431,3 +431,59 @@ def test_a_checkpoint_refuses_another_tokenizer_naming_both(tmp_path, caplog):
     assert ckptr.restore(abstract, step=1, tokenizer=ours).step == 1
     with pytest.raises(ckpt.TokenizerMismatchError, match="the copy in checkpoint step 1"):
       ckptr.restore(abstract, step=1, tokenizer=theirs)
+
+
+_FULL_DISK = """
+import os, sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+from moe_asr.training import checkpoint as ckpt
+directory = sys.argv[1]
+state = {"w": jnp.arange(1000, dtype=jnp.float32)}
+with ckpt.Checkpointer(directory) as ckptr:
+  ckptr.save(1, state, config={"a": 1})
+  ckptr.wait()
+  noise = np.random.default_rng(0).standard_normal(1 << 19).astype(np.float32)  # 2 MiB.
+  try:
+    ckptr.save(2, {"w": state["w"], "noise": jnp.asarray(noise)}, config={"a": 2})
+    ckptr.wait()
+  except ckpt.SaveError as e:
+    print("SaveError:", e)
+  print("steps:", ckptr.all_steps(), "entries:", sorted(os.listdir(directory)))
+one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+target = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32, sharding=one_device)}
+with ckpt.Checkpointer(directory) as ckptr:
+  restored = ckptr.restore(target)
+  print("restored:", restored.step, restored.config, float(restored.state["w"].sum()))
+"""
+
+
+def test_a_save_into_a_full_filesystem_fails_naming_it_and_keeps_the_previous_step(tmp_path):
+  """A 1 MiB tmpfs, mounted in a user and mount namespace of its own (no root needed where the
+  kernel allows unprivileged user namespaces; skipped where it does not)."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  probe = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {mount}"],
+    capture_output=True,
+    check=False,
+  )
+  if probe.returncode != 0:
+    pytest.skip(f"no size-capped tmpfs here (unshare -rm + mount: {probe.stderr.decode()[-200:]})")
+  script = tmp_path / "full.py"
+  script.write_text(_FULL_DISK)
+  directory = mount / "ckpt"
+  cmd = f"mount -t tmpfs -o size=1m tmpfs {mount} && exec {sys.executable} {script} {directory}"
+  proc = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True, timeout=300, check=False
+  )
+  out = proc.stdout
+  assert proc.returncode == 0, out + proc.stderr[-3000:]
+  expected = f"SaveError: [Errno 28] Saving checkpoint step 2 to {directory} failed: the disk is"
+  assert expected in out, out + proc.stderr[-3000:]
+  assert "the step needs about 2.0 MiB before compression" in out
+  assert "The newest checkpoint, step 1, is intact" in out
+  # The unfinished step 2 is gone (its space given back); step 1 is the newest and restores.
+  assert "steps: [1] entries: ['1']" in out, out
+  assert f"restored: 1 {{'a': 1}} {float(sum(range(1000)))}" in out, out

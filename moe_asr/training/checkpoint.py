@@ -28,12 +28,15 @@ asked for (`items`): evaluation and transcription need the state, not the data i
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import types
@@ -84,6 +87,22 @@ class CheckpointError(RuntimeError):
 
 class TokenizerMismatchError(ValueError):
   """The run's tokenizer is not the one the checkpoint was trained with."""
+
+
+class SaveError(OSError):
+  """A checkpoint step could not be written (a full disk); the older steps are intact."""
+
+
+def _disk_full(error: BaseException) -> bool:
+  """Whether `error` (or one it was raised from) is a full disk or quota."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    text = str(error)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 @dataclasses.dataclass
@@ -426,6 +445,8 @@ class Checkpointer:
       ),
     )
     self._swept = False
+    self._saving: tuple[int, int] | None = None  # (step, bytes of its state) being written.
+    self._failed: SaveError | None = None
 
   @property
   def directory(self) -> epath.Path:
@@ -497,7 +518,50 @@ class Checkpointer:
     if extra is not None:
       items[EXTRA] = ocp.args.JsonSave(_json_snapshot(EXTRA, extra))
     self._sweep_unfinished_saves()
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._save_errors():
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    nbytes = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
+    self._saving = (step, nbytes)
+    with self._save_errors():
+      if not self._manager.is_saving_in_progress():  # A synchronous save: done already.
+        self._manager.check_for_errors()
+    return saved
+
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """Turns a full disk during a save into SaveError naming the step and the directory.
+
+    The step's unfinished directory is removed (orbax never made it visible), so the
+    newest complete step stays the newest.
+    """
+    try:
+      yield
+    except SaveError:
+      raise
+    except Exception as e:
+      if not _disk_full(e):
+        raise
+      step, nbytes = self._saving if self._saving is not None else (None, 0)
+      if jax.process_index() == 0:
+        for tmp in ocp.step.all_temporary_paths(self.directory):
+          tmp.get().rmtree()
+      with contextlib.suppress(Exception):
+        self._manager.reload()
+      free = shutil.disk_usage(self.directory).free if "://" not in str(self.directory) else 0
+      latest = self.latest_step()
+      self._failed = SaveError(
+        errno.ENOSPC,
+        f"Saving checkpoint step {step if step is not None else '?'} to {self.directory} "
+        f"failed: the disk is full ({free / 2**20:.1f} MiB free; the step needs about "
+        f"{nbytes / 2**20:.1f} MiB before compression). "
+        + (
+          f"The newest checkpoint, step {latest}, is intact: "
+          if latest is not None
+          else "No checkpoint was written: "
+        )
+        + "free space there (or train in a --workdir on a larger disk) and run again to resume.",
+      )
+      raise self._failed from e
 
   def _sweep_unfinished_saves(self) -> None:
     # Directories of saves cut short by a crash are removed before this
@@ -614,12 +678,27 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    """Blocks until asynchronous saves are finalized; raises their errors."""
-    self._manager.wait_until_finished()
+    """Blocks until asynchronous saves are finalized; raises their errors.
+
+    Raises:
+      SaveError: the disk filled up during the save (the step is not kept).
+    """
+    with self._save_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Finishes pending saves and deletions and releases the manager."""
-    self._manager.close()
+    """Finishes pending saves and deletions and releases the manager.
+
+    Raises:
+      SaveError: the disk filled up during the last save (unless already raised).
+    """
+    already = self._failed
+    try:
+      with self._save_errors():
+        self._manager.close()
+    except SaveError:
+      if already is None:  # Not yet reported (e.g. by `wait`).
+        raise
 
   def __enter__(self) -> Checkpointer:
     return self
