@@ -401,6 +401,10 @@ def build_run(
     )
     run.state, run.start_step, run.data_state = restored.state, restored.step, restored.data_state
     _LOG.info("Resumed from %s at step %d", source.directory, restored.step)
+  elif for_training and cfg.get("transfer") and cfg.transfer.get("source"):
+    from moe_asr.training import transfer
+
+    run.state = transfer.init_from_source(run)  # The source's parameters, grown.
   elif cfg.get("init_from"):
     run.state = _init_from(run, cfg.init_from)
   elif not for_training:
