@@ -6,6 +6,7 @@ moe-asr data import DIR --name NAME --data-dir DATA [--on-error skip|raise]  # y
 moe-asr devices [--json PATH]        # join the job's processes, check an all-reduce
 moe-asr train --config configs/tiny.py --workdir W [--config.train.steps=200]
 moe-asr train-lm --workdir W         # text LM for fusion and rescoring (W/lm)
+moe-asr transfer --from W --workdir W2 --language ru --method expert [--replay 0.1]
 moe-asr eval --workdir W [--step N] [--decode.method=ctc_beam --decode.beam=8
              --decode.lm_weight=0.3 --decode.bias_file=phrases.txt]
 moe-asr tune-decoding --workdir W    # fusion weights + calibration -> W/decoding.json
@@ -202,6 +203,25 @@ def _train(args, overrides) -> int:
   _logging(args.verbose)
   cfg = config_lib.load_config(args.config, overrides)  # Touches no device: before joining.
   distributed.initialize(timeouts=cfg.get("distributed"))
+  if cfg.get("transfer") and cfg.transfer.get("source"):  # A transfer config (transfer.py).
+    from moe_asr.training import transfer
+
+    t = cfg.transfer
+    rest = [o.removeprefix("--") for o in overrides if "config.transfer." not in o]
+    cfg = transfer.transfer_config(
+      t.source,
+      args.workdir,
+      language=t.language,
+      method=t.method,
+      data=t.data,
+      replay=t.replay,
+      overrides=rest,
+      section=t.to_dict(),
+    )
+    result = transfer.run_transfer(cfg, args.workdir)
+    if distributed.is_primary() and "transfer" in result:
+      print(transfer.format_markdown(result))
+    return 0
   summary = train.train_and_evaluate(cfg, args.workdir)
   keys = (
     "step",
@@ -214,6 +234,27 @@ def _train(args, overrides) -> int:
     "compiles",
   )
   print("  ".join(f"{k}={summary[k]:.4g}" for k in keys if isinstance(summary.get(k), int | float)))
+  return 0
+
+
+def _transfer(args, overrides) -> int:
+  from moe_asr.training import distributed, transfer
+
+  _logging(args.verbose)
+  distributed.initialize()
+  cfg = transfer.transfer_config(
+    args.source,
+    args.workdir,
+    language=args.language,
+    method=args.method,
+    data=args.data or "",
+    replay=args.replay,
+    overrides=[o.removeprefix("--") for o in overrides],
+  )
+  result = transfer.run_transfer(cfg, args.workdir)
+  if distributed.is_primary() and "transfer" in result:
+    print(transfer.format_markdown(result))
+    print(f"Report: {pathlib.Path(args.workdir) / 'transfer' / 'report.md'}")
   return 0
 
 
@@ -355,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, config.json")
   train.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
   train.set_defaults(func=_train)
+
+  tr = sub.add_parser(
+    "transfer", help="carry a trained run to a new language or task; scores new and old splits"
+  )
+  tr.add_argument("--from", dest="source", required=True, help="the source run's workdir")
+  tr.add_argument("--workdir", required=True, help="the transfer run's workdir")
+  tr.add_argument("--language", required=True, help="language code of the new data")
+  tr.add_argument("--method", choices=("expert", "lora", "adapters", "full"), default="expert")
+  tr.add_argument("--data", default=None, help="dataset of the new data (default: held-out split)")
+  tr.add_argument("--replay", type=float, default=0.0, help="fraction of old training data")
+  tr.add_argument("-v", "--verbose", action="store_true")
+  tr.set_defaults(func=_transfer)
 
   ev = sub.add_parser("eval", help="score a workdir's newest checkpoint; writes W/eval/report.*")
   ev.add_argument("--workdir", required=True, help="a training workdir")

@@ -101,7 +101,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     return jax.tree_util.tree_map_with_path(lambda p, _: param_label(path_name(p), cfg), params)
 
   chain = [optax.clip_by_global_norm(t.clip_norm)] if t.clip_norm > 0 else []
-  return optax.chain(*chain, optax.multi_transform(transforms, labels))
+  chain.append(optax.multi_transform(transforms, labels))
+  from moe_asr.training import transfer  # A transfer trains only parts of some parameters.
+
+  mask = transfer.optimizer_mask(cfg)
+  return optax.chain(*chain, *([mask] if mask is not None else []))
 
 
 def make_model(
@@ -113,8 +117,9 @@ def make_model(
   bos_id: int = 2,
   eos_id: int = 3,
 ) -> model_lib.MoeAsr:
-  """The model of a run config (RNG streams seeded from `config.seed`)."""
-  return model_lib.MoeAsr(
+  """The model of a run config (RNG streams seeded from `config.seed`), with the LoRA or
+  adapters of a transfer (`config.transfer`)."""
+  model = model_lib.MoeAsr(
     cfg.model,
     vocab_size=vocab_size,
     num_intents=num_intents,
@@ -123,6 +128,10 @@ def make_model(
     eos_id=eos_id,
     rngs=nnx.Rngs(cfg.seed, specaug=cfg.seed + 1, condition=cfg.seed + 2, dropout=cfg.seed + 3),
   )
+  from moe_asr.training import transfer
+
+  transfer.add_modules(model, cfg)
+  return model
 
 
 def make_train_state(cfg: ml_collections.ConfigDict, **model_kwargs) -> TrainState:
