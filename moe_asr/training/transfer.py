@@ -290,6 +290,9 @@ def transfer_config(
   num_languages = int(src.model.num_languages)
   t.old_num_languages = num_languages
   index = langs_lib.language_index(language)
+  trained_on = (src_data.get("metadata") or {}).get("corpus_config", {}).get("languages")
+  if t.new_language == "auto" and trained_on:  # The source's corpus names its languages.
+    t.new_language = "no" if language in trained_on else "yes"
   if t.init_language == "auto" or t.new_language == "auto":
     split = train_split.split("+")[0]
     nearest, posteriors = nearest_language(source, cfg, split)
@@ -483,14 +486,25 @@ def _remap_classes(name: str, old: np.ndarray, fresh: np.ndarray, cfg, data) -> 
   return out
 
 
+def source_params(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """{name: array} of the model parameters of a workdir's newest checkpoint."""
+  from moe_asr.training import checkpoint as checkpoint_lib
+  from moe_asr.training import train
+
+  directory = str(pathlib.Path(workdir) / "checkpoints")
+  step = checkpoint_lib.Checkpointer(directory, async_save=False).latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory} holds no checkpoint")
+  return train._saved_params(directory, step)
+
+
 def init_from_source(run) -> object:
   """The run's state with the source's parameters copied in and grown (see the module doc)."""
   from moe_asr.training import state as state_lib
-  from moe_asr.training import train
 
   cfg = run.config
   t = cfg.transfer
-  saved = train._saved_params(str(pathlib.Path(t.source) / "checkpoints"))
+  saved = source_params(t.source)
   index = langs_lib.language_index(t.language)
   init = langs_lib.language_index(t.init_language) if t.init_language else None
   new_task = (tuple(run.data.vocab.intents), tuple(run.data.vocab.slot_types)) != (

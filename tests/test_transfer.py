@@ -1,0 +1,262 @@
+"""Transfer to a new language (Russian, held out of the tiny corpus) and to a new task.
+
+The source run trains on 8 fake CPU devices (this process's setting, conftest.py); the
+transfer runs in a subprocess on one device.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from moe_asr.data import languages
+from moe_asr.data import pipeline as pipeline_lib
+from moe_asr.data import tokenizer as tokenizer_lib
+from moe_asr.models import partitioning
+from moe_asr.training import inputs, score, sharding, train, transfer
+from tests.conftest import REPO, run_cli
+
+RU = languages.language_index("ru")
+
+
+def _one_device_cli(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+  return subprocess.run(
+    [sys.executable, "-m", "moe_asr.cli", *args],
+    capture_output=True,
+    text=True,
+    timeout=1200,
+    cwd=REPO,
+    env=env,
+    check=False,
+  )
+
+
+@pytest.fixture(scope="module")
+def source(tiny_corpus, tmp_path_factory) -> pathlib.Path:
+  """A tiny run with both MoE sections routed by language, trained on 8 devices."""
+  data_dir, _, _ = tiny_corpus
+  workdir = tmp_path_factory.mktemp("transfer_source") / "run"
+  proc = run_cli(
+    "train", "--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(workdir),
+    f"--config.data.data_dir={data_dir}", "--config.train.steps=4",
+    "--config.train.log_every=2", "--config.data.buckets=((3.0,8),)",
+    "--config.model.encoder.router=language", "--config.eval.splits=('test',)",
+    "--config.compilation_cache=''",
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert jax.device_count() == 8
+  return workdir
+
+
+def _overrides(data_dir, steps: int = 4) -> list[str]:
+  return [
+    f"data.data_dir={data_dir}",
+    f"train.steps={steps}",
+    "train.log_every=2",
+    "train.warmup_steps=2",
+    "train.learning_rate=0.01",
+    "data.buckets=((3.0,8),)",
+    "compilation_cache=''",
+  ]
+
+
+def _model_outputs(run, batch):
+  with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+    model = nnx.merge(run.graphdef, run.rng_state, run.state).model
+    model.eval()
+    device = sharding.put_batch(pipeline_lib.device_arrays(batch), run.batch_shardings(batch))
+    enc = nnx.jit(lambda m, b: m.encode(b))(model, device)
+    return jax.device_get((enc.ctc_logits, enc.enc.utt_lid_logits, enc.enc.expert_load))
+
+
+def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus, tmp_path):
+  data_dir, _, _ = tiny_corpus
+  workdir = tmp_path / "grown"
+  cfg = transfer.transfer_config(
+    source, workdir, language="ru", method="expert", overrides=_overrides(data_dir)
+  )
+  t = cfg.transfer
+  assert t.new_language == "yes" and t.init_language in languages.LANGUAGE_CODES[:RU]
+  old_tok = tokenizer_lib.Tokenizer.load(source / "tokenizer.model")
+  new_tok = tokenizer_lib.Tokenizer.load(workdir / "tokenizer.model")
+  assert new_tok.vocab_size > old_tok.vocab_size
+  for i in range(old_tok.vocab_size):  # Every old id keeps its piece.
+    assert new_tok.id_to_piece(i) == old_tok.id_to_piece(i)
+  assert [new_tok.id_to_piece(i) for i in new_tok.encode("привет")] != ["<0xD0>"]
+  # A new expert in both language-routed sections, Russian mapped to it.
+  for name in ("encoder", "decoder"):
+    assert cfg.model[name].num_experts == t.old_experts[name] + 1
+    assert str(cfg.model[name].expert_map).split()[RU] == str(t.old_experts[name])
+
+  run = train.build_run(cfg, workdir)
+  saved = transfer.source_params(source)
+  grown = {
+    transfer._source_name(train.state_lib.path_name(p)): np.asarray(v)
+    for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(run.state["model"]))
+  }
+  assert set(saved) <= set(grown)
+  changed = []
+  for name, old in saved.items():
+    new = grown[name]
+    index = tuple(slice(0, n) for n in old.shape)
+    if name.startswith("task_heads/") and ("intent" in name or "slot" in name):
+      # The language's heads (never trained in the source) start as the nearest language's.
+      init = languages.language_index(t.init_language)
+      np.testing.assert_array_equal(new[RU], old[init])
+      keep = [i for i in range(old.shape[0]) if i != RU]
+      np.testing.assert_array_equal(new[keep], old[keep])
+      continue
+    if not np.array_equal(new[index], old):
+      changed.append(name)
+  assert not changed, changed  # Every old parameter (and old LID class) bit-identical.
+  assert grown["ctc_head/kernel"].shape[1] == new_tok.vocab_size
+
+  # The source's outputs on old-language utterances, with the new parts unused.
+  src_cfg = score.workdir_config(source, [f"data.data_dir={data_dir}"])
+  src_run = train.build_run(src_cfg, source, for_training=False)
+  pipe = inputs.make_pipeline(
+    src_cfg, "test", src_run.data, train=False, process_index=0, process_count=1
+  )
+  batch = next(iter(pipe))
+  old_ctc, old_lid, old_load = _model_outputs(src_run, batch)
+  new_ctc, new_lid, new_load = _model_outputs(run, batch)
+  mask = np.asarray(batch["example_mask"])
+  np.testing.assert_allclose(new_ctc[mask][..., : old_tok.vocab_size], old_ctc[mask], atol=1e-5)
+  np.testing.assert_array_equal(new_ctc[mask].argmax(-1), old_ctc[mask].argmax(-1))
+  np.testing.assert_allclose(new_lid[mask], old_lid[mask], atol=1e-5)
+  np.testing.assert_allclose(new_load[:, :-1], old_load, atol=1e-6)  # The new expert idle.
+  assert np.all(new_load[:, -1] == 0)
+
+
+def test_expert_transfer_from_8_devices_on_1(source, tiny_corpus, tmp_path):
+  """Trains only the new parts; Russian reaches the new expert; the workdir restores,
+  resumes exactly and transcribes alone."""
+  data_dir, _, _ = tiny_corpus
+  workdir = tmp_path / "ru"
+  args = [f"--config.{o}" for o in _overrides(data_dir, steps=40)]
+  proc = _one_device_cli(
+    "transfer", "--from", str(source), "--workdir", str(workdir), "--language", "ru",
+    "--method", "expert", "--config.train.checkpoint_every=20", *args,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  report = json.loads((workdir / "transfer" / "report.json").read_text())
+  assert set(report["transfer"]) == {"heldout_test", "test", "test_cs"}
+  assert report["source"]["test"]["cer"] is not None
+  assert report["change"]["test"]["cer"] is not None
+  assert 0 < report["trained_share"] < 0.2, report["trained_share"]
+
+  # Frozen parameters are bit-identical to the source's after training.
+  cfg = score.workdir_config(workdir)
+  saved = transfer.source_params(source)
+  after = transfer.source_params(workdir)
+  rules = transfer.slice_rules(cfg)
+  moved = []
+  for name, old in saved.items():
+    new = after[name][tuple(slice(0, n) for n in old.shape)]
+    trained = transfer.trained_mask(name, old.shape, after[name].shape, cfg, rules)
+    if not np.array_equal(new[~trained], old[~trained]):
+      moved.append(name)
+  assert not moved, moved
+  assert not np.array_equal(after["ctc_head/kernel"][:, -1], saved["ctc_head/kernel"].mean(1))
+
+  # Router statistics: Russian frames go to the new encoder expert.
+  new_report = json.loads((workdir / "transfer" / "transfer" / "new" / "report.json").read_text())
+  load = new_report["splits"]["heldout_test"]["expert_load"]
+  shares = np.asarray(load["by_language"]["ru"])  # [layers, experts]
+  assert np.all(shares[:, -1] > 0.5), shares
+
+  # Transcribes from a copy of the workdir alone (no dataset where the config says).
+  alone = tmp_path / "alone"
+  shutil.copytree(workdir, alone)
+  wav = next(iter(sorted(pathlib.Path(data_dir).rglob("*.array_record"))))
+  del wav
+  source_ds = inputs.split_source(cfg, "heldout_test")
+  import soundfile as sf
+
+  sf.write(tmp_path / "ru.wav", np.asarray(source_ds[0]["audio"]), 16000, subtype="PCM_16")
+  moved_data = tmp_path / "no_data"
+  proc = _one_device_cli(
+    "transcribe", "--workdir", str(alone), f"--config.data.data_dir={moved_data}",
+    str(tmp_path / "ru.wav"),
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert "text" in line
+
+  # Resumes exactly: 20 steps, then on to 40 from the step-20 checkpoint, matches 40 straight.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir, resumed)
+  for step in sorted((resumed / "checkpoints").iterdir()):
+    if step.name.isdigit() and int(step.name) > 20:
+      shutil.rmtree(step)
+  shutil.rmtree(resumed / "transfer")
+  proc = _one_device_cli(
+    "transfer", "--from", str(source), "--workdir", str(resumed), "--language", "ru",
+    "--method", "expert", "--config.train.checkpoint_every=20", *args,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  again = transfer.source_params(resumed)
+  for name, value in after.items():
+    np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def new_task(tmp_path_factory) -> pathlib.Path:
+  """An English set with another intent set (two intents), as a local_manifest dataset."""
+  import soundfile as sf
+
+  from moe_asr.data.synth import tts
+
+  root = tmp_path_factory.mktemp("new_task")
+  phrases = {"dim_lights": ["dim the lights", "dim the lamp"], "stop_music": ["stop it", "stop"]}
+  rows = {"train": [], "test": []}
+  voices = {"train": [("m3", 150), ("f2", 180), ("m1", 200)], "test": [("m2", 170)]}
+  for split, split_voices in voices.items():
+    for intent, texts in phrases.items():
+      for text in texts:
+        for variant, rate in split_voices:
+          name = f"{split}_{len(rows[split])}.wav"
+          audio = tts.synthesize(text, "en", tts.Voice(variant, rate=rate, pitch=50))
+          sf.write(root / name, audio, tts.SAMPLE_RATE, subtype="PCM_16")
+          rows[split].append({"path": name, "text": text, "intent": intent, "language": "en"})
+  for split, lines in rows.items():
+    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+  return root
+
+
+def test_new_task_trains_and_scores(source, tiny_corpus, new_task, tmp_path):
+  data_dir, _, _ = tiny_corpus
+  proc = run_cli("data", "import", str(new_task), "--name", "newtask", "--data-dir", str(data_dir))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  workdir = tmp_path / "task"
+  args = [f"--config.{o}" for o in _overrides(data_dir, steps=20)]
+  proc = _one_device_cli(
+    "transfer", "--from", str(source), "--workdir", str(workdir), "--language", "en",
+    "--data", "local_manifest/newtask", "--method", "expert", *args,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  cfg = score.workdir_config(workdir)
+  assert cfg.transfer.new_language == "no"  # English: no new expert, no new LID class.
+  assert cfg.model.encoder.num_experts == cfg.transfer.old_experts.encoder
+  run_data = json.loads((workdir / "run_data.json").read_text())
+  assert run_data["intents"] == ["dim_lights", "stop_music"]
+  report = json.loads((workdir / "transfer" / "report.json").read_text())
+  test = report["transfer"]["test"]
+  assert test["intent_acc"] is not None  # The new heads are scored on the new set.
+  # The encoder is kept: every encoder parameter is the source's.
+  saved = transfer.source_params(source)
+  after = transfer.source_params(workdir)
+  for name, old in saved.items():
+    if name.startswith("encoder/"):
+      np.testing.assert_array_equal(after[name], old, err_msg=name)
+  # The heads of the new set trained (the intent kernel moved from its start).
+  assert after["task_heads/intent_kernel"].shape[-1] == 2
