@@ -1,20 +1,27 @@
 """`moe-asr transcribe`: audio files in, one JSON line per file out.
 
-moe-asr transcribe --workdir W a.wav b.flac [--method ctc_beam --beam 8] [--output out.jsonl]
+moe-asr transcribe --workdir W a.wav b.m4a [--method ctc_beam --beam 8] [--output out.jsonl]
 
-Each file is read with `audio_io.load_audio` (any libsndfile format, rate and
-channel count), put in the smallest of the run's length buckets that holds it
-(so the compiled shapes of evaluation are reused) and decoded on device with
-the workdir's decoding settings (`W/decoding.json`, then the command line).
-A record per file, in input order:
+Each file is read with `audio_io.load_audio` (any libsndfile format, and m4a/mp4, webm and
+amr through PyAV; any rate and channel count) and decoded on device with the workdir's
+decoding settings (`W/decoding.json`, then the command line), in the smallest of the run's
+length buckets that holds it (so the compiled shapes of evaluation are reused). A file
+longer than the longest bucket is cut at pauses into windows that fit (`moe_asr.longform`),
+and the windows' transcripts are stitched into one record. A record per file, in input
+order:
 
   {"file", "text", "language", "language_confidence", "words": [{"word",
    "language", "start", "end", "confidence"}, ...], "intent", "intent_confidence",
-   "slots": [{"type", "value"}, ...], "confidence", "deferred", "duration_s"}
+   "slots": [{"type", "value"}, ...], "confidence", "deferred", "duration_s", "speech": true}
 
-or `{"file", "error"}` for a file that cannot be used (unreadable, empty, NaN,
-longer than the longest bucket); the other files go on. The command exits 0
-when every file was transcribed and 1 when any failed.
+and, for a file decoded in windows, "segments" (a window each: start, end, text, language,
+language_confidence, intent, intent_confidence, slots, confidence) and "language_segments"
+(runs of words of one language: language, start, end, words), with a null top-level intent.
+A file without speech (shorter than `--min-duration`, silent, or no speech for the
+voice-activity detector) gives `{"file", "text": "", "speech": false, "reason", ...}` with
+null language, intent and confidence (an error with `--no-speech-error`), and a file that
+cannot be used (unreadable, empty, NaN) `{"file", "error"}`; the other files go on. The
+command exits 0 when every file was transcribed and 1 when any failed.
 
 Word times come from the CTC frame at which each word's first token was
 emitted (40 ms frames, or 40 / `model.ctc_upsample` ms): a word ends where the

@@ -109,7 +109,12 @@ def silence_reason(wave: np.ndarray, level_dbfs: float = SILENCE_DBFS) -> str | 
   if not np.any(wave):
     return "all samples are zero"
   scale = _INT16_SCALE if np.issubdtype(wave.dtype, np.integer) else 1.0
-  rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) / scale
+  flat = wave.reshape(-1)
+  energy = 0.0
+  for i in range(0, flat.size, _BLOCK):  # In blocks: no full-length float64 temporary.
+    block = flat[i : i + _BLOCK].astype(np.float64)
+    energy += float(np.dot(block, block))
+  rms = math.sqrt(energy / flat.size) / scale
   db = 20.0 * math.log10(max(rms, 1e-12))
   if db < level_dbfs:
     return f"RMS {db:.1f} dBFS, below {level_dbfs:.0f} dBFS"
@@ -143,15 +148,22 @@ def _read_soundfile(path, name, max_seconds: float | None) -> tuple[np.ndarray, 
       raise AudioError(
         name, f"{f.frames / f.samplerate:.2f} s is longer than max_seconds={max_seconds}"
       )
-    blocks = []
-    while True:
-      block = f.read(_BLOCK, dtype="float64", always_2d=True)  # [frames, channels]
+    mono = np.empty(f.frames, np.float32)
+    done = 0
+    while done < f.frames:
+      block = f.read(min(_BLOCK, f.frames - done), dtype="float64", always_2d=True)
       if not len(block):
         break
       if not np.all(np.isfinite(block)):
         raise AudioError(name, "the audio holds NaN or infinite samples")
-      blocks.append(block.mean(axis=1).astype(np.float32))
-    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), f.samplerate
+      mono[done : done + len(block)] = block.mean(axis=1)
+      done += len(block)
+    rest = f.read(dtype="float64", always_2d=True)  # Beyond a header's frame count.
+    if len(rest):
+      if not np.all(np.isfinite(rest)):
+        raise AudioError(name, "the audio holds NaN or infinite samples")
+      return np.concatenate([mono[:done], rest.mean(axis=1).astype(np.float32)]), f.samplerate
+    return mono[:done], f.samplerate
 
 
 def _read_av(path, name, max_seconds: float | None) -> tuple[np.ndarray, int]:
@@ -244,4 +256,8 @@ def load_audio(
     raise AudioError(name, "the file has zero samples")
   if reject_silent and (reason := silence_reason(mono)) is not None:
     raise AudioError(name, f"the audio is silent ({reason})")
-  return to_int16(resample(mono, sr, target_sr))
+  mono = resample(mono, sr, target_sr)
+  out = np.empty(mono.shape, np.int16)
+  for i in range(0, len(mono), _BLOCK):  # In blocks: no full-length float temporaries.
+    out[i : i + _BLOCK] = to_int16(mono[i : i + _BLOCK])
+  return out
