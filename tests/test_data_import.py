@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
+from conftest import REPO, run_cli
 
 import moe_asr.data.builders  # noqa: F401
 from moe_asr.data.synth import tts
 from moe_asr.evaluation import metrics, report
-from tests.conftest import REPO, run_cli
 
 SR = tts.SAMPLE_RATE
 

@@ -14,6 +14,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, run_cli
 from flax import nnx
 
 from moe_asr.data import languages
@@ -21,7 +22,6 @@ from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import tokenizer as tokenizer_lib
 from moe_asr.models import partitioning
 from moe_asr.training import inputs, score, sharding, train, transfer
-from tests.conftest import REPO, run_cli
 
 RU = languages.language_index("ru")
 
