@@ -230,6 +230,84 @@ def error_rate(counts: Iterable[EditCounts]) -> float:
   return errors / ref_len if ref_len else math.nan
 
 
+def phrase_unit_mask(unit_list: Sequence[str], phrases: Sequence[Sequence[str]]) -> list[bool]:
+  """Which units lie inside an occurrence of one of `phrases` (whole units, any overlap)."""
+  inside = [False] * len(unit_list)
+  by_first: dict[str, list[Sequence[str]]] = {}
+  for phrase in phrases:
+    if phrase:
+      by_first.setdefault(phrase[0], []).append(phrase)
+  for i, unit in enumerate(unit_list):
+    for phrase in by_first.get(unit, ()):
+      if list(unit_list[i : i + len(phrase)]) == list(phrase):
+        inside[i : i + len(phrase)] = [True] * len(phrase)
+  return inside
+
+
+def biased_edit_counts(
+  ref: str, hyp: str, phrases: Sequence[str], mode: str = "word"
+) -> tuple[EditCounts, EditCounts]:
+  """(biased, unbiased) edits of `hyp`: the counts of B-WER and U-WER.
+
+  As WeNet and Le et al. (2021) report contextual biasing: a reference unit is biased when
+  it lies inside an occurrence of a bias phrase in the reference; its substitution or
+  deletion counts towards B-WER, otherwise U-WER; an inserted hypothesis unit counts
+  towards B-WER when it lies inside a phrase occurrence in the hypothesis. Each rate is
+  divided by its own reference units (biased or not), so B-WER + U-WER weighted by their
+  reference lengths is the WER.
+
+  Args:
+    ref: normalised reference.
+    hyp: normalised hypothesis.
+    phrases: normalised bias phrases.
+    mode: unit mode, see `units` (phrases are split the same way).
+
+  Returns:
+    (biased, unbiased) `EditCounts`.
+  """
+  ref_units, hyp_units = units(ref, mode), units(hyp, mode)
+  phrase_units = [units(p, mode) for p in phrases]
+  ref_biased = phrase_unit_mask(ref_units, phrase_units)
+  hyp_biased = phrase_unit_mask(hyp_units, phrase_units)
+  counts = {True: [0, 0, 0], False: [0, 0, 0]}  # sub, del, ins
+  if not ref_units or not hyp_units:
+    for b in ref_biased:
+      counts[b][1] += 1
+    for b in hyp_biased:
+      counts[b][2] += 1
+  else:
+    out = jiwer.process_words(" ".join(ref_units), " ".join(hyp_units))
+    for chunk in out.alignments[0]:
+      if chunk.type in ("substitute", "delete"):
+        for i in range(chunk.ref_start_idx, chunk.ref_end_idx):
+          counts[ref_biased[i]][0 if chunk.type == "substitute" else 1] += 1
+      elif chunk.type == "insert":
+        for j in range(chunk.hyp_start_idx, chunk.hyp_end_idx):
+          counts[hyp_biased[j]][2] += 1
+  num_biased = sum(ref_biased)
+  return (
+    EditCounts(*counts[True], ref_len=num_biased),
+    EditCounts(*counts[False], ref_len=len(ref_units) - num_biased),
+  )
+
+
+def biased_error_rates(
+  refs: Sequence[str], hyps: Sequence[str], phrases: Sequence[str], mode: str = "word"
+) -> dict[str, float | int]:
+  """Corpus B-WER and U-WER (see `biased_edit_counts`) and the reference units of each.
+
+  Returns:
+    {"b_wer", "u_wer": error rates (nan without such units), "b_units", "u_units"}.
+  """
+  pairs = [biased_edit_counts(r, h, phrases, mode) for r, h in zip(refs, hyps, strict=True)]
+  return {
+    "b_wer": error_rate(b for b, _ in pairs),
+    "u_wer": error_rate(u for _, u in pairs),
+    "b_units": sum(b.ref_len for b, _ in pairs),
+    "u_units": sum(u.ref_len for _, u in pairs),
+  }
+
+
 # --- task metrics ---------------------------------------------------------------
 
 
