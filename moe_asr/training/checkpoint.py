@@ -518,14 +518,11 @@ class Checkpointer:
     if extra is not None:
       items[EXTRA] = ocp.args.JsonSave(_json_snapshot(EXTRA, extra))
     self._sweep_unfinished_saves()
+    if self._manager.is_saving_in_progress():
+      self.wait()  # Orbax would wait for the previous save too; its errors name its step.
+    self._saving = (step, sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state)))
     with self._save_errors():
-      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    nbytes = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
-    self._saving = (step, nbytes)
-    with self._save_errors():
-      if not self._manager.is_saving_in_progress():  # A synchronous save: done already.
-        self._manager.check_for_errors()
-    return saved
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   @contextlib.contextmanager
   def _save_errors(self):
