@@ -56,9 +56,30 @@ config (`benchmarks/train_step.py --batch 12 --dtypes bfloat16`, an H200) the ra
 path took 19.4 ms against 47.1 ms for the blocks. So `grouped_matmul="auto"` (the
 default) takes "ragged" on GPUs and "blocks" elsewhere (TPUs are not measured yet).
 
-The expert weights carry the `expert` logical axis. The dispatch indexes them
-by expert id, so with the expert axis sharded XLA gathers them; the layout is
-correct on any mesh but is not expert-parallel (no all-to-all) yet.
+Expert parallelism. The expert weights carry the `expert` logical axis. On a
+mesh whose expert axis has more than one device (inside `partitioning.axis_rules`,
+as training, evaluation and transcription run), the layer dispatches
+expert-parallel (`expert_parallel="auto"`, the default; see `expert_parallel_plan`):
+routing runs as above on the whole batch, then under `jax.shard_map` each device
+takes its token shard (the batch is split over the expert axis too, see
+`partitioning.DEFAULT_RULES`), writes each assignment into a fixed slot of a
+[num_experts, capacity] buffer and exchanges it by `jax.lax.all_to_all` over the
+expert axis; each device runs only its num_experts / devices experts through the
+same grouped matmul as above, and a second all-to-all brings the rows back to
+be combined. The weights stay split (each device keeps 1/devices of them, and
+their gradients are reduced over the other batch axes only); no weight is gathered.
+Without `capacity_factor` the buffers hold a slot per token for each expert
+(a token sends an expert at most one assignment), so nothing is dropped and the
+outputs and gradients are the single-device layer's, at the cost of moving
+num_experts / top_k times the assignments' bytes. With `capacity_factor` each
+(token shard, expert) pair has `ceil(capacity_factor * shard_tokens * k / E)`
+slots, and the drops are decided on each token shard as the single-device layer
+decides them on that shard alone (counted in `dropped_fraction`).
+`jax.lax.ragged_all_to_all` would move only the routed rows without drops; XLA:CPU
+does not implement it (jax 0.10: "ragged-all-to-all is not supported by XLA:CPU"),
+so it is not used. With `expert_parallel="off"`, or where the mesh does not allow
+it (one device on the expert axis, experts not divisible by its devices, tokens
+not divisible by the token shards), XLA gathers the weights onto every device.
 
 Padding tokens (mask False) are never routed, never counted in loads or losses,
 and produce zero output.
@@ -66,7 +87,9 @@ and produce zero output.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -84,6 +107,7 @@ from moe_asr.models.layers import ACTIVATIONS
 ROUTERS = ("learned", "language", "hybrid")
 GROUPED_MATMULS = ("blocks", "ragged")
 EXPERT_MAPS = ("modulo", "pairs")
+EXPERT_PARALLEL = ("auto", "on", "off")
 
 
 def resolve_grouped_matmul(name: str, backend: str | None = None) -> str:
@@ -307,6 +331,30 @@ def _matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
   )
 
 
+def _varying(x) -> set:
+  mat = getattr(jax.typeof(x), "mat", None)  # The manual axes' types (jax >= 0.10).
+  return set(getattr(mat, "varying", ()) or ())
+
+
+def _varying_like(tree, *refs):
+  """`tree` varying over the manual mesh axes any of `refs` varies over.
+
+  Inside `jax.shard_map` a loop's carry must vary over the axes its updates vary over; zeros
+  made there vary over none. Outside shard_map (and with no such axes) `tree` is returned.
+  """
+  axes = set()
+  for ref in jax.tree.leaves(refs):
+    axes |= _varying(ref)
+  if not axes:
+    return tree
+
+  def cast(leaf):
+    missing = tuple(sorted(axes - _varying(leaf)))
+    return jax.lax.pcast(leaf, missing, to="varying") if missing else leaf
+
+  return jax.tree.map(cast, tree)
+
+
 def _hidden(pre: tuple[jax.Array, ...], activation: str) -> jax.Array:
   """Hidden units from the input projections: act(gate) * up, or act(up)."""
   act = _ACTIVATIONS[activation]
@@ -367,6 +415,7 @@ def _grouped_forward(x_rows, weights, group_blocks, block_rows, activation, dtyp
     jnp.zeros((rows, d), jnp.float32),
     tuple(jnp.zeros((rows, d_ff), jnp.float32) for _ in range(n_pre)),
   )
+  init = _varying_like(init, x_rows, weights, group_blocks)
   return jax.lax.fori_loop(0, len(group_blocks), expert, init)
 
 
@@ -410,9 +459,11 @@ def _grouped_ffn_bwd(block_rows, activation, dtype, residuals, dy):
       return dxb, updates
 
     def skip():
-      return jnp.zeros((block_rows, d), jnp.float32), tuple(
-        jnp.zeros(g.shape[1:], g.dtype) for g in grads
+      zeros = (
+        jnp.zeros((block_rows, d), jnp.float32),
+        tuple(jnp.zeros(g.shape[1:], g.dtype) for g in grads),
       )
+      return _varying_like(zeros, residuals, dy)
 
     dxb, updates = jax.lax.cond(i < used_blocks, compute, skip)
     grads = tuple(g.at[e].add(u.astype(g.dtype)) for g, u in zip(grads, updates, strict=True))
@@ -422,6 +473,7 @@ def _grouped_ffn_bwd(block_rows, activation, dtype, residuals, dy):
   zeros = tuple(jnp.zeros(w.shape, w.dtype) for w in w_in) + (
     jnp.zeros(w_down.shape, w_down.dtype).transpose(0, 2, 1),
   )
+  zeros = _varying_like(zeros, residuals, dy)
   xs = (block_expert, jnp.arange(num_blocks), blocks_t(x_rows), blocks(dy), blocks_t(dy))
   grads, dx = jax.lax.scan(block, zeros, (*xs, *(blocks(p) for p in pre)))
   d_weights = (*grads[:-1], grads[-1].transpose(0, 2, 1))
@@ -429,6 +481,37 @@ def _grouped_ffn_bwd(block_rows, activation, dtype, residuals, dy):
 
 
 _grouped_ffn.defvjp(_grouped_ffn_fwd, _grouped_ffn_bwd)
+
+
+def _combine(y_assign: jax.Array, gates: jax.Array, assigned: jax.Array) -> jax.Array:
+  """[n, d] `sum_k gates * y` from choice-major assignment outputs y [k * n, d]."""
+  n, k = gates.shape
+  weights = jnp.where(assigned, gates, 0.0).T.reshape(n * k, 1)
+  # A sum over k slices: XLA:CPU is ~50x slower on reshape(k, n, d).sum(0).
+  return sum(y_assign[j * n : (j + 1) * n] * weights[j * n : (j + 1) * n] for j in range(k))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertParallelPlan:
+  """The static layout of one expert-parallel dispatch (`expert_parallel_plan`).
+
+  Attributes:
+    mesh: the device mesh.
+    expert_axes: mesh axes the experts are split over.
+    token_axes: mesh axes the tokens are split over (each device dispatches its shard).
+    expert_size: devices along expert_axes (num_experts / expert_size experts each).
+    groups: token shards (devices along token_axes); capacity applies per shard.
+    capacity: slots per (token shard, expert) in the exchange buffers: the shard's
+      tokens when dropless (no token sends two assignments to one expert), else
+      `ceil(capacity_factor * tokens_per_shard * k / num_experts)`.
+  """
+
+  mesh: jax.sharding.Mesh
+  expert_axes: tuple[str, ...]
+  token_axes: tuple[str, ...]
+  expert_size: int
+  groups: int
+  capacity: int
 
 
 class MoeFeedForward(nnx.Module):
@@ -452,6 +535,7 @@ class MoeFeedForward(nnx.Module):
     block_size: int = 256,
     grouped_matmul: str = "auto",
     expert_map: str | Sequence[int] = "modulo",
+    expert_parallel: str = "auto",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -485,6 +569,9 @@ class MoeFeedForward(nnx.Module):
       expert_map: the expert of each language for the language and hybrid routers:
         "modulo", "pairs" or one expert id per language (`resolve_expert_map`);
         kept as the static tuple `self.expert_map`.
+      expert_parallel: "auto" (expert-parallel dispatch wherever the active mesh
+        allows it, see `expert_parallel_plan`), "on" (the same; an error where it
+        does not) or "off" (always the single-device path).
       dtype: compute dtype of the expert matmuls (float32 accumulation).
       param_dtype: parameter dtype.
       rngs: random streams.
@@ -494,6 +581,8 @@ class MoeFeedForward(nnx.Module):
     if activation not in _ACTIVATIONS:
       raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
     grouped_matmul = resolve_grouped_matmul(grouped_matmul)
+    if expert_parallel not in EXPERT_PARALLEL:
+      raise ValueError(f"expert_parallel must be one of {EXPERT_PARALLEL}, got {expert_parallel!r}")
     if router != "language" and not 1 <= top_k <= num_experts:
       raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
     self.d_model = d_model
@@ -509,6 +598,7 @@ class MoeFeedForward(nnx.Module):
     self.block_size = block_size
     self.grouped_matmul = grouped_matmul
     self.expert_map = resolve_expert_map(expert_map, num_languages, num_experts)
+    self.expert_parallel = expert_parallel
     self.dtype = dtype
 
     if router != "language":
@@ -557,7 +647,8 @@ class MoeFeedForward(nnx.Module):
 
     Fields of `cfg` (all optional except num_experts): num_experts, router,
     top_k, num_languages, capacity_factor, shared_expert, activation, gated,
-    dropout, language_soft, block_size, grouped_matmul, expert_map — as in `__init__`.
+    dropout, language_soft, block_size, grouped_matmul, expert_map, expert_parallel —
+    as in `__init__`.
     """
     kwargs = {
       k: cfg[k]
@@ -574,6 +665,7 @@ class MoeFeedForward(nnx.Module):
         "block_size",
         "grouped_matmul",
         "expert_map",
+        "expert_parallel",
       )
       if k in cfg
     }
@@ -599,13 +691,16 @@ class MoeFeedForward(nnx.Module):
   # --- routing -------------------------------------------------------------
 
   @jax.named_scope("moe_router")
-  def _route(self, x, valid, lang_probs):
+  def _route(self, x, valid, lang_probs, groups: int = 1):
     """Routing decisions shared by the sparse and dense paths.
 
     Args:
       x: [n, d_model] tokens.
       valid: [n] bool.
       lang_probs: [n, num_languages] or None.
+      groups: the capacity factor applies to each of this many consecutive, equal token
+        groups on its own (the token shards of expert-parallel dispatch), as it would to
+        each group alone; 1 on one device.
 
     Returns:
       expert_idx [n, k] int32, gates [n, k] float32, assigned [n, k] bool
@@ -659,7 +754,20 @@ class MoeFeedForward(nnx.Module):
 
     assigned = routed
     dropped = zero
-    if self.capacity_factor is not None:
+    if self.capacity_factor is not None and groups > 1:
+      k = expert_idx.shape[1]
+      n_group = validf.reshape(groups, -1).sum(1)  # [G]
+      capacity = jnp.ceil(self.capacity_factor * jnp.maximum(n_group, 1.0) * k / e)
+      # Within each group as below: choice rank first, then token order.
+      oh = onehot.reshape(groups, -1, k, e).transpose(0, 2, 1, 3).reshape(groups, -1, e)
+      position = ((jnp.cumsum(oh, axis=1) - 1.0) * oh).sum(-1)  # [G, k * n / G]
+      position = position.reshape(groups, k, -1).transpose(0, 2, 1).reshape(-1, k)
+      keep = jnp.repeat(capacity, x.shape[0] // groups)[:, None] > position
+      assigned = routed & keep
+      n_routed = routed.sum()
+      dropped = (n_routed - assigned.sum()) / jnp.maximum(n_routed, 1)
+      dropped = dropped.astype(jnp.float32)
+    elif self.capacity_factor is not None:
       k = expert_idx.shape[1]
       capacity = jnp.ceil(self.capacity_factor * n_valid * k / e)
       # Priority: choice rank first (all first choices), then token order.
@@ -717,12 +825,7 @@ class MoeFeedForward(nnx.Module):
 
   @jax.named_scope("moe_dispatch")
   def _sparse_experts(self, x, expert_idx, gates, assigned):
-    """Dropless grouped matmul over expert-sorted assignments.
-
-    "blocks" pads each expert's group to whole row blocks; "ragged" keeps the
-    sorted buffer unpadded, with the undispatched assignments last, reading the
-    zero row and counted in the last group (a zero row gives a zero expert
-    output: every activation maps 0 to 0, and the experts have no biases).
+    """Dropless grouped matmul over expert-sorted assignments (one device's view).
 
     Args:
       x: [n, d] tokens.
@@ -736,21 +839,42 @@ class MoeFeedForward(nnx.Module):
     n, d = x.shape
     k = expert_idx.shape[1]
     e = self.num_experts
-    a = n * k
-
     # Choice-major flattening: assignment i = j * n + token.
-    key = jnp.where(assigned, expert_idx, e).T.reshape(a)  # [a], e = not dispatched
+    key = jnp.where(assigned, expert_idx, e).T.reshape(n * k)  # [a], e = not dispatched
     token = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)
+    # Row n: the zero row that padding and undispatched assignments read.
+    x_pad = jnp.concatenate([x.astype(self.dtype), jnp.zeros((1, d), self.dtype)])
+    y_assign = self._expert_rows(x_pad, token, key, self._expert_weights())
+    return _combine(y_assign, gates, assigned)
+
+  def _expert_rows(self, x_pad, source, key, expert_weights):
+    """Each assignment's expert output through the grouped matmul.
+
+    "blocks" pads each expert's group to whole row blocks; "ragged" keeps the
+    sorted buffer unpadded, with the undispatched assignments last, reading the
+    zero row and counted in the last group (a zero row gives a zero expert
+    output: every activation maps 0 to 0, and the experts have no biases).
+
+    Args:
+      x_pad: [m + 1, d] rows in the compute dtype, the last one zero.
+      source: [a] int32, the row of `x_pad` each assignment reads.
+      key: [a] int32, its expert in [0, e); e = not dispatched.
+      expert_weights: (w_gate or None, w_up, w_down) of the e experts.
+
+    Returns:
+      [a, d] float32 (zero for undispatched assignments).
+    """
+    a = key.shape[0]
+    m = x_pad.shape[0] - 1
+    e = expert_weights[1].shape[0]
     order = jnp.argsort(key, stable=True)
     sorted_key = key[order]
     counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)
-    # Row n: the zero row that padding and undispatched assignments read.
-    x_pad = jnp.concatenate([x.astype(self.dtype), jnp.zeros((1, d), self.dtype)])
 
     if self.grouped_matmul == "ragged":
-      row_token = jnp.where(sorted_key < e, token[order], n)
+      row_token = jnp.where(sorted_key < e, source[order], m)
       group_sizes = counts[:e].at[e - 1].add(counts[e])
-      y_rows = self._ragged_ffn(x_pad[row_token], group_sizes)  # [a, d]
+      y_rows = self._ragged_ffn(x_pad[row_token], group_sizes, expert_weights)  # [a, d]
       dest_sorted = jnp.arange(a, dtype=jnp.int32)
     else:
       counts = counts[:e]
@@ -766,24 +890,21 @@ class MoeFeedForward(nnx.Module):
       safe_key = jnp.minimum(sorted_key, e - 1)
       rank = jnp.arange(a, dtype=jnp.int32) - group_start[safe_key]
       dest_sorted = jnp.where(sorted_key < e, padded_start[safe_key] + rank, rows)  # [a]
-      # Buffer row -> source token.
-      row_token = jnp.full((rows,), n, jnp.int32).at[dest_sorted].set(token[order], mode="drop")
-      weights = tuple(w for w in self._expert_weights() if w is not None)
+      # Buffer row -> source row.
+      row_token = jnp.full((rows,), m, jnp.int32).at[dest_sorted].set(source[order], mode="drop")
+      weights = tuple(w for w in expert_weights if w is not None)
       y_rows = _grouped_ffn(
         x_pad[row_token], weights, padded // bk, bk, self.activation, self.dtype
       )
 
     # Unpermute: each assignment reads its row back (undispatched ones read 0).
     dest = jnp.zeros((a,), jnp.int32).at[order].set(dest_sorted)
-    y_assign = jnp.take(y_rows, dest, axis=0, mode="fill", fill_value=0)  # [a, d]
-    weights = jnp.where(assigned, gates, 0.0).T.reshape(a, 1)
-    # A sum over k slices: XLA:CPU is ~50x slower on reshape(k, n, d).sum(0).
-    return sum(y_assign[j * n : (j + 1) * n] * weights[j * n : (j + 1) * n] for j in range(k))
+    return jnp.take(y_rows, dest, axis=0, mode="fill", fill_value=0)  # [a, d]
 
   @jax.named_scope("moe_grouped_matmul")
-  def _ragged_ffn(self, x_rows, group_sizes):
+  def _ragged_ffn(self, x_rows, group_sizes, expert_weights):
     """The experts on expert-sorted rows through `jax.lax.ragged_dot`: [rows, d] float32."""
-    w_gate, w_up, w_down = self._expert_weights()
+    w_gate, w_up, w_down = expert_weights
     prec = jnp.float32 if self.dtype != jnp.float32 else None
 
     def grouped(lhs, w):
@@ -793,6 +914,121 @@ class MoeFeedForward(nnx.Module):
 
     pre = tuple(grouped(x_rows, w) for w in (w_gate, w_up) if w is not None)
     return grouped(_hidden(pre, self.activation), w_down)
+
+  # --- expert parallelism ----------------------------------------------------
+
+  def expert_parallel_plan(self, num_tokens: int) -> ExpertParallelPlan | None:
+    """How `num_tokens` tokens would be dispatched expert-parallel here, or None.
+
+    Expert-parallel when `expert_parallel` is not "off", an `axis_rules` block with a
+    mesh is active, the mesh axes of the `expert` logical axis number more than one
+    device, they divide num_experts, and the tokens split evenly over the token shards
+    (the batch axes, plus the expert axes when the batch is not split over them).
+    Otherwise the single-device path runs (XLA gathers the expert weights).
+    """
+    if self.expert_parallel == "off":
+      return None
+    mesh = partitioning.active_mesh()
+    expert_axes = partitioning.mesh_axes("expert")
+    if mesh is None or not expert_axes:
+      return self._no_plan("no mesh with an expert axis is active")
+    size = functools.reduce(lambda p, a: p * mesh.shape[a], expert_axes, 1)
+    batch_axes = partitioning.mesh_axes("batch")
+    token_axes = batch_axes + tuple(a for a in expert_axes if a not in batch_axes)
+    groups = functools.reduce(lambda p, a: p * mesh.shape[a], token_axes, 1)
+    if size == 1:
+      return self._no_plan("the expert axes have one device")
+    if self.num_experts % size:
+      return self._no_plan(f"{self.num_experts} experts do not split over {size} devices")
+    if num_tokens % groups:
+      return self._no_plan(f"{num_tokens} tokens do not split into {groups} token shards")
+    if any(a in batch_axes for a in expert_axes) and not set(expert_axes) <= set(batch_axes):
+      return self._no_plan("the batch is split over some expert axes, not all")
+    n_group = num_tokens // groups
+    if self.capacity_factor is None:
+      capacity = n_group  # A token sends at most one assignment to an expert: dropless.
+    else:
+      k = self.top_k if self.router != "language" else 1
+      if self.router == "language" and self.language_soft:
+        k = len(set(self.expert_map))
+      capacity = math.ceil(self.capacity_factor * n_group * k / self.num_experts)
+      capacity = min(n_group, max(1, capacity))
+    return ExpertParallelPlan(mesh, expert_axes, token_axes, size, groups, capacity)
+
+  def _no_plan(self, why: str) -> None:
+    if self.expert_parallel == "on":
+      raise ValueError(f"expert_parallel='on' but {why}")
+    return None
+
+  @jax.named_scope("moe_dispatch")
+  def _expert_parallel(self, plan, x, expert_idx, gates, assigned):
+    """The experts' output with each device running only its own experts.
+
+    Under `jax.shard_map` each device takes its token shard, writes each assignment
+    into a fixed slot of a [num_experts, capacity] buffer, exchanges the buffer by
+    all-to-all over the expert axes (each device receives, from every device, the rows
+    of its own experts and their counts), runs its experts through the grouped matmul,
+    and sends the rows back by a second all-to-all. The routing (and with it every
+    drop) was decided before, per token shard (`_route(groups=...)`), so no slot
+    overflows.
+
+    Args:
+      plan: `expert_parallel_plan(n)`.
+      x, expert_idx, gates, assigned: as `_sparse_experts`.
+
+    Returns:
+      [n, d] float32.
+    """
+    e, c, p = self.num_experts, plan.capacity, plan.expert_size
+    e_local = e // p
+    tokens = jax.sharding.PartitionSpec(plan.token_axes)
+    experts = jax.sharding.PartitionSpec(plan.expert_axes)
+    axis = plan.expert_axes if len(plan.expert_axes) > 1 else plan.expert_axes[0]
+    w_gate, w_up, w_down = self._expert_weights()
+    weights = (w_up, w_down) if w_gate is None else (w_gate, w_up, w_down)
+
+    def local(x, expert_idx, gates, assigned, *weights):
+      n, d = x.shape
+      k = expert_idx.shape[1]
+      a = n * k
+      key = jnp.where(assigned, expert_idx, e).T.reshape(a)  # Choice-major, e = not sent.
+      token = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)
+      order = jnp.argsort(key, stable=True)
+      sorted_key = key[order]
+      counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)[:e]
+      group_start = jnp.cumsum(counts) - counts
+      safe_key = jnp.minimum(sorted_key, e - 1)
+      rank_sorted = jnp.arange(a, dtype=jnp.int32) - group_start[safe_key]
+      rank = jnp.zeros((a,), jnp.int32).at[order].set(rank_sorted)
+      # Slot of each assignment in the [e * c] send buffer; e * c = not sent.
+      slot = jnp.where((key < e) & (rank < c), key * c + rank, e * c)
+      slot_token = jnp.full((e * c,), n, jnp.int32).at[slot].set(token, mode="drop")
+      x_pad = jnp.concatenate([x.astype(self.dtype), jnp.zeros((1, d), self.dtype)])
+      send = x_pad[slot_token]  # [e * c, d]: chunk j holds the rows for device j's experts.
+      recv = jax.lax.all_to_all(send, axis, 0, 0, tiled=True)  # [p * e_local * c, d]
+      recv_counts = jax.lax.all_to_all(jnp.minimum(counts, c), axis, 0, 0, tiled=True)
+      # Received row r: from device r // (e_local c), for local expert (r // c) % e_local.
+      r = jnp.arange(e * c, dtype=jnp.int32)
+      local_expert = (r // c) % e_local
+      filled = (r % c) < recv_counts[r // c]
+      rows_pad = jnp.concatenate([recv, jnp.zeros((1, d), recv.dtype)])
+      # Varying like the tokens: the weight gradient's sum over token shards is then the
+      # transpose of this cast (a psum), outside the grouped matmul's hand-written backward.
+      w = _varying_like(tuple(weights), x)
+      local_weights = (None, *w) if len(w) == 2 else w
+      recv_key = jnp.where(filled, local_expert, e_local)
+      y_recv = self._expert_rows(rows_pad, r, recv_key, local_weights)
+      back = jax.lax.all_to_all(y_recv.astype(self.dtype), axis, 0, 0, tiled=True)  # [e * c, d]
+      y_assign = jnp.take(back, slot, axis=0, mode="fill", fill_value=0).astype(jnp.float32)
+      return _combine(y_assign, gates, assigned)
+
+    fn = jax.shard_map(
+      local,
+      mesh=plan.mesh,
+      in_specs=(tokens, tokens, tokens, tokens, *(experts,) * len(weights)),
+      out_specs=tokens,
+    )
+    return fn(x, expert_idx, gates, assigned, *weights)
 
   # --- forward -------------------------------------------------------------
 
@@ -822,7 +1058,9 @@ class MoeFeedForward(nnx.Module):
     xf = x.reshape(b * t, d)  # [tokens, d_model]
     valid = mask.reshape(b * t)
     lp = None if lang_probs is None else lang_probs.reshape(b * t, -1)
-    expert_idx, gates, assigned, aux = self._route(xf, valid, lp)
+    plan = None if dense else self.expert_parallel_plan(b * t)
+    groups = 1 if plan is None else plan.groups
+    expert_idx, gates, assigned, aux = self._route(xf, valid, lp, groups)
     aux = aux.replace(token_load=aux.token_load.reshape(b, t, self.num_experts))
 
     if dense:
@@ -831,6 +1069,8 @@ class MoeFeedForward(nnx.Module):
         * jnp.where(assigned, gates, 0.0)[..., None]
       ).sum(1)  # [tokens, E]
       y = self._dense_experts(xf, combine)
+    elif plan is not None:
+      y = self._expert_parallel(plan, xf, expert_idx, gates, assigned)
     else:
       y = self._sparse_experts(xf, expert_idx, gates, assigned)
     if self.shared_expert:

@@ -6,6 +6,12 @@ only the config's mesh and rules. Training maps names to mesh axes with
 `logical_to_mesh_specs(state, rules)`; activations get `constrain(x, axes)` at
 layer boundaries, which is a no-op unless `axis_rules(rules, mesh)` is active.
 
+The `expert` axis also splits the batch: outside the routed experts a device of the expert
+axis is one more data-parallel device, and in an expert-parallel MoE layer
+(`moe.MoeFeedForward`) each device sends its own tokens to the devices that hold their
+experts (all-to-all). `active_mesh()` and `mesh_axes(name)` tell a layer the mesh and the
+mesh axes of a logical name while `axis_rules` is active.
+
 Logical axes used by the models:
   batch       examples                      length      time frames / tokens
   embed       model width                   mlp         feed-forward hidden width
@@ -28,7 +34,7 @@ from flax import nnx
 
 # Logical -> mesh axis rules for DESIGN's mesh ('data', 'fsdp', 'expert', 'tensor').
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-  ("batch", ("data", "fsdp")),
+  ("batch", ("data", "fsdp", "expert")),
   ("length", None),
   ("embed", "fsdp"),
   ("mlp", "tensor"),
@@ -104,6 +110,26 @@ def axis_rules(rules: Sequence[tuple[str, object]], mesh: jax.sharding.Mesh) -> 
     yield
   finally:
     _context.value = previous
+
+
+def active_mesh() -> jax.sharding.Mesh | None:
+  """The mesh of the active `axis_rules` block (None outside one)."""
+  active = getattr(_context, "value", None)
+  return None if active is None else active[1]
+
+
+def mesh_axes(name: str) -> tuple[str, ...]:
+  """The mesh axes the logical axis `name` maps to under the active rules (() outside).
+
+  Axes the active mesh does not have are left out.
+  """
+  active = getattr(_context, "value", None)
+  if active is None:
+    return ()
+  rules, mesh = active
+  (target,) = nn.logical_to_mesh_axes((name,), rules)
+  names = (target,) if isinstance(target, str) else tuple(target or ())
+  return tuple(a for a in names if a in mesh.axis_names)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

@@ -19,8 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from moe_asr.models import partitioning
 
-# The batch dimension of every array of a batch is split over these mesh axes.
-BATCH_AXES = ("data", "fsdp")
+# The batch dimension of every array of a batch is split over these mesh axes (as the
+# "batch" logical axis of `partitioning.DEFAULT_RULES`): the expert axis is data-parallel
+# outside the routed experts, whose layers exchange tokens over it (all-to-all).
+BATCH_AXES = ("data", "fsdp", "expert")
 
 
 def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

@@ -1,0 +1,184 @@
+"""Expert-parallel MoE dispatch on 8 fake CPU devices (conftest sets the device count).
+
+The expert-parallel layer (tokens to the devices holding their experts and back by
+all-to-all) gives the single-device layer's outputs and gradients; with a capacity factor it
+drops what the single-device layer drops on each token shard alone; its compiled step moves
+tokens (all-to-all), never gathers the expert weights, and keeps 1/8 of them on each device; a
+tiny model trains expert-parallel, resumes exactly and restores on one device.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from moe_asr.models import moe
+from moe_asr.models import partitioning as pt
+from moe_asr.training import sharding
+
+D_MODEL, D_FF = 16, 32
+BATCH, LENGTH = 8, 12
+LENGTHS = (12, 10, 12, 5, 12, 12, 3, 12)
+NUM_LANGUAGES = 7
+# float32, the same products summed in another order (observed: 2e-7 outputs, 6e-6 gradients
+# of magnitude ~10).
+ATOL = 1e-5
+GRAD_RTOL = 1e-5
+AXES = ("data", "fsdp", "expert", "tensor")
+# The rules of runs made before the batch was split over the expert axis.
+OLD_RULES = tuple(r if r[0] != "batch" else ("batch", ("data", "fsdp")) for r in pt.DEFAULT_RULES)
+
+
+def _mesh(shape) -> jax.sharding.Mesh:
+  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
+
+
+def _inputs(seed: int = 0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(BATCH, LENGTH, D_MODEL)).astype(np.float32)
+  mask = np.arange(LENGTH)[None, :] < np.asarray(LENGTHS)[:, None]
+  logits = 3.0 * rng.normal(size=(BATCH, LENGTH, NUM_LANGUAGES))
+  lang_probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  return jnp.asarray(x), jnp.asarray(mask), jnp.asarray(lang_probs, jnp.float32)
+
+
+def _layer(num_experts=8, **kwargs) -> moe.MoeFeedForward:
+  return moe.MoeFeedForward(
+    D_MODEL, D_FF, num_experts, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **kwargs
+  )
+
+
+def _step(layer, mesh, rules):
+  """(run, compile) of (loss, (y, aux)), grads of the layer's parameters and input, under
+  `rules`, with the parameters placed by their logical axes (the expert weights split)."""
+  graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+  params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
+
+  def loss(params, x, mask, lang_probs):
+    m = nnx.merge(graphdef, params, rest)
+    with pt.axis_rules(rules, mesh):
+      y, aux = m(x, mask, lang_probs=lang_probs)
+    # Output, router losses: the gradient reaches the router through gates and losses.
+    scalar = (y * jnp.cos(x)).sum() + aux.load_balance_loss + aux.router_z_loss
+    return scalar + aux.lid_alignment_loss, (y, aux)
+
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+  return lambda *args: fn(params, *args), lambda *args: fn.lower(params, *args).compile()
+
+
+def _assert_grads_close(got, want):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    scale = float(np.abs(np.asarray(w)).max())
+    np.testing.assert_allclose(g, w, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale)
+
+
+@pytest.mark.parametrize(
+  "mesh_shape, rules, kwargs",
+  [
+    ((1, 1, 8, 1), pt.DEFAULT_RULES, dict(router="learned", top_k=2)),
+    ((2, 1, 4, 1), pt.DEFAULT_RULES, dict(router="hybrid", top_k=2, shared_expert=True)),
+    ((2, 1, 2, 2), OLD_RULES, dict(router="language", num_experts=4, gated=False)),
+    ((1, 1, 8, 1), pt.DEFAULT_RULES, dict(router="learned", top_k=1, grouped_matmul="ragged")),
+  ],
+  ids=["learned-e8", "hybrid-shared-data2", "language-batch-not-on-expert", "ragged-top1"],
+)
+def test_dropless_matches_the_single_device_layer(mesh_shape, rules, kwargs):
+  mesh = _mesh(mesh_shape)
+  x, mask, lang_probs = _inputs()
+  parallel = _layer(**kwargs)
+  with pt.axis_rules(rules, mesh):
+    plan = parallel.expert_parallel_plan(BATCH * LENGTH)
+  assert plan is not None and plan.expert_size == mesh.shape["expert"]
+  (loss, (y, aux)), grads = _step(parallel, mesh, rules)[0](x, mask, lang_probs)
+  reference = _layer(expert_parallel="off", **kwargs)
+  (loss_ref, (y_ref, aux_ref)), grads_ref = _step(reference, mesh, rules)[0](x, mask, lang_probs)
+
+  np.testing.assert_allclose(y, y_ref, atol=ATOL)
+  assert np.all(np.asarray(y)[~np.asarray(mask)] == 0)
+  np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+  for field in ("load_balance_loss", "router_z_loss", "lid_alignment_loss", "expert_load"):
+    np.testing.assert_allclose(getattr(aux, field), getattr(aux_ref, field), atol=1e-6)
+  assert float(aux.dropped_fraction) == 0.0
+  _assert_grads_close(grads, grads_ref)
+
+
+def test_capacity_drops_what_each_token_shard_drops_alone():
+  """With a capacity factor, each device's token shard (here one example) keeps what the
+  single-device layer keeps of it alone; the dropped assignments are counted alike."""
+  mesh = _mesh((1, 1, 8, 1))
+  x, mask, _ = _inputs(1)
+  kwargs = dict(router="learned", top_k=2, capacity_factor=1.0)
+  parallel = _layer(**kwargs)
+  (_, (y, aux)), _ = _step(parallel, mesh, pt.DEFAULT_RULES)[0](x, mask, None)
+  single = nnx.jit(lambda m, x, mask: m(x, mask))
+  reference = _layer(expert_parallel="off", **kwargs)
+  dropped = 0.0
+  for i in range(BATCH):
+    y_i, aux_i = single(reference, x[i : i + 1], mask[i : i + 1])
+    np.testing.assert_allclose(y[i : i + 1], y_i, atol=ATOL)
+    dropped += float(aux_i.dropped_fraction) * LENGTHS[i] * 2
+  routed = sum(LENGTHS) * 2
+  assert dropped > 0  # The case drops something.
+  np.testing.assert_allclose(float(aux.dropped_fraction) * routed, dropped, atol=1e-3)
+
+
+_COLLECTIVE = re.compile(r"= (.*?) (all-gather|all-to-all)(?:-start)?\(")
+
+
+def _collectives(hlo: str) -> dict[str, list[tuple[int, ...]]]:
+  """{op: [result shapes]} of the all-gathers and all-to-alls of an HLO module's text (a
+  tuple-shaped op, as XLA:CPU's all-to-all, gives each element's shape)."""
+  found: dict[str, list[tuple[int, ...]]] = {"all-gather": [], "all-to-all": []}
+  for line in hlo.splitlines():
+    match = _COLLECTIVE.search(line)
+    if match:
+      for dims in re.findall(r"\w+\[([\d,]*)\]", match.group(1)):
+        found[match.group(2)].append(tuple(int(d) for d in dims.split(",") if d))
+  return found
+
+
+def test_the_compiled_step_moves_tokens_not_expert_weights():
+  mesh = _mesh((1, 1, 8, 1))
+  x, mask, _ = _inputs()
+  weight_shapes = {(8, D_MODEL, D_FF), (8, D_FF, D_MODEL)}
+  parallel = _step(_layer(router="learned", top_k=2), mesh, pt.DEFAULT_RULES)[1](x, mask, None)
+  found = _collectives(parallel.as_text())
+  # Tokens ([rows, d_model] pieces) go out and come back, forward and backward.
+  assert sum(shape[-1:] == (D_MODEL,) for shape in found["all-to-all"]) >= 4 * 8, found
+  assert not weight_shapes & set(found["all-gather"]), found
+  # The single-device layer on the same mesh gathers every expert's weights onto each device.
+  gathered = _step(_layer(router="learned", top_k=2, expert_parallel="off"), mesh, pt.DEFAULT_RULES)
+  found = _collectives(gathered[1](x, mask, None).as_text())
+  assert weight_shapes & set(found["all-gather"]), found
+  assert not any(shape[-1:] == (D_MODEL,) for shape in found["all-to-all"]), found
+
+
+def test_each_device_holds_an_eighth_of_the_expert_weights():
+  mesh = _mesh((1, 1, 8, 1))
+  layer = _layer(router="learned", top_k=2)
+  state = nnx.state(layer, nnx.Param)
+  shardings = sharding.state_shardings(state, mesh, pt.DEFAULT_RULES)
+  placed = jax.device_put(state, shardings)
+  for name in ("w_gate", "w_up", "w_down"):
+    array = placed[name].get_value()
+    per_device = {s.device: s.data.nbytes for s in array.addressable_shards}
+    assert len(per_device) == 8 and set(per_device.values()) == {array.nbytes // 8}, name
+
+
+def test_plan_falls_back_where_the_mesh_does_not_allow_it():
+  layer = _layer(router="learned", top_k=2)
+  assert layer.expert_parallel_plan(96) is None  # No mesh active.
+  with pt.axis_rules(pt.DEFAULT_RULES, _mesh((8, 1, 1, 1))):
+    assert layer.expert_parallel_plan(96) is None  # Expert axis of 1.
+  with pt.axis_rules(pt.DEFAULT_RULES, _mesh((1, 1, 8, 1))):
+    assert layer.expert_parallel_plan(90) is None  # 90 tokens over 8 shards.
+    assert _layer(num_experts=4).expert_parallel_plan(96) is None  # 4 experts on 8 devices.
+    plan = _layer(capacity_factor=1.25).expert_parallel_plan(96)
+    assert plan.capacity == 4 and plan.groups == 8  # ceil(1.25 * 12 * 2 / 8).
+    with pytest.raises(ValueError, match="do not split"):
+      _layer(expert_parallel="on").expert_parallel_plan(90)
