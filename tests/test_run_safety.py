@@ -434,3 +434,20 @@ def test_a_frozen_peer_ends_the_run_within_the_timeout_naming_it(frozen, message
   # Silence is counted from the peer's last answer, up to a poll (1.6 s) before the stop; the
   # report comes within the timeout and two polls, with slack for a busy machine.
   assert PEER_TIMEOUT_S - 2 <= seconds < PEER_TIMEOUT_S + 12, seconds
+
+
+def test_init_from_refuses_a_source_trained_with_another_tokenizer_of_the_same_size(tmp_path):
+  import types
+
+  import jax.numpy as jnp
+
+  model = b"a tokenizer model" * 8
+  with checkpoint_lib.Checkpointer(tmp_path, async_save=False) as ckptr:
+    ckptr.save(3, {"w": jnp.ones(2)}, tokenizer=model, tokenizer_source="/src/tokenizer.model")
+  other = model.replace(b"a t", b"t a", 1)  # Same size, other pieces.
+  run = types.SimpleNamespace(tokenizer_id=checkpoint_lib.tokenizer_id(other, "/new/tok.model"))
+  with pytest.raises(checkpoint_lib.TokenizerMismatchError) as e:
+    train._init_from(run, str(tmp_path))
+  message = str(e.value)
+  assert f"config.init_from={str(tmp_path)!r} (step 3) was trained with" in message, message
+  assert "from /src/tokenizer.model" in message and "from /new/tok.model" in message, message
