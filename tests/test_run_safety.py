@@ -80,6 +80,7 @@ def wav(tiny_workdir, tmp_path_factory) -> str:
 # ----------------------------------------------------------------------------- tokenizer
 
 
+@pytest.mark.slow
 def test_a_swapped_letter_tokenizer_is_refused_by_eval_transcribe_and_resume(
   tiny_workdir, tiny_corpus, wav, tmp_path
 ):
@@ -132,6 +133,7 @@ with run_lock.WorkdirLock(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_second_train_on_a_busy_workdir_stops_at_once_naming_the_holder(tiny_corpus, tmp_path):
   data_dir, _, _ = tiny_corpus
   workdir = tmp_path / "busy"
@@ -193,6 +195,7 @@ def _zero(step_dir: pathlib.Path) -> None:
       path.write_bytes(b"\0" * path.stat().st_size)
 
 
+@pytest.mark.slow
 def test_a_zeroed_newest_step_eval_and_transcribe_use_the_previous_one_and_warn(
   tiny_workdir, wav, tmp_path
 ):
@@ -229,6 +232,7 @@ def test_a_zeroed_newest_step_eval_and_transcribe_use_the_previous_one_and_warn(
 # ----------------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.slow
 def test_sigterm_during_compilation_stops_cleanly_without_a_checkpoint(tiny_corpus, tmp_path):
   data_dir, _, _ = tiny_corpus
   workdir = tmp_path / "run"
@@ -331,6 +335,7 @@ def test_in_range_overrides_and_every_shipped_config_pass():
 # ----------------------------------------------------------------------------- paths
 
 
+@pytest.mark.slow
 def test_recorded_paths_are_absolute_and_a_missing_dataset_is_named(
   tiny_workdir, tmp_path, monkeypatch
 ):
@@ -380,6 +385,7 @@ print("finished", flush=True)
 PEER_TIMEOUT_S = 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "frozen, message",
   [
