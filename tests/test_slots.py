@@ -209,3 +209,35 @@ def test_word_tagger_overfits_reference_transcripts(commands, tokenizer, own_emb
       )
       pairs.append((ref, hyp))
   assert metrics_lib.slot_f1(pairs) >= 0.95
+
+
+def test_word_hashes_name_words_by_their_pieces(tokenizer):
+  """The same pieces hash alike wherever they stand (row, position, padding, the words
+  around them); different words of a sentence set differ (no collision among them at 8192
+  buckets), also a word cut in two by a symbol; pieces in another order differ."""
+  table = tokenizer.word_table()
+  texts = ["play believer by metallica", "believer", "metallica play", "spiel das lied mensch"]
+  rows = [tokenizer.encode(t) for t in texts]
+  rows.append(rows[0][:3] + [tokenizer.language_tag_id("es")] + rows[0][3:])  # A symbol inside.
+  width = max(map(len, rows)) + 4
+  tokens = np.zeros((len(rows), width), np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for r, ids in enumerate(rows):
+    tokens[r, : len(ids)], mask[r, : len(ids)] = ids, True
+  words = task_heads.word_index(tokens, mask, table)
+  hashes = np.asarray(jax.jit(task_heads.word_hashes, static_argnums=(2, 3))(tokens, words, 8, 8192))
+  assert hashes.min() >= 0 and hashes.max() < 8192
+  by_word = {}
+  for r, ids in enumerate(rows):
+    for w, positions in enumerate(tokenizer.word_spans(ids)):
+      pieces = tuple(ids[p] for p in positions)
+      by_word.setdefault(pieces, set()).add(int(hashes[r, w]))
+  assert all(len(h) == 1 for h in by_word.values()), by_word
+  assert len({h for (h,) in by_word.values()}) == len(by_word) >= 8
+  # A word made of the same pieces in another order is another word.
+  ab = [tokenizer.piece_to_id("▁a"), tokenizer.piece_to_id("b")]
+  ba = [tokenizer.piece_to_id("▁b"), tokenizer.piece_to_id("a")]
+  pair = np.asarray([ab, ba], np.int32)
+  pair_words = task_heads.word_index(pair, np.ones_like(pair, bool), table)
+  h = np.asarray(task_heads.word_hashes(pair, pair_words, 1, 8192))
+  assert h[0, 0] != h[1, 0]

@@ -121,6 +121,7 @@ def model_config(
   t.slot_tagger = "word"
   t.word_layers = 2  # Layers of the word tagger.
   t.word_token_embedding = True  # The word tagger also embeds the tokens (word identity).
+  t.word_hash_buckets = 0  # > 0: the word tagger also embeds whole words by hash.
   t.stop_gradient = False  # True: the cascade baseline (task loss does not train the ASR).
   t.num_languages = m.get_ref("num_languages")
 

@@ -170,6 +170,38 @@ def last_piece_mask(token_word: jax.Array) -> jax.Array:
   return (token_word >= 0) & (following != token_word)
 
 
+def word_hashes(tokens: jax.Array, token_word: jax.Array, num_words: int, buckets: int):
+  """int32 [batch, num_words]: a hash of each word's token ids, in [0, buckets).
+
+  A polynomial hash (wrapping uint32 arithmetic) of the ids in order, so two words
+  share a bucket only when their pieces are the same or by collision; words with no
+  tokens (padding) hash like the empty word. `token_word` as `word_index` gives it.
+  """
+  batch, length = tokens.shape
+  positions = jnp.arange(length)
+  previous = jnp.pad(token_word[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  starts = jnp.where(token_word != previous, positions[None, :], 0)
+  offset = positions[None, :] - jax.lax.cummax(starts, axis=1)  # Position within the word.
+  ids = tokens.astype(jnp.uint32) + jnp.uint32(1)
+  terms = ids * jnp.power(jnp.uint32(0x01000193), offset.astype(jnp.uint32))
+  in_word = (token_word >= 0) & (token_word < num_words)
+  segments = jnp.where(
+    in_word, token_word + num_words * jnp.arange(batch)[:, None], batch * num_words
+  )
+  sums = jax.ops.segment_sum(
+    jnp.where(in_word, terms, jnp.uint32(0)).reshape(-1),
+    segments.reshape(-1),
+    num_segments=batch * num_words + 1,
+  )[:-1].reshape(batch, num_words)
+  # Mixing (murmur3's finaliser) so the low bits depend on every id.
+  h = sums ^ (sums >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  h = h ^ (h >> 16)
+  return (h % jnp.uint32(buckets)).astype(jnp.int32)
+
+
 class WordLayer(nnx.Module):
   """Pre-norm layer over words: bidirectional self-attention, attention to the audio, FFN."""
 
@@ -201,6 +233,11 @@ class WordTagger(nnx.Module):
   through decoder states trained to predict the next token. There are
   min(tokens, max_words) word positions (a word has at least one token), so shapes
   stay static; tokens of words beyond `max_words` belong to none.
+
+  With `hash_buckets`, each word also gets an embedding of the word itself, looked up
+  by a hash of its token ids (`word_hashes`; fastText-style hashing, collisions shared):
+  the tagger can key a slot on the whole word from the first time it sees it, instead
+  of composing its identity from character embeddings.
   """
 
   def __init__(
@@ -212,10 +249,26 @@ class WordTagger(nnx.Module):
     dropout: float,
     max_words: int,
     vocab_size: int = 0,
+    hash_buckets: int = 0,
+    hash_dim: int = 64,
     *,
     dtype,
     rngs: nnx.Rngs,
   ):
+    self.hash_buckets = hash_buckets
+    hashed = hash_projection = None
+    if hash_buckets:
+      hashed = nnx.Embed(
+        hash_buckets,
+        hash_dim,
+        embedding_init=partitioning.with_axes(nnx.initializers.normal(1.0), ("vocab", None)),
+        rngs=rngs,
+      )
+      hash_projection = partitioning.dense(
+        hash_dim, d_model, (None, "embed"), dtype=dtype, rngs=rngs
+      )
+    self.word_embedding = nnx.data(hashed)
+    self.word_projection = nnx.data(hash_projection)
     embedding = None
     if vocab_size:
       embedding = nnx.Embed(
@@ -257,6 +310,11 @@ class WordTagger(nnx.Module):
     last = member * last_piece_mask(token_word)[:, None, :].astype(jnp.float32)
     last = jnp.einsum("bwt,btd->bwd", last, x)
     x = self.pool(jnp.concatenate([mean, last], -1)).astype(jnp.float32)
+    if self.word_embedding is not None:
+      if tokens is None:
+        raise ValueError("This word tagger embeds whole words: pass the tokens")
+      hashes = word_hashes(tokens, token_word, num_words, self.hash_buckets)
+      x = x + self.word_projection(self.word_embedding(hashes)).astype(jnp.float32)
     x = jnp.where(word_mask[..., None], x + positions[:num_words], 0.0)
     for layer in self.layers:
       x = layer(x, word_mask, audio, audio_mask)
@@ -305,6 +363,7 @@ class TaskHeads(nnx.Module):
     word_layers: int = 2,
     max_words: int = 128,
     vocab_size: int = 0,
+    word_hash_buckets: int = 0,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -334,6 +393,7 @@ class TaskHeads(nnx.Module):
         dropout,
         max_words,
         vocab_size,
+        word_hash_buckets,
         dtype=dtype,
         rngs=rngs,
       )
@@ -366,7 +426,8 @@ class TaskHeads(nnx.Module):
     token_layers (0: bidirectional layers over the token states, see `Bridge`), d_ff
     (their hidden width, 4 * d_model), slot_tagger ("token", or "word": `WordTagger`),
     word_layers (2: its layers), max_words (128: its positions), word_token_embedding
-    (False; True with vocab_size: the tagger embeds the tokens too), dtype ("float32" |
+    (False; True with vocab_size: the tagger embeds the tokens too), word_hash_buckets
+    (0; > 0: the tagger embeds whole words by hash, see `WordTagger`), dtype ("float32" |
     "bfloat16", default float32).
     """
     fields = {**dict(cfg), **overrides}
@@ -384,6 +445,7 @@ class TaskHeads(nnx.Module):
       word_layers=fields.get("word_layers", 2),
       max_words=fields.get("max_words", 128),
       vocab_size=fields.get("vocab_size", 0) if fields.get("word_token_embedding") else 0,
+      word_hash_buckets=fields.get("word_hash_buckets", 0),
       dtype=_config_dtype(fields.get("dtype")),
       rngs=rngs,
     )
