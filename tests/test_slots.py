@@ -225,7 +225,8 @@ def test_word_hashes_name_words_by_their_pieces(tokenizer):
   for r, ids in enumerate(rows):
     tokens[r, : len(ids)], mask[r, : len(ids)] = ids, True
   words = task_heads.word_index(tokens, mask, table)
-  hashes = np.asarray(jax.jit(task_heads.word_hashes, static_argnums=(2, 3))(tokens, words, 8, 8192))
+  hash_fn = jax.jit(task_heads.word_hashes, static_argnums=(2, 3))
+  hashes = np.asarray(hash_fn(tokens, words, 8, 8192))
   assert hashes.min() >= 0 and hashes.max() < 8192
   by_word = {}
   for r, ids in enumerate(rows):
