@@ -17,9 +17,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from moe_asr import config_lib
+from moe_asr.data import features
 from moe_asr.models import moe
 from moe_asr.models import partitioning as pt
-from moe_asr.training import sharding
+from moe_asr.training import checkpoint as ckpt
+from moe_asr.training import sharding, train
+from moe_asr.training import state as state_lib
 
 D_MODEL, D_FF = 16, 32
 BATCH, LENGTH = 8, 12
@@ -182,3 +186,104 @@ def test_plan_falls_back_where_the_mesh_does_not_allow_it():
     assert plan.capacity == 4 and plan.groups == 8  # ceil(1.25 * 12 * 2 / 8).
     with pytest.raises(ValueError, match="do not split"):
       _layer(expert_parallel="on").expert_parallel_plan(90)
+
+
+# ----------------------------------------------------------------------------- a tiny model
+
+TINY_OVERRIDES = (
+  "model.encoder.num_layers=2",
+  "model.encoder.lid_layer=0",
+  "model.encoder.moe_layers=(1,)",
+  "model.decoder.num_layers=0",  # CTC only: the step compiles in half the time.
+  "model.decoder.moe_layers=()",
+  "train.warmup_steps=1",
+  "train.learning_rate=3e-3",
+)
+VOCAB, INTENTS, SLOT_TAGS = 40, 4, 5
+
+
+def _batch(batch: int = 8, samples: int = 8000, max_tokens: int = 12) -> dict[str, np.ndarray]:
+  """A synthetic batch of a train step's arrays (as benchmarks/train_step.py makes them)."""
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(samples // 2, samples + 1, batch)
+  audio_mask = np.arange(samples)[None] < lengths[:, None]
+  token_mask = np.arange(max_tokens)[None] < rng.integers(3, max_tokens + 1, batch)[:, None]
+  frames = int(features.num_frames(samples))
+  return {
+    "audio": (rng.normal(0, 3000, (batch, samples)) * audio_mask).astype(np.int16),
+    "audio_mask": audio_mask,
+    "example_mask": np.ones(batch, bool),
+    "tokens": np.where(token_mask, rng.integers(4, VOCAB, (batch, max_tokens)), 0).astype(np.int32),
+    "token_mask": token_mask,
+    "token_lang": np.where(token_mask, rng.integers(0, 2, (batch, 1)), -1).astype(np.int32),
+    "slot_tags": np.where(token_mask, 0, -1).astype(np.int32),
+    "frame_lang": np.repeat(rng.integers(0, 2, (batch, 1)), frames, 1).astype(np.int32),
+    "lang_runs": np.full((batch, 8), -1, np.int32),
+    "language": rng.integers(0, 2, batch).astype(np.int32),
+    "intent": rng.integers(0, INTENTS, batch).astype(np.int32),
+  }
+
+
+def _leaves(state) -> dict[str, np.ndarray]:
+  return {
+    state_lib.path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)
+  }
+
+
+def test_a_tiny_model_trains_expert_parallel_resumes_exactly_and_restores_on_one_device(
+  tmp_path,
+):
+  cfg = config_lib.load_config("configs/tiny.py", [*TINY_OVERRIDES, "mesh.shape=(4,1,2,1)"])
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
+  sizes = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
+  graphdef, state, rng_state, state_sh = train.init_state(cfg, mesh, rules, **sizes)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rng_sh = jax.tree.map(lambda _: replicated, rng_state)
+  host_batch = _batch()
+  batch_sh = sharding.batch_shardings(mesh, host_batch)
+  batch = sharding.put_batch(host_batch, batch_sh)
+  step_fn = jax.jit(
+    train.make_train_step(cfg, graphdef),
+    in_shardings=(state_sh, rng_sh, batch_sh),
+    out_shardings=(state_sh, replicated),
+  )
+  with mesh, pt.axis_rules(rules, mesh):
+    step = step_fn.lower(state, rng_state, batch).compile()
+  # The MoE layer (4 experts, 2 a device) exchanges tokens: out and back, forward and backward.
+  d_model = cfg.model.encoder.d_model
+  tokens = [s for s in _collectives(step.as_text())["all-to-all"] if s[-1:] == (d_model,)]
+  assert len(tokens) >= 4 * 2, tokens
+  expert_w = state["model"]["encoder"]["blocks"][1]["ff2"]["w_up"].get_value()
+  assert {s.data.shape[0] for s in expert_w.addressable_shards} == {2}
+
+  states, losses = [state], []
+  for _ in range(4):
+    state, metrics = step(states[-1], rng_state, batch)
+    states.append(state)
+    losses.append(float(metrics["loss"]))
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+  with ckpt.Checkpointer(tmp_path / "ckpt", async_save=False) as saver:
+    saver.save(2, states[2])
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), states[2], state_sh
+  )
+  with ckpt.Checkpointer(tmp_path / "ckpt") as loader:
+    restored = loader.restore(abstract).state
+  resumed = restored
+  for i in (2, 3):
+    resumed, metrics = step(resumed, rng_state, batch)
+    assert float(metrics["loss"]) == losses[i]
+  want, got = _leaves(states[4]), _leaves(resumed)
+  assert want.keys() == got.keys()
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+  # The expert-parallel checkpoint on one device: every array as saved.
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ckpt.Checkpointer(tmp_path / "ckpt") as loader:
+    on_one = loader.restore(jax.tree.map(lambda a: a.update(sharding=one), abstract)).state
+  saved = _leaves(states[2])
+  for name, value in _leaves(on_one).items():
+    np.testing.assert_array_equal(value, saved[name], err_msg=name)
+  assert on_one["model"]["encoder"]["blocks"][1]["ff2"]["w_up"].get_value().sharding == one
