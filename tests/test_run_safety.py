@@ -457,3 +457,16 @@ def test_init_from_refuses_a_source_trained_with_another_tokenizer_of_the_same_s
   message = str(e.value)
   assert f"config.init_from={str(tmp_path)!r} (step 3) was trained with" in message, message
   assert "from /src/tokenizer.model" in message and "from /new/tok.model" in message, message
+
+
+def test_an_older_runs_relative_data_dir_is_found_beside_its_workdir(tmp_path, monkeypatch):
+  (tmp_path / "repo" / "data").mkdir(parents=True)
+  workdir = tmp_path / "repo" / "runs" / "demo"
+  workdir.mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)  # Elsewhere: "data" is not in the current directory.
+  assert score._resolve_recorded_dir("data", workdir) == str(tmp_path / "repo" / "data")
+  assert score._resolve_recorded_dir("nowhere", workdir) == str(tmp_path / "nowhere")
+  assert score._resolve_recorded_dir("/abs/data", workdir) == "/abs/data"
+  assert score._resolve_recorded_dir("gs://b/data", workdir) == "gs://b/data"
+  (tmp_path / "data").mkdir()  # The current directory comes first.
+  assert score._resolve_recorded_dir("data", workdir) == str(tmp_path / "data")
