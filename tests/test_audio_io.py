@@ -58,7 +58,7 @@ def speech():
   return tts.synthesize("set an alarm for seven in the morning", "en", VOICE)
 
 
-@pytest.mark.parametrize("kind", sorted(FORMATS))
+@pytest.mark.parametrize("kind", ["m4a", "webm"])  # libsndfile reads mp3 itself.
 def test_compressed_recordings_read_like_the_wav(speech, kind, tmp_path):
   path = tmp_path / f"speech.{FORMATS[kind][2]}"
   write_with_pyav(path, speech, kind)
