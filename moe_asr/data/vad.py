@@ -6,21 +6,17 @@ and its own ONNX Runtime (no other dependency). It was picked over WebRTC's VAD
 four voices joined by pauses of 0.15 to 1.2 s (152 s), pauses of 0.3 s or more found, and
 pauses of 0.15 s or more wrongly found inside a sentence:
 
-  ===========  ==========  ===========  ===========
-  clean        found       inside       speech lost
-  ===========  ==========  ===========  ===========
-  silero 0.5   40/40       2            3.2 %
-  webrtc 3     40/40       0            0.4 %
-  ===========  ==========  ===========  ===========
-  white noise at 20 dB SNR
-  silero 0.5   40/40       1            1.9 %
-  webrtc 3     40/40       7            6.0 %
-  webrtc 1     40/40       2            2.5 %
-  white noise at 10 dB SNR
-  silero 0.5   40/40       1            2.3 %
-  webrtc 2     39/40       3            3.0 %
-  webrtc 1      0/40       0            0.0 %
-  ===========  ==========  ===========  ===========
+  detector (threshold/mode)   noise        pauses found   cuts inside   speech lost
+  Silero 0.5                  none         40/40          2             3.2 %
+  WebRTC mode 3               none         40/40          0             0.4 %
+  Silero 0.5                  20 dB SNR    40/40          1             1.9 %
+  WebRTC mode 3               20 dB SNR    40/40          7             6.0 %
+  WebRTC mode 1               20 dB SNR    40/40          2             2.5 %
+  Silero 0.5                  10 dB SNR    40/40          1             2.3 %
+  WebRTC mode 2               10 dB SNR    39/40          3             3.0 %
+  WebRTC mode 1               10 dB SNR     0/40          0             0.0 %
+
+(white noise; "speech lost": speech frames called non-speech.)
 
 WebRTC is as good on clean audio but its best mode depends on the noise level (mode 1
 finds no pause at 10 dB, mode 3 cuts sentences at 20 dB); Silero at its default
