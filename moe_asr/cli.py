@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import pathlib
 import sys
@@ -146,6 +147,8 @@ def _model_info(args, overrides) -> int:
   from moe_asr.models import info
 
   cfg = config_lib.load_config(args.config, overrides)
+  if args.mesh:  # Before JAX starts: a CPU fakes the mesh's devices.
+    info.fake_cpu_devices(math.prod(info.parse_mesh(args.mesh, tuple(cfg.mesh.axes))))
   sizes = info.model_info(
     cfg, vocab_size=args.vocab_size, num_intents=args.num_intents, num_slot_tags=args.num_slot_tags
   )
@@ -157,6 +160,15 @@ def _model_info(args, overrides) -> int:
     spec = cfg.model[name].get("expert_map", "modulo")
     items = ", ".join(f"{code} {e}" for code, e in expert_map.items())
     print(f"{name} expert of each language ({spec}): {items}")
+  if args.mesh:
+    sizes["memory"] = info.train_memory(
+      cfg,
+      args.mesh,
+      vocab_size=args.vocab_size,
+      num_intents=args.num_intents,
+      num_slot_tags=args.num_slot_tags,
+    )
+    print(info.format_memory(sizes["memory"]))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(sizes, indent=2))
   return 0
@@ -381,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
   model_info.add_argument("--num-intents", type=int, default=24)
   model_info.add_argument("--num-slot-tags", type=int, default=39, help="BIO tags (2 x types + 1)")
   model_info.add_argument("--json", default=None, help="also write the counts to this JSON file")
+  model_info.add_argument(
+    "--mesh",
+    default=None,
+    help="e.g. data=8,expert=8: also memory per device of the compiled train step on that mesh",
+  )
   model_info.set_defaults(func=_model_info)
 
   devices = sub.add_parser(
