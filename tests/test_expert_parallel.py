@@ -19,7 +19,8 @@ from flax import nnx
 
 from moe_asr import config_lib
 from moe_asr.data import features
-from moe_asr.models import moe
+from moe_asr.data import pipeline as pipeline_lib
+from moe_asr.models import info, moe
 from moe_asr.models import partitioning as pt
 from moe_asr.training import checkpoint as ckpt
 from moe_asr.training import sharding, train
@@ -198,30 +199,38 @@ TINY_OVERRIDES = (
   "model.decoder.moe_layers=()",
   "train.warmup_steps=1",
   "train.learning_rate=3e-3",
+  "data.buckets=((0.5,8),)",
 )
-VOCAB, INTENTS, SLOT_TAGS = 40, 4, 5
+SIZES = dict(vocab_size=40, num_intents=4, num_slot_tags=5)
 
 
-def _batch(batch: int = 8, samples: int = 8000, max_tokens: int = 12) -> dict[str, np.ndarray]:
-  """A synthetic batch of a train step's arrays (as benchmarks/train_step.py makes them)."""
+def _batch(cfg) -> dict[str, np.ndarray]:
+  """A synthetic batch of the config's one bucket, with the arrays the pipeline yields."""
+  pcfg = pipeline_lib.PipelineConfig.from_config(cfg.data)
+  (bucket,) = pipeline_lib.make_buckets(
+    pcfg, features.FeatureConfig.from_config(cfg.model.features)
+  )
+  batch = pipeline_lib.device_arrays(
+    pipeline_lib._empty_batch(bucket, bucket.batch_size, pcfg.max_lang_runs)
+  )
   rng = np.random.default_rng(0)
-  lengths = rng.integers(samples // 2, samples + 1, batch)
-  audio_mask = np.arange(samples)[None] < lengths[:, None]
-  token_mask = np.arange(max_tokens)[None] < rng.integers(3, max_tokens + 1, batch)[:, None]
-  frames = int(features.num_frames(samples))
-  return {
-    "audio": (rng.normal(0, 3000, (batch, samples)) * audio_mask).astype(np.int16),
-    "audio_mask": audio_mask,
-    "example_mask": np.ones(batch, bool),
-    "tokens": np.where(token_mask, rng.integers(4, VOCAB, (batch, max_tokens)), 0).astype(np.int32),
-    "token_mask": token_mask,
-    "token_lang": np.where(token_mask, rng.integers(0, 2, (batch, 1)), -1).astype(np.int32),
-    "slot_tags": np.where(token_mask, 0, -1).astype(np.int32),
-    "frame_lang": np.repeat(rng.integers(0, 2, (batch, 1)), frames, 1).astype(np.int32),
-    "lang_runs": np.full((batch, 8), -1, np.int32),
-    "language": rng.integers(0, 2, batch).astype(np.int32),
-    "intent": rng.integers(0, INTENTS, batch).astype(np.int32),
-  }
+  rows, samples = batch["audio"].shape
+  batch["audio_mask"][:] = (
+    np.arange(samples)[None] < rng.integers(samples // 2, samples, rows)[:, None]
+  )
+  batch["audio"][:] = rng.normal(0, 3000, (rows, samples)) * batch["audio_mask"]
+  batch["example_mask"][:] = True
+  tokens = batch["tokens"].shape[1]
+  batch["token_mask"][:] = np.arange(tokens)[None] < rng.integers(3, tokens, rows)[:, None]
+  language = rng.integers(0, 2, rows)
+  batch["tokens"][:] = np.where(
+    batch["token_mask"], rng.integers(4, SIZES["vocab_size"], (rows, tokens)), 0
+  )
+  batch["token_lang"][:] = np.where(batch["token_mask"], language[:, None], -1)
+  batch["frame_lang"][:] = language[:, None]
+  batch["language"][:] = language
+  batch["intent"][:] = rng.integers(0, SIZES["num_intents"], rows)
+  return batch
 
 
 def _leaves(state) -> dict[str, np.ndarray]:
@@ -233,19 +242,34 @@ def _leaves(state) -> dict[str, np.ndarray]:
 def test_a_tiny_model_trains_expert_parallel_resumes_exactly_and_restores_on_one_device(
   tmp_path,
 ):
+  """model-info's memory per device (its compile also serves the training below, through
+  the compilation cache: the same program), then 4 steps, a resume, a restore on one device."""
   cfg = config_lib.load_config("configs/tiny.py", [*TINY_OVERRIDES, "mesh.shape=(4,1,2,1)"])
+  memory = info.train_memory(cfg, "data=4,expert=2", **SIZES)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
-  sizes = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
-  graphdef, state, rng_state, state_sh = train.init_state(cfg, mesh, rules, **sizes)
+  graphdef, state, rng_state, state_sh = train.init_state(cfg, mesh, rules, **SIZES)
+
+  # Parameters per device: the expert weights halved (2 of 4 experts), the rest replicated.
+  params = _leaves(state["model"])
+  expert = sum(v.nbytes for k, v in params.items() if re.search(r"/ff2/w_(gate|up|down)$", k))
+  total = sum(v.nbytes for v in params.values())
+  assert memory["total"]["params"] == total
+  assert memory["per_device"]["params"] == total - expert // 2
+  assert memory["per_device"]["arguments"] >= sum(
+    memory["per_device"][k] for k in ("params", "optimizer")
+  )
+  assert memory["per_device"]["temporaries"] > 0
+
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rng_sh = jax.tree.map(lambda _: replicated, rng_state)
-  host_batch = _batch()
+  host_batch = _batch(cfg)
   batch_sh = sharding.batch_shardings(mesh, host_batch)
   batch = sharding.put_batch(host_batch, batch_sh)
   step_fn = jax.jit(
     train.make_train_step(cfg, graphdef),
     in_shardings=(state_sh, rng_sh, batch_sh),
     out_shardings=(state_sh, replicated),
+    donate_argnums=(0,),  # As model-info compiles it.
   )
   with mesh, pt.axis_rules(rules, mesh):
     step = step_fn.lower(state, rng_state, batch).compile()
@@ -256,34 +280,34 @@ def test_a_tiny_model_trains_expert_parallel_resumes_exactly_and_restores_on_one
   expert_w = state["model"]["encoder"]["blocks"][1]["ff2"]["w_up"].get_value()
   assert {s.data.shape[0] for s in expert_w.addressable_shards} == {2}
 
-  states, losses = [state], []
-  for _ in range(4):
-    state, metrics = step(states[-1], rng_state, batch)
-    states.append(state)
-    losses.append(float(metrics["loss"]))
+  losses, saved = [], {}
+  with ckpt.Checkpointer(tmp_path / "ckpt", async_save=False) as saver:
+    for i in range(1, 5):
+      state, metrics = step(state, rng_state, batch)  # The old state is donated.
+      losses.append(float(metrics["loss"]))
+      if i == 2:
+        saver.save(2, state)
+        saved = _leaves(state)
+  final = _leaves(state)
   assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
-  with ckpt.Checkpointer(tmp_path / "ckpt", async_save=False) as saver:
-    saver.save(2, states[2])
   abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), states[2], state_sh
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sh
   )
   with ckpt.Checkpointer(tmp_path / "ckpt") as loader:
-    restored = loader.restore(abstract).state
-  resumed = restored
+    resumed = loader.restore(abstract).state
   for i in (2, 3):
     resumed, metrics = step(resumed, rng_state, batch)
     assert float(metrics["loss"]) == losses[i]
-  want, got = _leaves(states[4]), _leaves(resumed)
-  assert want.keys() == got.keys()
-  for name in want:
-    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  got = _leaves(resumed)
+  assert got.keys() == final.keys()
+  for name in final:
+    np.testing.assert_array_equal(got[name], final[name], err_msg=name)
 
   # The expert-parallel checkpoint on one device: every array as saved.
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ckpt.Checkpointer(tmp_path / "ckpt") as loader:
     on_one = loader.restore(jax.tree.map(lambda a: a.update(sharding=one), abstract)).state
-  saved = _leaves(states[2])
   for name, value in _leaves(on_one).items():
     np.testing.assert_array_equal(value, saved[name], err_msg=name)
   assert on_one["model"]["encoder"]["blocks"][1]["ff2"]["w_up"].get_value().sharding == one
