@@ -141,14 +141,14 @@ def test_matches_reference_on_random_streams(phrases, boosts):
 
 
 def test_partial_match_then_failure_takes_back_boost():
-  graph = biasing.build_context_graph([[5, 6, 7]], 12)
+  graph = biasing.build_context_graph([[5, 6, 7]], 12, boost=1.5)
   state, scores = advance_stream(graph, [5, 6, 9])
   assert scores == [1.5, 1.5, -3.0]
   assert state == biasing.ROOT
 
 
 def test_complete_match_keeps_boost():
-  graph = biasing.build_context_graph([[5, 6, 7]], 12)
+  graph = biasing.build_context_graph([[5, 6, 7]], 12, boost=1.5)
   state, scores = advance_stream(graph, [4, 5, 6, 7, 9, 8])
   assert scores == [0.0, 1.5, 1.5, 1.5, 0.0, 0.0]
   assert state == biasing.ROOT
@@ -166,10 +166,10 @@ def test_finalize_takes_back_partial():
 def test_failure_to_a_suffix_phrase():
   # After 5 6 the token 8 fails to [6] and completes [6, 8]: the hypothesis ends with
   # exactly the boost of [6, 8] (3.0), the partial [5, 6] being taken back.
-  graph = biasing.build_context_graph([[5, 6, 7], [6, 8]], 12)
+  graph = biasing.build_context_graph([[5, 6, 7], [6, 8]], 12, boost=1.5)
   state, scores = advance_stream(graph, [5, 6, 8])
   assert scores == [1.5, 1.5, 0.0]
-  assert state == biasing.ROOT
+  assert float(biasing.finalize(graph, state)) == 0.0  # A completed match is kept.
   # A failure that lands on a partial suffix keeps that suffix's boost: 5 6 6 -> [6].
   state, scores = advance_stream(graph, [5, 6, 6])
   assert scores == [1.5, 1.5, -1.5]
@@ -177,13 +177,13 @@ def test_failure_to_a_suffix_phrase():
 
 
 def test_phrase_and_its_suffix_both_count():
-  graph = biasing.build_context_graph([[5, 6, 7], [6, 7]], 12)
+  graph = biasing.build_context_graph([[5, 6, 7], [6, 7]], 12, boost=1.5)
   _, scores = advance_stream(graph, [5, 6, 7])
   assert sum(scores) == 4.5 + 3.0
 
 
 def test_special_and_out_of_vocab_tokens_go_to_root():
-  graph = biasing.build_context_graph([[5, 6, 7]], 12)
+  graph = biasing.build_context_graph([[5, 6, 7]], 12, boost=1.5)
   state, _ = advance_stream(graph, [5, 6])
   for token in [0, 1, 2, 3, 12, 1000, -1, 11]:
     next_state, score = biasing.advance(graph, jnp.int32(state), jnp.int32(token))
@@ -199,7 +199,7 @@ def test_duplicates_merged_with_max_boost():
 
 
 def test_broadcasting_and_vmap():
-  graph = biasing.build_context_graph([[5, 6, 7], [6, 9]], 12)
+  graph = biasing.build_context_graph([[5, 6, 7], [6, 9]], 12, boost=1.5)
   state, _ = advance_stream(graph, [5, 6])
   states = jnp.array([[biasing.ROOT], [state]], jnp.int32)  # [2, 1]
   tokens = jnp.array([5, 6, 7, 9], jnp.int32)  # [4]
@@ -246,7 +246,7 @@ def test_large_list_matches_reference():
 
 
 def test_padding_shares_shapes():
-  small = biasing.build_context_graph([[5, 6]], 12)
+  small = biasing.build_context_graph([[5, 6]], 12, boost=1.5)
   assert small.num_node_slots == 16 and small.num_edge_slots == 16
   # 26 nodes and 20 edges, 25 nodes and 18 edges: both padded to 32.
   a = biasing.build_context_graph(np.arange(4, 29).reshape(5, 5), 40)
@@ -272,11 +272,11 @@ def test_empty_list_is_neutral():
 
 def test_build_errors():
   with pytest.raises(ValueError, match="Phrase 1 is empty"):
-    biasing.build_context_graph([[5], [], [6]], 12)
+    biasing.build_context_graph([[5], [], [6]], 12, boost=1.5)
   with pytest.raises(ValueError, match=r"Phrase 2 has token ids \[0\]"):
-    biasing.build_context_graph([[5], [6], [7, 0]], 12)
+    biasing.build_context_graph([[5], [6], [7, 0]], 12, boost=1.5)
   with pytest.raises(ValueError, match=r"Phrase 0 has token ids \[12\]"):
-    biasing.build_context_graph([[12]], 12)
+    biasing.build_context_graph([[12]], 12, boost=1.5)
   with pytest.raises(ValueError, match="2 boosts for 3 phrases"):
     biasing.build_context_graph([[5], [6], [7]], 12, boost=[1.0, 2.0])
   with pytest.raises(ValueError, match="Phrase 1 has a non-finite boost"):
@@ -341,12 +341,123 @@ def test_graph_from_phrases_with_tokenizer(tokenizer, tmp_path):
   sentence = tokenizer.encode("please turn on the light in the kitchen")
   for phrase in (light, kitchen):  # Each phrase appears as it is tokenised on its own.
     assert any(sentence[i : i + len(phrase)] == phrase for i in range(len(sentence)))
+  weight, word_start = biasing.token_tables(tokenizer)
+  chars = lambda ids: sum(weight[t] for t in ids)
+  assert chars(light) == len("turnonthelight") and chars(kitchen) == len("kitchen")
+  assert all(word_start[t] == tokenizer.id_to_piece(t).startswith("\u2581") for t in sentence)
   state, scores = advance_stream(graph, sentence)
-  assert state == biasing.ROOT
-  assert sum(scores) == pytest.approx(1.5 * len(light) + 3.0 * len(kitchen), abs=1e-5)
+  assert float(biasing.finalize(graph, state)) == 0.0
+  # Per character: the default boost for the first phrase, its own for "kitchen".
+  expected = biasing.DEFAULT_BOOST * chars(light) + 3.0 * chars(kitchen)
+  assert sum(scores) == pytest.approx(expected, abs=1e-4)
   # The same phrases given directly, with another default boost.
   graph = biasing.graph_from_phrases(["turn on the light", ("kitchen", None)], tokenizer, boost=1.0)
   _, scores = advance_stream(graph, sentence)
-  assert sum(scores) == pytest.approx(len(light) + len(kitchen), abs=1e-5)
+  assert sum(scores) == pytest.approx(chars(light) + chars(kitchen), abs=1e-4)
   with pytest.raises(ValueError, match=r"Phrase 1 \('!!!'\) is empty after normalisation"):
     biasing.graph_from_phrases(["kitchen", "!!!"], tokenizer)
+
+
+# --- Scaled boosts, word boundaries, the unbiased reserve -------------------------
+
+
+def test_boost_scales_with_token_weight_and_a_broken_phrase_is_neutral():
+  weight = np.ones(12)
+  weight[[5, 6, 7]] = [1.0, 3.0, 2.0]  # e.g. characters per piece
+  graph = biasing.build_context_graph([[5, 6, 7]], 12, boost=0.5, token_weight=weight)
+  # Each token earns the boost times its weight; the phrase 0.5 * 6 in all.
+  state, scores = advance_stream(graph, [5, 6, 7])
+  assert scores == [0.5, 1.5, 1.0]
+  assert float(biasing.finalize(graph, state)) == 0.0
+  # Broken halfway by a token of no phrase: the hypothesis holds what it held before.
+  state, scores = advance_stream(graph, [4, 5, 6, 9])
+  assert scores == [0.0, 0.5, 1.5, -2.0] and sum(scores) == 0.0
+  # Broken at the end of the hypothesis: finalize takes back the same.
+  state, scores = advance_stream(graph, [5, 6])
+  assert sum(scores) + float(biasing.finalize(graph, state)) == 0.0
+  # A phrase of longer pieces earns more.
+  long_weight = weight.copy()
+  long_weight[[5, 6, 7]] *= 2
+  graph2 = biasing.build_context_graph([[5, 6, 7]], 12, boost=0.5, token_weight=long_weight)
+  assert sum(advance_stream(graph2, [5, 6, 7])[1]) == 2 * 3.0
+  with pytest.raises(ValueError, match="token_weight"):
+    biasing.build_context_graph([[5]], 12, token_weight=np.ones(11))
+  with pytest.raises(ValueError, match="finite and >= 0"):
+    biasing.build_context_graph([[5]], 12, token_weight=-np.ones(12))
+
+
+def test_a_match_is_confirmed_at_a_word_start_and_taken_back_inside_a_word():
+  # Tokens 5 and 9 start words, 6, 7 and 8 continue them: [5, 6] is "carol", [5, 6, 8]
+  # "carolina", read in "caroline" as 5 6 7.
+  word_start = np.zeros(12, bool)
+  word_start[[5, 9]] = True
+  graph = biasing.build_context_graph([[5, 6], [5, 6, 8]], 12, boost=1.0, word_start=word_start)
+  state, scores = advance_stream(graph, [5, 6, 9])  # "carol" then a new word: kept.
+  assert scores == [1.0, 1.0, 0.0]
+  assert float(biasing.finalize(graph, state)) == 0.0
+  state, scores = advance_stream(graph, [5, 6])  # "carol" at the end: kept.
+  assert float(biasing.finalize(graph, state)) == 0.0
+  state, scores = advance_stream(graph, [5, 6, 7])  # "caroline": all taken back.
+  assert scores == [1.0, 1.0, -2.0]
+  assert float(biasing.finalize(graph, state)) == 0.0
+  _, scores = advance_stream(graph, [5, 6, 8, 9])  # "carolina" goes on from "carol".
+  assert scores == [1.0, 1.0, 1.0, 0.0]
+  # Special tokens confirm (the eos of a label-synchronous search, a blank).
+  state, _ = advance_stream(graph, [5, 6])
+  _, score = biasing.advance(graph, jnp.int32(state), jnp.int32(3))
+  assert float(score) == 0.0
+  # Without a table every token confirms at once (icefall's behaviour).
+  plain = biasing.build_context_graph([[5, 6], [5, 6, 8]], 12, boost=1.0)
+  assert advance_stream(plain, [5, 6, 7])[1] == [1.0, 1.0, 0.0]
+
+
+def _crowding_case():
+  """Frames where partial boosts of an absent phrase crowd the best hypothesis out.
+
+  Frame 0: 4 (0.55) or 5 (0.45); frame 2: 6 (0.55) or 7 (0.45); blanks between. The
+  unbiased best is 4 6. Phrases [5, 8] and [5, 7, 8] are absent, but at 10 per token
+  the partial matches 5 and 5 7 take both slots of a beam of 2 at frame 2.
+  """
+  p = np.full((4, 10), 1e-4)
+  p[0, [4, 5]] = [0.55, 0.45]
+  p[2, [6, 7]] = [0.55, 0.45]
+  p[[1, 3], 0] = 1.0
+  lp = jnp.asarray(np.log(p / p.sum(-1, keepdims=True))[None], jnp.float32)
+  graph = biasing.build_context_graph([[5, 8], [5, 7, 8]], 10, boost=10.0)
+  return lp, jnp.ones((1, 4), bool), graph
+
+
+def test_unbiased_reserve_keeps_an_absent_phrase_harmless():
+  from moe_asr.decoding.ctc_beam import ctc_prefix_beam_search
+
+  lp, mask, graph = _crowding_case()
+  kw = dict(beam=2, max_len=4, token_topk=2)
+  plain = ctc_prefix_beam_search(lp, mask, **kw)
+  assert plain.tokens[0, 0, :2].tolist() == [4, 6]
+  # Without reserved slots the partial matches push 4 6 out; they are taken back at the
+  # end, too late: the result is 5 7, worse than without biasing.
+  crowded = ctc_prefix_beam_search(lp, mask, bias=graph, bias_reserve=0, **kw)
+  assert crowded.tokens[0, 0, :2].tolist() == [5, 7]
+  assert float(crowded.scores[0, 0]) < float(plain.scores[0, 0]) - 0.1
+  # With one slot kept by the unbiased score, the result and its score are unchanged.
+  kept = ctc_prefix_beam_search(lp, mask, bias=graph, bias_reserve=1, **kw)
+  np.testing.assert_array_equal(kept.tokens[0, 0], plain.tokens[0, 0])
+  np.testing.assert_allclose(kept.scores[0, 0], plain.scores[0, 0], atol=1e-5)
+  assert float(kept.parts["bias"][0, 0]) == 0.0
+  with pytest.raises(ValueError, match="bias_reserve"):
+    ctc_prefix_beam_search(lp, mask, bias=graph, bias_reserve=2, **kw)
+
+
+def test_biased_and_unbiased_error_rates():
+  from moe_asr.evaluation import metrics
+
+  phrases = ["avec le temps", "paris"]
+  b, u = metrics.biased_edit_counts("joue avec le temps", "joue avec la temps", phrases)
+  assert (b.sub, b.ref_len, u.errors, u.ref_len) == (1, 3, 0, 1)
+  # "le" outside the phrase is unbiased; an inserted phrase word counts as biased.
+  b, u = metrics.biased_edit_counts("le chat", "le chat paris", phrases)
+  assert (b.ins, b.ref_len, u.errors, u.ref_len) == (1, 0, 0, 2)
+  b, u = metrics.biased_edit_counts("go to paris", "", phrases)
+  assert (b.dele, u.dele) == (1, 2)
+  rates = metrics.biased_error_rates(["go to paris", "le chat"], ["go paris", "le chien"], phrases)
+  assert rates == {"b_wer": 0.0, "u_wer": 0.5, "b_units": 1, "u_units": 4}

@@ -1,24 +1,38 @@
 """Contextual biasing: an Aho-Corasick graph over token ids, evaluated inside `jax.jit`.
 
 A list of phrases (names, rare words) is compiled on the host into a trie with
-failure links, following icefall's `ContextGraph`. Every trie node carries
-`node_score`, the sum of the per-token boosts on its path from the root. A beam
-search keeps one graph state per hypothesis and calls `advance` for each token it
-emits; the returned score is added to the hypothesis score:
+failure links, following icefall's and WeNet's `ContextGraph`. Every trie node
+carries `node_score`, the sum of the boosts of the tokens on its path from the
+root. A beam search keeps one graph state per hypothesis and calls `advance` for
+each token it emits; the returned score is added to the hypothesis score:
 
 - A partial match earns the boost of each token as it goes
   (`node_score(next) - node_score(state)`).
 - When the match breaks, the failure arcs lead to the longest suffix that is
   still a phrase prefix (or to the root), and the score difference takes back
-  the boost of the abandoned partial match.
+  the boost of the abandoned partial match, so a hypothesis that leaves a
+  phrase halfway holds exactly the score it would have without biasing.
 - When the new node, or any node on its failure chain, ends a phrase, the match
-  is complete: the boost is kept and the state returns to the root, so nothing
-  is taken back later. As in icefall's non-strict mode, the score is the sum of
-  `node_score` over every phrase end on that chain (a phrase and the phrases
-  that are its suffixes all count) minus `node_score(state)`. Because the state
-  goes back to the root at once, a phrase that extends a shorter phrase of the
-  list (`[5, 6, 7]` after `[5]`) is never matched beyond the shorter one.
+  is complete and the hypothesis holds `match_score`: as in icefall's non-strict
+  mode, the sum of `node_score` over every phrase end on that chain (a phrase and
+  the phrases that are its suffixes all count). The match is confirmed by the
+  next token if that starts a word (`word_start`; special tokens count as
+  starts) or by the end of the hypothesis (`finalize`); the state then returns to
+  the root, so nothing is taken back later, and a phrase that extends a shorter
+  phrase of the list across a word boundary (`[5, 6, 7]` after `[5]` with 6 a
+  word start) is never matched beyond the shorter one. A next token that
+  continues the word ("carol" read in "caroline") takes the whole match back
+  and follows the goto and failure arcs from the phrase end, so a longer phrase
+  of the list ("carolina") can still match. Without a word-start table every
+  token confirms (the behaviour of icefall's graph).
 - `finalize` takes back the partial boost of a hypothesis that ends mid-phrase.
+
+Boosts: `build_context_graph` gives each token of a phrase the phrase's boost
+times the token's weight (1 by default). `graph_from_phrases` weights a token by
+its characters, so that a phrase earns its boost per character whichever pieces
+spell it: a long phrase (less likely matched by chance) earns more than a short
+one, and a one-letter piece, which starts many words, earns little before the
+match grows; what a partial match earned is taken back as above.
 
 Phrases that share a prefix share its nodes; each edge gets the largest boost of
 the phrases through it (duplicates are merged the same way), so `node_score` is
@@ -41,6 +55,7 @@ shapes.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -59,9 +74,14 @@ if TYPE_CHECKING:
 ROOT = 0
 # Ids 0..3 (pad = CTC blank, unk, bos, eos) never take part in a phrase.
 NUM_SPECIAL_TOKENS = 4
+# Default boost of `build_context_graph`, per unit of token weight (per token by default).
+DEFAULT_TOKEN_BOOST = 1.5
+# Default boost of `graph_from_phrases` and `decode.bias_boost`, per character.
 DEFAULT_BOOST = 1.5
 _MIN_PAD = 16
 _NO_TOKEN = np.iinfo(np.int32).max  # Token of padded edge slots: sorts after every id.
+_WORD_START = "\u2581"  # SentencePiece's word-start marker.
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # SentencePiece's byte-fallback pieces.
 
 
 @flax.struct.dataclass
@@ -82,7 +102,10 @@ class ContextGraph:
     node_score: float32 [nodes], sum of the edge boosts from the root.
     match_score: float32 [nodes], sum of `node_score` over the phrase ends on
       the node's failure chain, itself included.
-    matched: bool [nodes], True where a phrase ends on that chain.
+    matched: bool [nodes], True where a phrase ends on that chain. A matched
+      node is a state only until the next token confirms or takes back the match.
+    word_start: bool [vocab], the tokens that confirm a completed match (all
+      True without a word-start table).
     vocab_size: number of token ids.
     num_phrases: int32 scalar, number of distinct phrases.
   """
@@ -95,6 +118,7 @@ class ContextGraph:
   node_score: jax.Array
   match_score: jax.Array
   matched: jax.Array
+  word_start: jax.Array
   num_phrases: jax.Array  # A leaf, so lists of the same padded size share one compile.
   vocab_size: int = flax.struct.field(pytree_node=False)
 
@@ -134,7 +158,9 @@ def build_context_graph(
   phrases: Sequence[Sequence[int]],
   vocab_size: int,
   *,
-  boost: float | Sequence[float] = DEFAULT_BOOST,
+  boost: float | Sequence[float] = DEFAULT_TOKEN_BOOST,
+  token_weight: Sequence[float] | np.ndarray | None = None,
+  word_start: Sequence[bool] | np.ndarray | None = None,
   pad_to: int | None = None,
 ) -> ContextGraph:
   """Compiles phrases of token ids into a `ContextGraph` (on the host).
@@ -142,7 +168,13 @@ def build_context_graph(
   Args:
     phrases: token-id sequences; ids must lie in `[4, vocab_size)`.
     vocab_size: number of token ids of the model.
-    boost: per-token boost, one for all phrases or one per phrase.
+    boost: boost per unit of token weight, one for all phrases or one per phrase.
+    token_weight: float [vocab_size], each token's weight (>= 0; default 1): a
+      phrase token earns `boost * token_weight[token]`.
+    word_start: bool [vocab_size], the tokens that start a word: a completed
+      match is confirmed only by one of them or by the end of the hypothesis
+      (see the module docstring). Default: every token (immediate confirmation).
+      Ids 0-3 always count as word starts.
     pad_to: number of node and of edge slots; by default each is the next power
       of two (at least 16) of what the graph needs.
 
@@ -152,10 +184,21 @@ def build_context_graph(
   Raises:
     ValueError: for an empty phrase or a token id outside `[4, vocab_size)`
       (the message names the phrase index), a boost count that differs from
-      the phrase count, a non-finite boost, or a `pad_to` that is too small.
+      the phrase count, a non-finite boost, a token weight or word-start table
+      of the wrong size (or a negative or non-finite weight), or a `pad_to` that
+      is too small.
   """
   if vocab_size <= NUM_SPECIAL_TOKENS:
     raise ValueError(f"vocab_size={vocab_size} leaves no ids for phrases.")
+  weights = np.ones(vocab_size) if token_weight is None else np.asarray(token_weight, np.float64)
+  starts = np.ones(vocab_size, bool) if word_start is None else np.asarray(word_start, bool)
+  for name, table in (("token_weight", weights), ("word_start", starts)):
+    if table.shape != (vocab_size,):
+      raise ValueError(f"{name} has shape {table.shape}; expected ({vocab_size},).")
+  if not np.all(np.isfinite(weights) & (weights >= 0)):
+    raise ValueError("token_weight must be finite and >= 0.")
+  starts = starts.copy()
+  starts[:NUM_SPECIAL_TOKENS] = True
   phrases = [[int(t) for t in np.asarray(p, dtype=np.int64).reshape(-1)] for p in phrases]
   boosts = _phrase_boosts(boost, len(phrases))
   for i, phrase in enumerate(phrases):
@@ -180,10 +223,10 @@ def build_context_graph(
         child = len(children)
         children[node][token] = child
         children.append({})
-        edge_boost.append(b)
+        edge_boost.append(b * weights[token])
         is_end.append(False)
       else:
-        edge_boost[child] = max(edge_boost[child], b)
+        edge_boost[child] = max(edge_boost[child], b * weights[token])
       node = child
     is_end[node] = True
   num_phrases = sum(is_end)
@@ -246,6 +289,7 @@ def build_context_graph(
     node_score=padded(node_score, np.float32),
     match_score=padded(match_score, np.float32),
     matched=padded(matched, bool),
+    word_start=jnp.asarray(starts),
     vocab_size=vocab_size,
     num_phrases=np.int32(num_phrases),
   )
@@ -285,23 +329,29 @@ def advance(graph: ContextGraph, state: jax.Array, token: jax.Array) -> tuple[ja
 
   Returns:
     (next_state int32, score float32), both of the broadcast shape. The score
-    is the boost to add to the hypothesis: the change of `node_score`, or on a
-    completed match the kept boost of the matched phrases minus what the
-    hypothesis already holds (see the module docstring).
+    is what the hypothesis holds after the token minus what it held before:
+    `node_score` of a partial match, `match_score` of a completed one awaiting
+    confirmation, 0 at the root (see the module docstring).
   """
   state, token = jnp.broadcast_arrays(jnp.asarray(state, jnp.int32), jnp.asarray(token, jnp.int32))
   state = jnp.clip(state, 0, graph.num_node_slots - 1)
-  target = _goto(graph, state, token)
-  matched = graph.matched[target]
-  gained = jnp.where(matched, graph.match_score[target], graph.node_score[target])
-  score = gained - graph.node_score[state]
-  return jnp.where(matched, ROOT, target).astype(jnp.int32), score.astype(jnp.float32)
+  pending = graph.matched[state]  # A completed match awaiting confirmation.
+  confirmed = pending & graph.word_start[jnp.clip(token, 0, graph.vocab_size - 1)]
+  held = jnp.where(pending, graph.match_score[state], graph.node_score[state])
+  target = _goto(graph, jnp.where(confirmed, ROOT, state), token)
+  gained = jnp.where(graph.matched[target], graph.match_score[target], graph.node_score[target])
+  score = gained - jnp.where(confirmed, 0.0, held)
+  return target.astype(jnp.int32), score.astype(jnp.float32)
 
 
 def finalize(graph: ContextGraph, state: jax.Array) -> jax.Array:
-  """Score at the end of a hypothesis: float32 `-node_score(state)`, elementwise."""
+  """Score at the end of a hypothesis, elementwise (float32).
+
+  0 for a completed match (the end confirms it) and the root, `-node_score(state)`
+  (the partial boost taken back) mid-phrase.
+  """
   state = jnp.clip(jnp.asarray(state, jnp.int32), 0, graph.num_node_slots - 1)
-  return -graph.node_score[state]
+  return jnp.where(graph.matched[state], 0.0, -graph.node_score[state])
 
 
 def read_phrase_file(path: str | epath.PathLike) -> list[tuple[str, float | None]]:
@@ -343,6 +393,22 @@ def read_phrase_file(path: str | epath.PathLike) -> list[tuple[str, float | None
   return phrases
 
 
+def token_tables(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """(token_weight float [vocab], word_start bool [vocab]) of a tokenizer's pieces.
+
+  A piece weighs its characters, the word-start marker "▁" left out (a bare "▁"
+  weighs 0, a byte-fallback piece `<0xNN>` 1); special pieces weigh 0 and, like pieces
+  that begin with "▁", count as word starts.
+  """
+  table = tokenizer.word_table()
+  weight = np.zeros(tokenizer.vocab_size, np.float64)
+  for i in range(tokenizer.vocab_size):
+    piece = tokenizer.id_to_piece(i)
+    if table[i] >= 0:
+      weight[i] = 1 if _BYTE_PIECE.match(piece) else len(piece.replace(_WORD_START, ""))
+  return weight, table != 0
+
+
 def graph_from_phrases(
   phrases: Sequence[str | tuple[str, float | None]],
   tokenizer: Tokenizer,
@@ -350,18 +416,20 @@ def graph_from_phrases(
   boost: float = DEFAULT_BOOST,
   pad_to: int | None = None,
 ) -> ContextGraph:
-  """Builds a context graph from phrase texts.
+  """Builds a context graph from phrase texts, with a boost per character.
 
   Each text is normalised with `moe_asr.data.text.normalize` (as transcripts
   are) and encoded with `tokenizer.encode`. A phrase is tokenised on its own;
   SentencePiece splits at whitespace, so that is also how its words are
-  tokenised inside a sentence.
+  tokenised inside a sentence. A token earns `boost` times its characters
+  (`token_tables`), so a phrase earns `boost` per character once matched; a
+  match is confirmed when the next token starts a word (or the hypothesis ends).
 
   Args:
-    phrases: texts, or (text, per-token boost or None) pairs as returned by
+    phrases: texts, or (text, per-character boost or None) pairs as returned by
       `read_phrase_file`.
     tokenizer: the model's tokenizer.
-    boost: per-token boost of phrases without their own.
+    boost: per-character boost of phrases without their own.
     pad_to: see `build_context_graph`.
 
   Returns:
@@ -378,4 +446,12 @@ def graph_from_phrases(
       raise ValueError(f"Phrase {i} ({text!r}) is empty after normalisation.")
     token_ids.append(tokenizer.encode(normalised))
     boosts.append(boost if own is None else own)
-  return build_context_graph(token_ids, tokenizer.vocab_size, boost=boosts, pad_to=pad_to)
+  weight, word_start = token_tables(tokenizer)
+  return build_context_graph(
+    token_ids,
+    tokenizer.vocab_size,
+    boost=boosts,
+    token_weight=weight,
+    word_start=word_start,
+    pad_to=pad_to,
+  )

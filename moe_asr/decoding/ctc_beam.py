@@ -67,6 +67,7 @@ class _Config(NamedTuple):
   blank_id: int
   eos_id: int | None
   nbest: int
+  bias_reserve: int
 
 
 @flax.struct.dataclass
@@ -105,6 +106,7 @@ def ctc_prefix_beam_search(
   eos_id: int | None = 3,
   bias=None,
   nbest: int | None = None,
+  bias_reserve: int | None = None,
 ) -> NBest:
   """CTC prefix beam search with optional LM shallow fusion and contextual biasing.
 
@@ -130,6 +132,12 @@ def ctc_prefix_beam_search(
       None skips it.
     bias: a `biasing.ContextGraph`, or None.
     nbest: hypotheses returned (<= beam, default beam).
+    bias_reserve: with a graph, beam slots that go to the best candidates by their
+      score without the bias (the others by the total score); default beam // 2.
+      A hypothesis without a completed phrase ends with exactly its unbiased score
+      (partial matches are taken back), so keeping the unbiased search alive in
+      these slots lets biasing change the result only through a completed phrase,
+      where partial boosts would otherwise push better hypotheses out of the beam.
 
   Returns:
     `NBest` with tokens/token_frames [batch, nbest, max_len], lengths and scores
@@ -148,6 +156,11 @@ def ctc_prefix_beam_search(
   topk = min(vocab - 1, beam) if token_topk is None else min(token_topk, vocab - 1)
   if topk < 1:
     raise ValueError(f"token_topk={token_topk} leaves no extension candidates")
+  reserve = 0
+  if bias is not None:
+    reserve = beam // 2 if bias_reserve is None else int(bias_reserve)
+    if not 0 <= reserve < beam:
+      raise ValueError(f"bias_reserve={bias_reserve} must be in [0, beam={beam})")
   config = _Config(
     beam=beam,
     max_len=max_len,
@@ -155,6 +168,7 @@ def ctc_prefix_beam_search(
     blank_id=blank_id,
     eos_id=eos_id,
     nbest=nbest,
+    bias_reserve=reserve,
   )
   lm_graph = lm_state = None
   weights = None
@@ -280,7 +294,21 @@ def _search(
     stay_total = jnp.logaddexp(stay_b, stay_nb) + base
     ext_total = ext_nb + base[..., None] + ext_extra
     total = jnp.concatenate([stay_total, ext_total.reshape(batch, K * C)], axis=1)
-    _, choice = jax.lax.top_k(total, K)  # [batch, K]
+    if config.bias_reserve:
+      # The reserved slots: the best candidates without their bias; then the rest by total.
+      bias_part = jnp.concatenate(
+        [state.bias, (state.bias[..., None] + ext_bias).reshape(batch, K * C)], axis=1
+      )
+      _, reserved = jax.lax.top_k(total - bias_part, config.bias_reserve)
+      taken = jnp.zeros(total.shape, bool).at[jnp.arange(batch)[:, None], reserved].set(True)
+      # Dead candidates (-inf) still rank above the reserved ones, so no slot is taken twice.
+      lowest = jnp.finfo(jnp.float32).min
+      _, rest = jax.lax.top_k(
+        jnp.where(taken, _NEG_INF, jnp.maximum(total, lowest)), K - config.bias_reserve
+      )
+      choice = jnp.concatenate([reserved, rest], axis=1)
+    else:
+      _, choice = jax.lax.top_k(total, K)  # [batch, K]
     is_ext = (choice >= K) & valid[:, None]
     flat = jnp.maximum(choice - K, 0)  # index into K * C
     parent = jnp.where(is_ext, flat // C, jnp.where(valid[:, None], choice, jnp.arange(K)))
