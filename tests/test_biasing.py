@@ -461,3 +461,28 @@ def test_biased_and_unbiased_error_rates():
   assert (b.dele, u.dele) == (1, 2)
   rates = metrics.biased_error_rates(["go to paris", "le chat"], ["go paris", "le chien"], phrases)
   assert rates == {"b_wer": 0.0, "u_wer": 0.5, "b_units": 1, "u_units": 4}
+
+
+def test_tuning_respects_the_u_wer_constraint():
+  from moe_asr.training.score import choose_bias_boost
+
+  def point(boost, u_wer, b_wer, b_units=200):
+    return {"bias_boost": boost, "u_wer": u_wer, "b_wer": b_wer, "b_units": b_units}
+
+  # B-WER falls with the boost, U-WER rises: 2.0 has the best B-WER but U-WER +3.3%.
+  points = [
+    point(0.0, 0.300, 0.80),
+    point(1.0, 0.303, 0.60),
+    point(1.5, 0.306, 0.55),
+    point(2.0, 0.310, 0.40),
+  ]
+  assert choose_bias_boost(points, max_u_wer_increase=0.02) == 1.5
+  assert choose_bias_boost(points, max_u_wer_increase=0.05) == 2.0
+  assert choose_bias_boost(points, max_u_wer_increase=0.005) == 0.0
+  # A boost that qualifies but raises B-WER is not chosen over a better one.
+  assert choose_bias_boost(points + [point(1.2, 0.301, 0.90)], max_u_wer_increase=0.02) == 1.5
+  # Too few phrase words to rank by B-WER: the largest boost within the constraint.
+  few = [point(b, u, w, b_units=2) for b, u, w in [(0, 0.3, 1.0), (1, 0.301, 2.0), (3, 0.4, 0)]]
+  assert choose_bias_boost(few, max_u_wer_increase=0.02) == 1.0
+  with pytest.raises(ValueError, match="unbiased point"):
+    choose_bias_boost(points[1:])

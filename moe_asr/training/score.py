@@ -205,6 +205,8 @@ def tune_decoding(
   overrides: Sequence[str] = (),
   max_batches: int = 0,
   target_accuracy: float = 0.95,
+  bias_boosts: Sequence[float] = (),
+  max_u_wer_increase: float = 0.02,
 ) -> dict:
   """Grid-searches the fusion weights on a held-out split; fits the calibration.
 
@@ -216,6 +218,14 @@ def tune_decoding(
   >= `target_accuracy` on the kept utterances) are fitted and written to
   `W/calibration.json`.
 
+  With `bias_boosts`, the bias boost (per character, `decode.bias_boost`) is then searched
+  at the chosen weights with the phrase list of `decode.bias_file` (default: the corpus's
+  own, `corpus`); the fusion grid itself runs without biasing. Each boost compiles its own
+  step. The boost is chosen by `choose_bias_boost`: U-WER (words outside the phrases) may
+  grow by at most `max_u_wer_increase` relative to no biasing; among the boosts that keep
+  to it, the lowest B-WER wins, or the largest boost where the split has too few phrase
+  words to measure B-WER.
+
   Args:
     workdir: a trained workdir with a text LM (`moe-asr train-lm`).
     split: held-out split (default: the first of `config.data.eval_splits`).
@@ -223,6 +233,8 @@ def tune_decoding(
     overrides: config overrides (`decode.method=joint`, `decode.beam=4`, ...).
     max_batches: decode at most this many batches per point (0 = all).
     target_accuracy: intent accuracy the defer threshold aims for.
+    bias_boosts: per-character bias boosts to try (empty: no bias search).
+    max_u_wer_increase: the U-WER constraint of the bias search, relative.
 
   Returns:
     The summary written to `W/decoding.json`.
@@ -235,6 +247,9 @@ def tune_decoding(
   if cfg.decode.method != "joint":
     ilm_weights = (0.0,)
   split = split or (cfg.data.get("eval_splits") or ("validation",))[0]
+  bias_source = cfg.decode.get("bias_file") or decode_lib.CORPUS_PHRASES
+  if bias_boosts:
+    cfg.decode.bias_file = ""  # The fusion weights are tuned without biasing.
   run = train.build_run(cfg, workdir, for_training=False)
   results, best, best_outputs, best_records = [], None, None, None
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
@@ -260,6 +275,12 @@ def tune_decoding(
         key = (point["mer"] if point["mer"] is not None else math.inf, -(point["intent_acc"] or 0))
         if best is None or key < best[0]:
           best, best_outputs, best_records = (key, point), info["outputs"], recs
+    bias_search, bias_boost = [], float(cfg.decode.bias_boost)
+    if bias_boosts:
+      bias_search = _tune_bias_boost(
+        run, workdir, best[1], best_records, split, max_batches, bias_source, bias_boosts
+      )
+      bias_boost = choose_bias_boost(bias_search, max_u_wer_increase=max_u_wer_increase)
   run.checkpointer.close()
   chosen = best[1]
   decode_cfg = {
@@ -269,13 +290,107 @@ def tune_decoding(
     "ilm_weight": float(chosen["ilm_weight"]),
     "length_bonus": float(cfg.decode.length_bonus),
   }
+  if bias_boosts:
+    decode_cfg["bias_boost"] = float(bias_boost)
   arrays = evaluate.calibration_arrays(best_outputs, best_records, run.data.vocab)
   calibration, fit = fit_calibration(arrays, target_accuracy=target_accuracy)
   summary = {"split": split, "decode": decode_cfg, "search": results, "calibration_fit": fit}
+  if bias_boosts:
+    summary["bias_search"] = {
+      "phrases": bias_source,
+      "max_u_wer_increase": max_u_wer_increase,
+      "points": bias_search,
+    }
   if jax.process_index() == 0:
     (workdir / DECODING_FILE).write_text(json.dumps(summary, indent=2))
     calibration.save(workdir / CALIBRATION_FILE)
   return summary
+
+
+def _bias_point(boost: float, records, phrases: Sequence[str]) -> dict:
+  """WER, B-WER and U-WER of decoded records against the bias phrases."""
+  refs = [r.ref_text for r in records if r.ref_text]
+  hyps = [r.hyp_text for r in records if r.ref_text]
+  rates = metrics_lib.biased_error_rates(refs, hyps, phrases)
+  return {
+    "bias_boost": float(boost),
+    "wer": metrics_lib.error_rate(
+      metrics_lib.edit_counts(r, h, "word") for r, h in zip(refs, hyps, strict=True)
+    ),
+    **{k: _none_if_nan(v) for k, v in rates.items()},
+  }
+
+
+def _none_if_nan(x):
+  return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _tune_bias_boost(
+  run, workdir, chosen: dict, unbiased_records, split, max_batches, source, boosts
+) -> list[dict]:
+  """WER, B-WER and U-WER of `split` decoded at each boost with the chosen fusion weights.
+
+  The first point is the unbiased decode (boost 0) of the fusion search's winner.
+  """
+  from moe_asr.data import text as text_lib
+  from moe_asr.decoding import biasing
+
+  if source == decode_lib.CORPUS_PHRASES:
+    items = list((run.data.metadata or {}).get("bias_phrases") or ())
+    if not items:
+      raise ValueError(
+        "bias tuning: the dataset metadata has no bias_phrases; set decode.bias_file"
+      )
+  else:
+    items = biasing.read_phrase_file(source)
+  texts = [text_lib.normalize(p if isinstance(p, str) else p[0]) for p in items]
+  lm = text_lm.load_lm(workdir, run.data.tokenizer)
+  points = [_bias_point(0.0, unbiased_records, texts)]
+  _LOG.info("tune-decoding bias %s", points[0])
+  knobs = {"lm_weight": chosen["lm_weight"], "ilm_weight": chosen["ilm_weight"]}
+  for boost in boosts:
+    if boost == 0:
+      continue
+    graph = biasing.graph_from_phrases(items, run.data.tokenizer, boost=float(boost))
+    steps = train.make_eval_steps(run, run.config.decode, lm=lm, bias=graph, tunable=True)
+    _, recs, _ = train.validate(run, steps, split, max_batches, knobs=knobs)
+    points.append(_bias_point(boost, recs, texts))
+    _LOG.info("tune-decoding bias %s", points[-1])
+  return points
+
+
+def choose_bias_boost(
+  points: Sequence[dict], *, max_u_wer_increase: float = 0.02, min_biased_words: int = 50
+) -> float:
+  """The bias boost of a search, under a constraint on unbiased WER.
+
+  Args:
+    points: dicts with `bias_boost`, `u_wer`, `b_wer` and `b_units` (reference words
+      inside a phrase); the one with boost 0 is the unbiased baseline.
+    max_u_wer_increase: a boost qualifies if its U-WER <= the baseline's x (1 + this).
+    min_biased_words: below this many phrase words B-WER is too noisy to rank by, and the
+      largest qualifying boost wins.
+
+  Returns:
+    The boost with the lowest B-WER among those that qualify (ties: the larger boost),
+    or the largest qualifying one; 0.0 if none does.
+  """
+  base = [p for p in points if p["bias_boost"] == 0]
+  if not base:
+    raise ValueError("choose_bias_boost needs the unbiased point (bias_boost 0)")
+  limit = (base[0]["u_wer"] or 0.0) * (1 + max_u_wer_increase)
+  ok = [p for p in points if p["u_wer"] is not None and p["u_wer"] <= limit + 1e-12]
+  if not ok:
+    return 0.0
+  rank_b = (base[0].get("b_units") or 0) >= min_biased_words
+  best = min(
+    ok,
+    key=lambda p: (
+      (p["b_wer"] if p["b_wer"] is not None else math.inf) if rank_b else 0.0,
+      -p["bias_boost"],
+    ),
+  )
+  return float(best["bias_boost"])
 
 
 def fit_calibration(arrays: dict, *, target_accuracy: float) -> tuple:
