@@ -317,8 +317,10 @@ def _tune_decoding(args, overrides) -> int:
     overrides=[o.removeprefix("--") for o in overrides],
     max_batches=args.max_batches,
     target_accuracy=args.target_accuracy,
+    bias_boosts=args.bias_boosts,
+    max_u_wer_increase=args.max_u_wer_increase,
   )
-  for point in summary["search"]:
+  for point in summary["search"] + summary.get("bias_search", {}).get("points", []):
     print("  ".join(f"{k}={v:.4g}" for k, v in point.items() if isinstance(v, int | float)))
   fit = summary["calibration_fit"]
   print(f"Best on {summary['split']}: {summary['decode']}")
@@ -450,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("--ilm-weights", type=float, nargs="+", default=[0.0])
   tune.add_argument("--max-batches", type=int, default=0, help="per grid point (0 = all)")
   tune.add_argument("--target-accuracy", type=float, default=0.95, help="for the defer threshold")
+  tune.add_argument(
+    "--bias-boosts", type=float, nargs="*", default=[], help="per-character bias boosts to try"
+  )
+  tune.add_argument(
+    "--max-u-wer-increase", type=float, default=0.02, help="bias search: U-WER limit, relative"
+  )
   tune.add_argument("-v", "--verbose", action="store_true")
   tune.set_defaults(func=_tune_decoding)
 
