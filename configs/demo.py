@@ -33,6 +33,8 @@ def get_config():
   c.model.inter_ctc.self_condition = True
   # Phone CTC on the same block: one phone inventory for every language, learnt fast.
   c.model.phone_ctc.layers = (2,)
+  # The word tagger also embeds whole words by hash: entities are learnt from their first sight.
+  c.model.task.word_hash_buckets = 8192
   # The utterance LID reads the top block (better LID, same step cost).
   c.model.encoder.utt_lid_layer = -1
   # Short and clean utterances first (length and SNR), then the full mix: the first 20%.
