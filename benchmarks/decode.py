@@ -16,7 +16,19 @@ such dump. The same dump is then decoded at the same beam width K by
   pyctcdecode     `BeamSearchDecoderCTC.decode` (no LM), one utterance at a time in
                   one process, run by benchmarks/peers/pyctcdecode_decode.py in its
                   own virtual environment (created here on first use);
-  pyctcdecode+hw  the same with the bias phrases as hotwords.
+  pyctcdecode+hw  the same with the bias phrases as hotwords;
+  ours+bias1000   ours with --num-bias-large (1000) phrases;
+  ours+lm         ours with shallow fusion of the workdir's text LM (W/lm, a transformer
+                  over our pieces) at --lm-weight;
+  flashlight      flashlight-text's `LexiconFreeDecoder` (C++, the decoder of torchaudio's
+                  `ctc_decoder`), CTC criterion, `ZeroLM`, beam_size = beam_size_token = K,
+                  beam_threshold = -beam_prune_logp, one utterance at a time, run by
+                  benchmarks/peers/flashlight_decode.py in its own virtual environment
+                  (benchmarks/peers/.venv/flashlight-text, created here on first use);
+  flashlight+kenlm  the same with a token 3-gram KenLM estimated from the transcripts W/lm
+                  was trained on (flashlight cannot run our transformer LM: its LM
+                  interface is a C++/Python callback per token and hypothesis) at --lm-weight.
+                  flashlight has no hotword biasing, so it has no bias rows.
 
 Pruning is set equal in spirit: pyctcdecode expands the tokens with log p >=
 `token_min_logp` (plus the frame's argmax) and ours the top `token_topk` (= K)
@@ -29,9 +41,10 @@ WER and CER (characters, spaces left out) use `moe_asr.evaluation.metrics`.
 The bias phrases (--num-bias, default 100) are drawn deterministically: a fifth
 are slot values / 2-3 word spans of the split's references (they occur in the
 audio), the rest are word spans that occur in no reference. Ours boosts each
-phrase token by --bias-boost; pyctcdecode's hotword weight is per word, by
-default --bias-boost times the phrases' mean tokens per word, so both add about
-the same score for a matched phrase.
+phrase character by --bias-boost; pyctcdecode's hotword weight is per word, by
+default --bias-boost times the phrases' mean characters per word, so both add about
+the same score for a matched phrase. Every row also reports B-WER and U-WER against the
+bias phrases (`metrics.biased_error_rates`).
 
 Prints a table (utterances/s, WER, CER, throughput ours/peer, bias cost = time with
 bias / without) and writes it to `W/bench/decode.json` (next to the dump).
@@ -63,6 +76,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PEER_DIR = REPO / "benchmarks" / "peers"
 PEER_VENV = PEER_DIR / ".venv-pyctcdecode"
 PEER_SCRIPT = PEER_DIR / "pyctcdecode_decode.py"
+FLASHLIGHT_VENV = PEER_DIR / ".venv" / "flashlight-text"
+FLASHLIGHT_SCRIPT = PEER_DIR / "flashlight_decode.py"
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's "▁", also pyctcdecode's BPE word marker.
 UNK_LABEL = "\u2581\u2047\u2581"  # pyctcdecode's own BPE unk label "▁⁇▁": a word of its own.
@@ -76,7 +91,23 @@ _BYTE_RUN = re.compile("[\ue000-\ue0ff]+")
 _SPECIAL = re.compile("[\ue100-\uf8ff]")
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
-ROWS = ("ours", "ours+bias", "pyctcdecode", "pyctcdecode+hotwords")
+ROWS = (
+  "ours",
+  "ours+bias",
+  "ours+bias1000",
+  "ours+lm",
+  "pyctcdecode",
+  "pyctcdecode+hotwords",
+  "flashlight",
+  "flashlight+kenlm",
+)
+# The peer row each of ours is compared with, and the row a bias cost is relative to.
+PEER_OF = {
+  "ours": "flashlight",
+  "ours+bias": "pyctcdecode+hotwords",
+  "ours+lm": "flashlight+kenlm",
+}
+PLAIN_OF = {"ours+bias": "ours", "ours+bias1000": "ours", "pyctcdecode+hotwords": "pyctcdecode"}
 
 
 # ---------------------------------------------------------------------------
@@ -354,6 +385,9 @@ def decode_ours(
   token_topk: int | None = None,
   prune_threshold: float | None = 5.0,
   graph=None,
+  bias_reserve: int | None = None,
+  lm=None,
+  lm_weight: float = 0.0,
   repeats: int = 1,
 ) -> dict:
   """Decodes every utterance with our CTC prefix beam search; times the decoding loop.
@@ -390,6 +424,9 @@ def decode_ours(
       token_topk=token_topk if token_topk is not None else beam,
       prune_threshold=prune_threshold,
       bias=graph,
+      bias_reserve=bias_reserve,
+      lm=lm,
+      lm_weight=lm_weight,
       nbest=1,
     )
     return nbest.best
@@ -401,6 +438,8 @@ def decode_ours(
     lp[: len(idx), :take] = log_probs[idx, :take]
     mask = np.arange(frames)[None] < np.pad(lengths[idx], (0, batch - len(idx)))[:, None]
     max_len = max(1, int(round(frames * max_len_ratio)))
+    if lm is not None:  # the LM's positions: bos + max_len tokens
+      max_len = min(max_len, lm.max_len - 1)
     staged.append((idx, jax.device_put(lp), jax.device_put(mask), max_len))
 
   start = time.perf_counter()
@@ -485,13 +524,75 @@ def decode_peer(
   return result
 
 
+def flashlight_python() -> pathlib.Path:
+  """The flashlight-text venv's python, creating the venv (flashlight-text, numpy) if needed."""
+  python = FLASHLIGHT_VENV / "bin" / "python"
+  if not python.exists():
+    print(f"Creating {FLASHLIGHT_VENV} (flashlight-text, numpy) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(FLASHLIGHT_VENV)], check=True)
+    subprocess.run(
+      [str(python), "-m", "pip", "install", "-q", "flashlight-text", "numpy"], check=True
+    )
+  return python
+
+
+def decode_flashlight(
+  npz_path: str | pathlib.Path,
+  *,
+  beam: int,
+  beam_threshold: float = 10.0,
+  lm_sentences: Sequence[Sequence[str]] = (),
+  lm_order: int = 3,
+  lm_weight: float = 0.3,
+  limit: int = 0,
+  repeats: int = 1,
+) -> dict:
+  """Runs benchmarks/peers/flashlight_decode.py; returns its JSON with normalised texts.
+
+  `lm_sentences` (label sequences) give the peer a token n-gram KenLM; none: ZeroLM.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "peer.json"
+    cmd = [
+      str(flashlight_python()),
+      str(FLASHLIGHT_SCRIPT),
+      f"--logprobs={npz_path}",
+      f"--out={out}",
+      f"--beam={beam}",
+      f"--beam-threshold={beam_threshold}",
+      f"--limit={limit}",
+      f"--repeats={repeats}",
+    ]
+    if lm_sentences:
+      text = pathlib.Path(tmp) / "lm.txt"
+      text.write_text("\n".join(" ".join(s) for s in lm_sentences) + "\n", "utf-8")
+      cmd += [f"--lm-text={text}", f"--lm-order={lm_order}", f"--lm-weight={lm_weight}"]
+    env = dict(os.environ, PYTHONPATH="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+      raise RuntimeError(f"flashlight peer failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(out.read_text("utf-8"))
+  result["texts"] = [clean_text(t) for t in result["texts"]]
+  return result
+
+
+def lm_label_sentences(workdir: str | pathlib.Path, labels: Sequence[str], tokenizer) -> list:
+  """The training transcripts the workdir's text LM learnt from, as label sequences."""
+  from moe_asr.training import score, text_lm
+
+  cfg = score.workdir_config(workdir)
+  texts = text_lm.split_texts(cfg, cfg.data.train_split)
+  return [[labels[t] for t in tokenizer.encode(t)] for t in texts if t]
+
+
 # ---------------------------------------------------------------------------
 # The comparison.
 # ---------------------------------------------------------------------------
 
 
 def format_table(results: dict, num_utts: int) -> str:
-  """Rows `ROWS` (missing ones marked skipped): utt/s, WER, CER, ours/peer speed, bias cost.
+  """Rows `ROWS` (missing ones marked skipped): utt/s, WER, CER, speed against the peer row,
+  bias cost (time with bias / without), and B-WER / U-WER where measured.
 
   CER leaves spaces out, so it compares decoders whose text differs only in word spacing
   (pyctcdecode's BPE mode spaces a character vocabulary's output differently from ours).
@@ -501,24 +602,21 @@ def format_table(results: dict, num_utts: int) -> str:
     r = results.get(name)
     return num_utts / r["seconds"] if r and r["seconds"] > 0 else None
 
-  lines = [
-    f"{'decoder':22s} {'utt/s':>10s} {'WER':>7s} {'CER':>7s} {'ours/peer':>10s} {'bias cost':>10s}"
-  ]
-  peers = {"ours": "pyctcdecode", "ours+bias": "pyctcdecode+hotwords"}
-  plain = {"ours+bias": "ours", "pyctcdecode+hotwords": "pyctcdecode"}
+  head = f"{'decoder':22s} {'utt/s':>10s} {'WER':>7s} {'CER':>7s} {'B-WER':>7s} {'U-WER':>7s}"
+  lines = [head + f" {'vs peer':>10s} {'bias cost':>10s}"]
+  pct = lambda x: "-" if x is None or x != x else f"{x * 100:.2f}%"
   for name in ROWS:
     r = results.get(name)
     if r is None:
-      lines.append(f"{name:22s} {'skipped':>10s}")
       continue
     speed = rate(name)
-    ratio = rate(peers[name]) if name in peers else None
-    ratio_s = f"{speed / ratio:9.1f}x" if ratio and speed else "-"
-    base = results.get(plain.get(name, ""))
+    ratio = rate(PEER_OF[name]) if name in PEER_OF else None
+    ratio_s = f"{speed / ratio:9.2f}x" if ratio and speed else "-"
+    base = results.get(PLAIN_OF.get(name, ""))
     cost_s = f"{r['seconds'] / base['seconds']:9.2f}x" if base and base["seconds"] > 0 else "-"
     lines.append(
-      f"{name:22s} {speed:10.1f} {r['wer'] * 100:6.2f}% {r['cer'] * 100:6.2f}% {ratio_s:>10s} "
-      f"{cost_s:>10s}"
+      f"{name:22s} {speed:10.1f} {pct(r['wer']):>7s} {pct(r['cer']):>7s} "
+      f"{pct(r.get('b_wer')):>7s} {pct(r.get('u_wer')):>7s} {ratio_s:>10s} {cost_s:>10s}"
     )
   return "\n".join(lines)
 
@@ -542,7 +640,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--token-min-logp", type=float, default=-5.0)
   parser.add_argument("--beam-prune-logp", type=float, default=-10.0)
   parser.add_argument("--num-bias", type=int, default=100)
-  parser.add_argument("--bias-boost", type=float, default=1.5, help="ours, per token")
+  parser.add_argument("--num-bias-large", type=int, default=1000, help="0: no ours+bias1000 row")
+  parser.add_argument("--bias-boost", type=float, default=1.5, help="ours, per character")
+  parser.add_argument("--bias-reserve", type=int, default=None, help="ours (default beam // 2)")
+  parser.add_argument("--lm-weight", type=float, default=0.3, help="ours+lm and flashlight+kenlm")
+  parser.add_argument("--lm-order", type=int, default=3, help="flashlight+kenlm n-gram order")
+  parser.add_argument("--no-lm", action="store_true", help="skip the LM rows")
   parser.add_argument("--hotword-weight", type=float, default=None, help="pyctcdecode, per word")
   parser.add_argument("--no-peer", action="store_true", help="only our decoder")
   parser.add_argument("--out", default="", help="JSON output (default next to the dump)")
@@ -566,14 +669,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
   from moe_asr.decoding import biasing
 
-  phrases = bias_phrases(refs, args.num_bias, slot_values=data["slot_values"])
-  phrase_ids = phrase_tokens(phrases, labels, tokenizer)
-  keep = [i for i, p in enumerate(phrase_ids) if p]
-  phrases, phrase_ids = [phrases[i] for i in keep], [phrase_ids[i] for i in keep]
-  graph = biasing.build_context_graph(phrase_ids, len(labels), boost=args.bias_boost)
-  tokens_per_word = sum(map(len, phrase_ids)) / max(1, sum(len(p.split()) for p in phrases))
+  def graph_of(num: int):
+    phrases = bias_phrases(refs, num, slot_values=data["slot_values"])
+    ids = phrase_tokens(phrases, labels, tokenizer)
+    keep = [i for i, p in enumerate(ids) if p]
+    phrases, ids = [phrases[i] for i in keep], [ids[i] for i in keep]
+    if tokenizer is not None:  # per character, confirmed at word starts, as in decoding
+      weight, word_start = biasing.token_tables(tokenizer)
+    else:
+      weight = np.array([len(x.replace(WORD_BOUNDARY, "")) or 1 for x in labels], float)
+      word_start = np.array([not x or x.startswith(WORD_BOUNDARY) for x in labels])
+    graph = biasing.build_context_graph(
+      ids, len(labels), boost=args.bias_boost, token_weight=weight, word_start=word_start
+    )
+    return phrases, ids, weight, graph
+
+  phrases, phrase_ids, weight, graph = graph_of(args.num_bias)
+  chars_per_word = sum(weight[t] for p in phrase_ids for t in p) / max(
+    1, sum(len(p.split()) for p in phrases)
+  )
   hotword_weight = (
-    args.hotword_weight if args.hotword_weight is not None else args.bias_boost * tokens_per_word
+    args.hotword_weight if args.hotword_weight is not None else args.bias_boost * chars_per_word
   )
   present = sum(any(f" {p} " in f" {r} " for r in refs) for p in phrases)
 
@@ -585,10 +701,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
     prune_threshold=-args.token_min_logp,
     repeats=args.repeats,
   )
+  biased = dict(ours, bias_reserve=args.bias_reserve)
   results = {
     "ours": decode_ours(log_probs, lengths, labels, **ours),
-    "ours+bias": decode_ours(log_probs, lengths, labels, graph=graph, **ours),
+    "ours+bias": decode_ours(log_probs, lengths, labels, graph=graph, **biased),
   }
+  if args.num_bias_large:
+    large = graph_of(args.num_bias_large)
+    results["ours+bias1000"] = decode_ours(log_probs, lengths, labels, graph=large[3], **biased)
+    results["ours+bias1000"]["phrases"] = len(large[0])
+  lm = None
+  if args.workdir and not args.no_lm:
+    from moe_asr.training import text_lm
+
+    lm = text_lm.load_lm(args.workdir, tokenizer)
+    if lm is None:
+      print(f"No text LM in {args.workdir}/lm: the LM rows are skipped", flush=True)
+    else:
+      results["ours+lm"] = decode_ours(
+        log_probs, lengths, labels, lm=lm, lm_weight=args.lm_weight, **ours
+      )
   if not args.no_peer:
     peer = dict(
       beam=args.beam,
@@ -600,15 +732,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     results["pyctcdecode"] = decode_peer(npz, **peer)
     results["pyctcdecode+hotwords"] = decode_peer(npz, hotwords=phrases, **peer)
+    fl = dict(beam=args.beam, beam_threshold=-args.beam_prune_logp, limit=args.limit)
+    results["flashlight"] = decode_flashlight(npz, repeats=args.repeats, **fl)
+    if lm is not None:
+      results["flashlight+kenlm"] = decode_flashlight(
+        npz,
+        lm_sentences=lm_label_sentences(args.workdir, labels, tokenizer),
+        lm_order=args.lm_order,
+        lm_weight=args.lm_weight,
+        repeats=args.repeats,
+        **fl,
+      )
+
   for r in results.values():
     r["wer"] = word_error_rate(refs, r["texts"])
     r["cer"] = word_error_rate(refs, r["texts"], "char")
     r["utt_per_s"] = len(refs) / r["seconds"] if r["seconds"] > 0 else None
+    r.update(metrics_lib.biased_error_rates(refs, r["texts"], phrases))
 
   print(
     f"{len(refs)} utterances, {int(lengths.sum())} frames, vocab {len(labels)}, beam {args.beam}, "
     f"{len(phrases)} bias phrases ({present} occur in the references), boost {args.bias_boost}"
-    f"/token, hotword weight {hotword_weight:.2f}/word, {jax.devices()[0].platform} "
+    f"/character, hotword weight {hotword_weight:.2f}/word, {jax.devices()[0].platform} "
     f"({os.cpu_count()} CPUs)"
   )
   table = format_table(results, len(refs))
