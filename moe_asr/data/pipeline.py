@@ -14,6 +14,11 @@ cannot be used (past the end of an evaluation split, audio longer than the last
 bucket under `long_policy="skip"`, labels longer than the bucket's label
 length, empty audio) are masked out with `example_mask == False` and counted in
 `Pipeline.stats`; nothing is dropped silently.
+
+Under `long_policy="window"` an evaluation pipeline (`drop_remainder=False`) leaves the
+utterances longer than the last bucket out of its batches and lists them in
+`Pipeline.long_examples`, for the evaluation to decode in windows
+(`training.evaluate.evaluate_split`); a training pipeline skips them, as under "skip".
 """
 
 from __future__ import annotations
@@ -140,7 +145,9 @@ class PipelineConfig:
   )
   words_per_second: float = 5.0  # Word-label length of a bucket, likewise.
   max_lang_runs: int = 8  # Length of the language-run sequence (LID CTC targets).
-  long_policy: str = "skip"  # Audio beyond the last bucket: "skip" (mask + count) or "cut".
+  # Audio beyond the last bucket: "skip" (left out + counted), "cut" (to the last bucket) or
+  # "window" (evaluation: decoded in windows by the caller; training: as "skip").
+  long_policy: str = "skip"
   seed: int = 0  # Shuffling seed.
   shuffle: bool = True
   drop_remainder: bool = True  # Drop incomplete batches (training); False pads them (eval).
@@ -317,10 +324,13 @@ def example_snr(source: Sequence[Mapping[str, Any]], cache_file: str | None = No
 # ---------------------------------------------------------------------------
 
 
+LONG_POLICIES = ("skip", "cut", "window")  # `PipelineConfig.long_policy` values.
+
+
 def assign_buckets(lengths: np.ndarray, buckets: Sequence[Bucket], long_policy: str) -> np.ndarray:
   """Bucket index of every example; -1 for examples that are skipped (too long or empty)."""
-  if long_policy not in ("skip", "cut"):
-    raise ValueError(f"long_policy must be 'skip' or 'cut', got {long_policy!r}")
+  if long_policy not in LONG_POLICIES:
+    raise ValueError(f"long_policy must be one of {LONG_POLICIES}, got {long_policy!r}")
   limits = np.asarray([b.max_samples for b in buckets])
   ids = np.searchsorted(limits, lengths, side="left")
   too_long = ids >= len(buckets)
@@ -779,7 +789,11 @@ class Pipeline:
       source, self.buckets, cfg, tokenizer, vocab, self.feature_cfg, process_index, process_count
     )
     self._load.phones = phones
-    too_long = int(np.sum(self.lengths > self.buckets[-1].max_samples))
+    over = self.lengths > self.buckets[-1].max_samples
+    too_long = int(np.sum(over))
+    # Utterances an evaluation decodes in windows (in source order); none in training.
+    windowed = cfg.long_policy == "window" and not cfg.drop_remainder
+    self.long_examples = np.flatnonzero(over) if windowed else np.zeros((0,), np.int64)
     self.plan_stats = {
       "examples": len(self.lengths),
       "too_long": too_long,
@@ -802,17 +816,25 @@ class Pipeline:
       )
     if too_long:
       logging.warning(
-        "%d of %d utterances are longer than the last bucket (%.1f s): policy %r",
+        "%d of %d utterances are longer than the last bucket (%.1f s): %s",
         too_long,
         len(self.lengths),
         self.buckets[-1].max_samples / schema.SAMPLE_RATE,
-        cfg.long_policy,
+        "decoded in windows"
+        if windowed
+        else f"policy {cfg.long_policy!r}"
+        + (" (skipped in training)" if cfg.long_policy == "window" else ""),
       )
 
   @property
   def stats(self) -> dict[str, int]:
     """Counts of rows skipped or cut while loading (so far, in this process)."""
     return dict(self._load.stats)
+
+  def empty_batch(self, bucket_index: int) -> dict[str, np.ndarray]:
+    """This process's rows of a batch of bucket `bucket_index`, all padding (the arrays and
+    shapes of the pipeline's batches, so that a step compiled for them takes it)."""
+    return self._load.empty(bucket_index)
 
   @property
   def batches_per_epoch(self) -> int:
