@@ -5,8 +5,9 @@
 
 Each setting is a real `moe-asr eval` pass (`training.score.evaluate_workdir`) with its
 report under `W/eval_ladder/<setting>/`; the table (error rates as %, LID / intent
-accuracy as %, decode real-time factor) is printed and written to
-`W/eval_ladder/table.json`. The LM weight defaults to the tuned one in
+accuracy as %, B-WER / U-WER against the bias list --bias-file, decode real-time factor)
+is printed and written to `W/eval_ladder/table.json`. The bias boost defaults to the tuned
+one in `W/decoding.json` (`decode.bias_boost`). The LM weight defaults to the tuned one in
 `W/decoding.json` (`moe-asr tune-decoding`), else 0.3. Needs `W/lm` (`moe-asr train-lm`).
 """
 
@@ -17,6 +18,10 @@ import json
 import pathlib
 import sys
 
+from moe_asr.data import text as text_lib
+from moe_asr.decoding import biasing
+from moe_asr.decoding import decode as decode_lib
+from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.training import score
 
 METRICS = (
@@ -25,6 +30,8 @@ METRICS = (
   ("mer", "MER"),
   ("lid_acc", "LID"),
   ("intent_acc", "int"),
+  ("b_wer", "B-WER"),
+  ("u_wer", "U-WER"),
 )
 
 
@@ -55,6 +62,31 @@ def format_table(table: dict[str, dict[str, dict]], splits: list[str]) -> str:
   return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def bias_phrase_texts(workdir: pathlib.Path, bias_file: str) -> list[str]:
+  """The normalised phrases of `bias_file` (`corpus`: the dataset's own list)."""
+  if bias_file == decode_lib.CORPUS_PHRASES:
+    from moe_asr.training import inputs
+
+    cfg = score.workdir_config(workdir)
+    items = list(inputs.load_run_data(cfg, workdir).metadata.get("bias_phrases") or ())
+  else:
+    items = [p for p, _ in biasing.read_phrase_file(bias_file)]
+  return [text_lib.normalize(p) for p in items]
+
+
+def biased_rates(out_dir: pathlib.Path, split: str, phrases: list[str]) -> dict:
+  """B-WER and U-WER of a split's written hypotheses (`hypotheses/<split>.jsonl`)."""
+  path = out_dir / "hypotheses" / f"{split}.jsonl"
+  if not path.exists():
+    return {}
+  rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+  rows = [r for r in rows if r.get("ref_text")]
+  rates = metrics_lib.biased_error_rates(
+    [r["ref_text"] for r in rows], [r["hyp_text"] for r in rows], phrases
+  )
+  return {k: (None if v != v else v) for k, v in rates.items()}
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True)
@@ -70,6 +102,7 @@ def main(argv=None) -> dict:
   if lm_weight is None:
     lm_weight = json.loads(tuned.read_text())["decode"]["lm_weight"] if tuned.exists() else 0.3
   out_root = workdir / "eval_ladder"
+  phrases = bias_phrase_texts(workdir, args.bias_file)
   table = {}
   for name, overrides in settings(args.beam, lm_weight, args.bias_file).items():
     report = score.evaluate_workdir(
@@ -85,6 +118,8 @@ def main(argv=None) -> dict:
       }
       for split in args.splits
     }
+    for split in args.splits:
+      table[name][split].update(biased_rates(out_root / name, split, phrases))
   text = format_table(table, args.splits)
   print(f"Decoding ladder of {workdir} (beam {args.beam}, LM weight {lm_weight}):")
   print(text)
