@@ -8,6 +8,14 @@ routed by the LID context) and returns small fixed-shape arrays. The host turns
 them into `evaluation.metrics.Utterance` records, reading references from the
 data source by example index, so every process can gather the global batch and
 process 0 scores it.
+
+Utterances longer than the last bucket (an evaluation pipeline with
+`long_policy="window"` lists them in `long_examples`) are decoded as `moe-asr transcribe`
+decodes a long file: cut into windows at the pauses a voice-activity detector finds
+(`longform.plan_windows`, overlapping hard cuts where a stretch of speech has no pause),
+decoded by the same compiled step in the buckets' batch shapes, a batch at a time, and
+stitched (`longform.stitch`) into one hypothesis scored against the full reference. See
+`decode_long_examples` for what each metric reads.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from moe_asr.data import features as features_lib
 from moe_asr.data import languages as langs_lib
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import schema
@@ -196,6 +205,183 @@ def records_from_outputs(
   return records
 
 
+def seconds_per_ctc_frame(cfg: ml_collections.ConfigDict) -> float:
+  """Seconds per CTC frame of a run's model (`token_frames` count these)."""
+  from moe_asr.models import conformer
+
+  feature_cfg = features_lib.FeatureConfig.from_config(cfg.model.features)
+  ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
+  return ctc_frames * feature_cfg.frame_shift_ms / 1000.0
+
+
+def _windowed_utterance(
+  ex: Mapping, windows, window_records: list[dict], stitched: dict | None, raw: list[float], cal
+) -> tuple:
+  """(`Utterance`, whether the task heads' answer is missing) of a windowed utterance."""
+  rec = _reference(ex)
+  if stitched is None:  # No speech found: an empty hypothesis, no language, no intent.
+    return metrics_lib.Utterance(**rec, hyp_text=""), False
+  rec.update(
+    hyp_text=text_lib.normalize(stitched["text"]),
+    hyp_language=stitched["language"],
+    confidence=float(stitched["confidence"]),
+  )
+  if cal is not None:
+    weights = np.asarray([max(w.samples, 1) for w in windows], np.float64)
+    rec["confidence_raw"] = float(np.dot(weights / weights.sum(), raw))
+    rec["deferred"] = bool(stitched["deferred"])
+  heads = window_records[0]["intent"] is not None
+  if heads and len(windows) == 1:
+    (one,) = window_records
+    rec.update(
+      hyp_intent=one["intent"],
+      intent_confidence=float(one["intent_confidence"]),
+      hyp_slots=tuple((s["type"], s["value"]) for s in one["slots"]),
+    )
+  return metrics_lib.Utterance(**rec), heads and len(windows) > 1
+
+
+def decode_long_examples(
+  pipeline,
+  run_batch: Callable[[dict], Mapping[str, np.ndarray]],
+  run_data,
+  *,
+  seconds_per_frame: float,
+  calibration: confidence_lib.Calibration | None = None,
+  max_batches: int = 0,
+) -> tuple[list, dict]:
+  """Scores the pipeline's `long_examples` (utterances over the last bucket) in windows.
+
+  Each utterance is cut as `moe-asr transcribe` cuts a long file (`transcribe._windows`:
+  windows of at most the last bucket, cut at VAD pauses, overlapping 1 s at hard cuts,
+  silence left out); each window goes to the smallest bucket that holds it and is decoded
+  with the other windows of that bucket, a full batch at a time, by `run_batch` (the
+  split's compiled step, in the pipeline's batch arrays). The windows' transcripts are
+  stitched (`longform.stitch`: overlaps deduplicated by word times) and the record holds:
+  - the full reference (text, language, intent, slots) and the utterance's duration;
+  - `hyp_text`: the stitched transcript, so WER, CER and MER count the whole utterance;
+  - `hyp_language`: the language most probable over the windows, weighted by their length;
+  - `confidence`: the windows' confidences averaged by length (`deferred` if any window is);
+  - intent and slots: the task heads read the decoder over one window's audio, so only an
+    utterance whose speech fits one window (the silence around it left out) gets them; for
+    one in several windows the heads never saw the whole command, and its intent and slots
+    are missing (scored as wrong: no intent, no slot) and counted in `heads_missing`.
+    (Running the heads on the stitched hypothesis would need the encoder over the whole
+    audio, a shape no bucket has.)
+  Frame-level LID counts and teacher-forced heads are not measured on windows.
+
+  Memory stays flat in the utterances' length: one utterance's audio is read at a time and
+  at most one batch of windows per bucket waits to be decoded. Every process cuts every
+  utterance (the order is the same) and fills its rows of each global batch.
+
+  Args:
+    pipeline: an evaluation pipeline with `long_examples`, `buckets`, `source` and
+      `empty_batch`.
+    run_batch: host batch (this process's rows) -> the gathered step output.
+    run_data: tokenizer and vocabularies.
+    seconds_per_frame: seconds per CTC frame (`seconds_per_ctc_frame`), for word times.
+    calibration: as for `records_from_outputs`.
+    max_batches: start no utterance once this many window batches ran (0 = no limit).
+
+  Returns:
+    (records, {"utterances": utterances decoded in windows, "windows": windows decoded,
+    "batches": batches run, "no_speech": utterances without a speech frame (empty
+    hypothesis), "heads_missing": utterances in several windows scored without intent and
+    slots}).
+  """
+  from moe_asr import longform, transcribe
+  from moe_asr.data import vad
+
+  buckets = pipeline.buckets
+  rate = schema.SAMPLE_RATE
+  lid_temperature = calibration.lid_temperature if calibration is not None else 1.0
+  process = jax.process_index()
+  counts = {"utterances": 0, "windows": 0, "batches": 0, "no_speech": 0, "heads_missing": 0}
+  records: list = []
+  open_utts: dict[int, dict] = {}
+  queues: list[list] = [[] for _ in buckets]
+
+  def finish(index: int) -> None:
+    st = open_utts.pop(index)
+    stitched = longform.stitch(
+      st["windows"],
+      st["records"],
+      name=st["id"],
+      duration_s=st["seconds"],
+      sample_rate=rate,
+      lid_probs=st["lid"],
+    )
+    ex = pipeline.source[index]
+    record, missing = _windowed_utterance(
+      ex, st["windows"], st["records"], stitched, st["raw"], calibration
+    )
+    records.append(record)
+    counts["heads_missing"] += int(missing)
+
+  def decode(b: int, queue: list) -> None:
+    host = pipeline.empty_batch(b)
+    rows = host["audio"].shape[0]  # This process's rows of the global batch.
+    for k, q in enumerate(range(process * rows, min((process + 1) * rows, len(queue)))):
+      _, _, wave = queue[q]
+      host["audio"][k, : len(wave)] = wave
+      host["audio_mask"][k, : len(wave)] = True
+      host["example_mask"][k] = True
+      host["index"][k] = q  # Position in the queue.
+    out = run_batch(host)
+    counts["batches"] += 1
+    for r in np.flatnonzero(out["example_mask"]):
+      index, w, wave = queue[int(out["index"][r])]
+      st = open_utts[index]
+      st["records"][w] = transcribe.record_from_row(
+        out,
+        int(r),
+        name=st["id"],
+        duration_s=len(wave) / rate,
+        run_data=run_data,
+        seconds_per_frame=seconds_per_frame,
+        calibration=calibration,
+      )
+      st["lid"][w] = softmax(out["utt_lid_logits"][r], lid_temperature)
+      st["raw"][w] = float(out["confidence"][r])
+      st["left"] -= 1
+      if st["left"] == 0:
+        finish(index)
+    queue.clear()
+
+  for index in (int(i) for i in pipeline.long_examples):
+    if max_batches and counts["batches"] >= max_batches:
+      break
+    ex = pipeline.source[index]
+    wave = np.asarray(ex["audio"])
+    windows, _ = transcribe._windows(wave, vad.speech_mask(wave), buckets[-1].max_samples)
+    counts["utterances"] += 1
+    if not windows:
+      counts["no_speech"] += 1
+      records.append(_windowed_utterance(ex, [], [], None, [], calibration)[0])
+      continue
+    counts["windows"] += len(windows)
+    open_utts[index] = {
+      "id": pipeline_lib._as_str(ex.get("id", index)),
+      "seconds": len(wave) / rate,
+      "windows": windows,
+      "records": [None] * len(windows),
+      "lid": [None] * len(windows),
+      "raw": [0.0] * len(windows),
+      "left": len(windows),
+    }
+    for w, window in enumerate(windows):
+      piece = np.array(wave[window.start : window.end])  # A copy: `wave` can go.
+      b = next(k for k, bucket in enumerate(buckets) if len(piece) <= bucket.max_samples)
+      queues[b].append((index, w, piece))
+      if len(queues[b]) == buckets[b].batch_size:
+        decode(b, queues[b])
+    del ex, wave
+  for b, queue in enumerate(queues):
+    if queue:
+      decode(b, queue)
+  return records, counts
+
+
 def calibration_arrays(outputs: list[Mapping[str, np.ndarray]], records: list, vocab) -> dict:
   """What `confidence.fit_*` needs: the step outputs' raw scores beside their records' labels.
 
@@ -274,8 +460,13 @@ def evaluate_split(
   max_batches: int = 0,
   calibration: confidence_lib.Calibration | None = None,
   keep_outputs: bool = False,
+  seconds_per_frame: float | None = None,
 ) -> tuple[list, dict]:
   """Decodes a split and returns (records, info).
+
+  Utterances the pipeline lists in `long_examples` (`long_policy="window"`) are decoded
+  in windows after the bucketed batches (`decode_long_examples`); their records follow
+  the others.
 
   Args:
     pipeline: an evaluation pipeline (one ordered pass, incomplete batches padded).
@@ -285,14 +476,18 @@ def evaluate_split(
     run_data: tokenizer and vocabularies.
     max_batches: stop after this many batches (0 = the whole split).
     calibration: applied to the records' confidences (see `records_from_outputs`).
-    keep_outputs: also return the gathered step outputs (for fitting a calibration).
+    keep_outputs: also return the gathered step outputs (for fitting a calibration; the
+      windows' outputs are not among them).
+    seconds_per_frame: seconds per CTC frame (`seconds_per_ctc_frame`); needed when the
+      pipeline has `long_examples`.
 
   Returns:
     (records, {"seconds": decode wall time, "audio_seconds", "rtf", "latency_p50" /
     "latency_p95" (seconds from a batch's arrival to its decoded arrays, compiles
     excluded, over batches), "skipped": pipeline counts, "expert_load" ([encoder MoE
     layers, languages, experts] routing weight summed over frames of each reference
-    language) when the encoder has experts, and "outputs" if asked}).
+    language) when the encoder has experts, "long_form" (`decode_long_examples`' counts)
+    and "outputs" if asked}).
   """
   records: list = []
   outputs: list = []
@@ -300,15 +495,22 @@ def evaluate_split(
   expert_load = None  # [layers, languages, experts], summed over the split's frames.
   audio_seconds = 0.0
   start = time.perf_counter()
-  for i, host_batch in enumerate(pipeline):
-    if max_batches and i >= max_batches:
-      break
+
+  def run_batch(host_batch):
     batch = pipeline_lib.device_arrays(host_batch)
     global_batch = sharding.put_batch(batch, batch_shardings(batch))
     step = step_for(global_batch)  # Compiles on a new shape (not counted as latency).
     t0 = time.perf_counter()
     out = _gather(step(state, rng_state, global_batch))
     latencies.append(time.perf_counter() - t0)
+    return out
+
+  batches = 0
+  for i, host_batch in enumerate(pipeline):
+    if max_batches and i >= max_batches:
+      break
+    batches += 1
+    out = run_batch(host_batch)
     batch_records = records_from_outputs(out, pipeline.source, run_data, calibration)
     audio_seconds += sum(r.duration_s for r in batch_records)
     records += batch_records
@@ -317,6 +519,21 @@ def evaluate_split(
       expert_load = batch_load if expert_load is None else expert_load + batch_load
     if keep_outputs:
       outputs.append(out)
+  long_examples = getattr(pipeline, "long_examples", ())
+  long_form = {"utterances": 0, "windows": 0, "batches": 0, "no_speech": 0, "heads_missing": 0}
+  if len(long_examples) and not (max_batches and batches >= max_batches):
+    if seconds_per_frame is None:
+      raise ValueError("evaluate_split: windowed utterances need seconds_per_frame")
+    long_records, long_form = decode_long_examples(
+      pipeline,
+      run_batch,
+      run_data,
+      seconds_per_frame=seconds_per_frame,
+      calibration=calibration,
+      max_batches=max_batches - batches if max_batches else 0,
+    )
+    audio_seconds += sum(r.duration_s for r in long_records)
+    records += long_records
   seconds = time.perf_counter() - start
   info = {
     "seconds": seconds,
@@ -325,6 +542,7 @@ def evaluate_split(
     "latency_p50": float(np.percentile(latencies, 50)) if latencies else math.nan,
     "latency_p95": float(np.percentile(latencies, 95)) if latencies else math.nan,
     "skipped": pipeline.stats,
+    "long_form": long_form,
   }
   if expert_load is not None and expert_load.shape[0]:
     info["expert_load"] = expert_load

@@ -2,6 +2,12 @@
 
 Writes `W/eval/report.json` (DESIGN §7), `report.md`, per-utterance
 hypotheses and plots, and returns the report.
+
+Every utterance of a split is scored, whatever its length: with `eval.long_policy="window"`
+(the default) one longer than the last training bucket is decoded in windows cut at pauses
+and stitched (`evaluate.decode_long_examples`), in the training buckets' shapes; the
+report's `long_form` counts them. `eval.long_policy="bucket"` decodes such utterances whole
+in one more bucket sized to the longest (what validation during training does).
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, evaluate, text_lm, train
+from moe_asr.training import distributed, evaluate, inputs, text_lm, train
 
 _LOG = logging.getLogger(__name__)
 
 
+# `eval.long_policy`: how `moe-asr eval` decodes utterances longer than the last bucket.
+EVAL_LONG_POLICIES = ("window", "bucket")
 DECODING_FILE = "decoding.json"  # Tuned decoding settings (`moe-asr tune-decoding`).
 CALIBRATION_FILE = "calibration.json"  # Fitted calibration (`confidence.Calibration`).
 
@@ -63,6 +71,8 @@ def workdir_config(
     for key, value in defaults[section].items():
       if key not in cfg[section]:
         cfg[section][key] = value
+  if "long_policy" not in cfg.eval:
+    cfg.eval.long_policy = "window"
   decode_cfg = decode_lib.default_config()
   decode_cfg.update(cfg.get("decode") or {})
   tuned = workdir / DECODING_FILE
@@ -117,6 +127,54 @@ def make_decoder(run: train.Run, workdir: str | pathlib.Path, *, tunable: bool =
   return steps, decode_lib.describe(dcfg, extra)
 
 
+def decode_split(
+  run: train.Run,
+  eval_steps,
+  split: str,
+  *,
+  max_batches: int = 0,
+  calibration: confidence_lib.Calibration | None = None,
+) -> tuple[list, dict]:
+  """(records, info) of `split` decoded by `moe-asr eval` (see the module docstring).
+
+  With `eval.long_policy="window"` the pipeline keeps the training buckets and lists the
+  longer utterances for windowed decoding; with "bucket", `train.validate`'s pipeline.
+  """
+  policy = run.config.eval.get("long_policy", "window")
+  if policy not in EVAL_LONG_POLICIES:
+    raise config_lib.ConfigError(
+      f"config.eval.long_policy={policy!r} is out of range: it must be one of "
+      + ", ".join(map(repr, EVAL_LONG_POLICIES))
+    )
+  if policy == "bucket":
+    _, recs, info = train.validate(run, eval_steps, split, max_batches, calibration=calibration)
+    return recs, info
+  train.check_dataset(run.config)
+  pipe = inputs.make_pipeline(
+    run.config,
+    split,
+    run.data,
+    train=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    overrides={
+      "buckets": tuple(tuple(b) for b in run.config.data.buckets),
+      "long_policy": "window",
+    },
+  )
+  return evaluate.evaluate_split(
+    pipe,
+    eval_steps,
+    run.state,
+    run.rng_state,
+    run.batch_shardings,
+    run.data,
+    max_batches=max_batches,
+    calibration=calibration,
+    seconds_per_frame=evaluate.seconds_per_ctc_frame(run.config),
+  )
+
+
 def evaluate_workdir(
   workdir: str | pathlib.Path,
   *,
@@ -157,14 +215,19 @@ def evaluate_workdir(
     described["calibration"] = None if calibration is None else calibration.to_dict()
     for split in splits:
       _LOG.info("Decoding %s", split)
-      _, recs, info = train.validate(
-        run, eval_steps, split, int(cfg.eval.get("max_batches", 0)), calibration=calibration
+      recs, info = decode_split(
+        run,
+        eval_steps,
+        split,
+        max_batches=int(cfg.eval.get("max_batches", 0)),
+        calibration=calibration,
       )
       records[split] = recs
       split_reports[split] = report_lib.split_report(recs, rtf=info["rtf"])
       split_reports[split]["latency_p50"] = info["latency_p50"]
       split_reports[split]["latency_p95"] = info["latency_p95"]
       split_reports[split]["skipped"] = info["skipped"]
+      split_reports[split]["long_form"] = info.get("long_form")
       if "expert_load" in info:
         load = info["expert_load"]
         codes = list(langs_lib.LANGUAGE_CODES)
