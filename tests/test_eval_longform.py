@@ -49,6 +49,15 @@ def test_window_policy_lists_long_utterances_for_evaluation_and_skips_them_in_tr
   assert empty["audio"].shape == (2, 2 * schema.SAMPLE_RATE) and not empty["example_mask"].any()
   with pytest.raises(ValueError, match="long_policy"):
     pipeline_lib.assign_buckets(np.asarray([1]), p.buckets, "drop")
+  # Every utterance over the last bucket: no batch, all of them in windows (training: an
+  # empty plan is an error).
+  only_long = [source[1], source[3]]
+  if train:
+    with pytest.raises(ValueError, match="plan is empty"):
+      pipeline_lib.Pipeline(only_long, cfg, process_index=0, process_count=1)
+  else:
+    p = pipeline_lib.Pipeline(only_long, cfg, process_index=0, process_count=1)
+    assert list(iter(p)) == [] and p.long_examples.tolist() == [0, 1]
 
 
 def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tmp_path):

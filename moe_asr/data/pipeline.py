@@ -446,12 +446,16 @@ class _PlanSource:
   plan's batches at those places are left out, those after them are unchanged.
   """
 
-  def __init__(self, bucket_ids, buckets, cfg: PipelineConfig, curriculum_order=None):
+  def __init__(
+    self, bucket_ids, buckets, cfg: PipelineConfig, curriculum_order=None, allow_empty=False
+  ):
+    """`allow_empty`: an empty plan is no error (an evaluation whose every utterance is
+    decoded in windows)."""
     self._bucket_ids, self._buckets, self._cfg = bucket_ids, buckets, cfg
     self._cache: dict[int, list] = {}
     self._lock = threading.Lock()
     self.batches_per_epoch = len(self._epoch(0))
-    if self.batches_per_epoch == 0:
+    if self.batches_per_epoch == 0 and not allow_empty:
       raise ValueError(
         "The batch plan is empty: no bucket gets a full batch "
         f"({np.bincount(bucket_ids[bucket_ids >= 0], minlength=len(buckets)).tolist()} "
@@ -784,16 +788,18 @@ class Pipeline:
       order = curriculum_order(
         self.bucket_ids, cfg.curriculum.by, seed=cfg.seed, lengths=self.lengths, snr_db=self.snr_db
       )
-    self._plan = _PlanSource(self.bucket_ids, self.buckets, cfg, order)
+    over = self.lengths > self.buckets[-1].max_samples
+    # Utterances an evaluation decodes in windows (in source order); none in training.
+    windowed = cfg.long_policy == "window" and not cfg.drop_remainder
+    self.long_examples = np.flatnonzero(over) if windowed else np.zeros((0,), np.int64)
+    self._plan = _PlanSource(
+      self.bucket_ids, self.buckets, cfg, order, allow_empty=bool(len(self.long_examples))
+    )
     self._load = _LoadBatch(
       source, self.buckets, cfg, tokenizer, vocab, self.feature_cfg, process_index, process_count
     )
     self._load.phones = phones
-    over = self.lengths > self.buckets[-1].max_samples
     too_long = int(np.sum(over))
-    # Utterances an evaluation decodes in windows (in source order); none in training.
-    windowed = cfg.long_policy == "window" and not cfg.drop_remainder
-    self.long_examples = np.flatnonzero(over) if windowed else np.zeros((0,), np.int64)
     self.plan_stats = {
       "examples": len(self.lengths),
       "too_long": too_long,
