@@ -60,6 +60,7 @@ def test_window_policy_lists_long_utterances_for_evaluation_and_skips_them_in_tr
     assert list(iter(p)) == [] and p.long_examples.tolist() == [0, 1]
 
 
+@pytest.mark.slow
 def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tmp_path):
   from moe_asr.data import text as text_lib
   from moe_asr.training import inputs, score
@@ -164,6 +165,7 @@ def _recognize(batch, seen: list) -> dict:
 
 def test_windowed_utterances_are_stitched_and_scored_against_the_full_reference(monkeypatch):
   from moe_asr.data import vad
+  from moe_asr.decoding import confidence as confidence_lib
   from moe_asr.evaluation import metrics as metrics_lib
   from moe_asr.training import evaluate
 
@@ -220,3 +222,13 @@ def test_windowed_utterances_are_stitched_and_scored_against_the_full_reference(
   summary = metrics_lib.summarize([long, one])
   assert summary["wer"] == pytest.approx(0.0, abs=1e-9)
   assert summary["intent_acc"] == pytest.approx(0.5, abs=1e-9)
+
+  # With a calibration: its temperatures and threshold, the raw values kept beside them.
+  cal = confidence_lib.Calibration(intent_temperature=2.0, defer_threshold=0.99)
+  records, _ = evaluate.decode_long_examples(
+    p, lambda batch: _recognize(batch, []), run_data, seconds_per_frame=0.04, calibration=cal
+  )
+  one = {r.id: r for r in records}["one_window"]
+  assert one.intent_confidence_raw == pytest.approx(0.8, abs=1e-6)
+  assert one.intent_confidence == pytest.approx(2 / 3, abs=1e-6)  # sqrt(.8) / (sqrt(.8) + sqrt(.2))
+  assert one.confidence_raw == pytest.approx(0.75, abs=1e-6) and one.deferred

@@ -215,10 +215,19 @@ def seconds_per_ctc_frame(cfg: ml_collections.ConfigDict) -> float:
 
 
 def _windowed_utterance(
-  ex: Mapping, windows, window_records: list[dict], stitched: dict | None, raw: list[float], cal
+  ref: Mapping,
+  windows,
+  window_records: list[dict],
+  stitched: dict | None,
+  raw: list[float],
+  cal,
+  intent_raw: float = math.nan,
 ) -> tuple:
-  """(`Utterance`, whether the task heads' answer is missing) of a windowed utterance."""
-  rec = _reference(ex)
+  """(`Utterance`, whether the task heads' answer is missing) of a windowed utterance.
+
+  `ref`: the utterance's `_reference` fields.
+  """
+  rec = dict(ref)
   if stitched is None:  # No speech found: an empty hypothesis, no language, no intent.
     return metrics_lib.Utterance(**rec, hyp_text=""), False
   rec.update(
@@ -238,6 +247,8 @@ def _windowed_utterance(
       intent_confidence=float(one["intent_confidence"]),
       hyp_slots=tuple((s["type"], s["value"]) for s in one["slots"]),
     )
+    if cal is not None:
+      rec["intent_confidence_raw"] = intent_raw
   return metrics_lib.Utterance(**rec), heads and len(windows) > 1
 
 
@@ -311,9 +322,8 @@ def decode_long_examples(
       sample_rate=rate,
       lid_probs=st["lid"],
     )
-    ex = pipeline.source[index]
     record, missing = _windowed_utterance(
-      ex, st["windows"], st["records"], stitched, st["raw"], calibration
+      st["ref"], st["windows"], st["records"], stitched, st["raw"], calibration, st["intent_raw"]
     )
     records.append(record)
     counts["heads_missing"] += int(missing)
@@ -343,6 +353,8 @@ def decode_long_examples(
       )
       st["lid"][w] = softmax(out["utt_lid_logits"][r], lid_temperature)
       st["raw"][w] = float(out["confidence"][r])
+      if "intent_log_probs" in out:
+        st["intent_raw"] = float(softmax(out["intent_log_probs"][r]).max())
       st["left"] -= 1
       if st["left"] == 0:
         finish(index)
@@ -357,16 +369,18 @@ def decode_long_examples(
     counts["utterances"] += 1
     if not windows:
       counts["no_speech"] += 1
-      records.append(_windowed_utterance(ex, [], [], None, [], calibration)[0])
+      records.append(_windowed_utterance(_reference(ex), [], [], None, [], calibration)[0])
       continue
     counts["windows"] += len(windows)
     open_utts[index] = {
       "id": pipeline_lib._as_str(ex.get("id", index)),
+      "ref": _reference(ex),  # The references (small): the audio is not kept.
       "seconds": len(wave) / rate,
       "windows": windows,
       "records": [None] * len(windows),
       "lid": [None] * len(windows),
       "raw": [0.0] * len(windows),
+      "intent_raw": math.nan,  # The (single) window's uncalibrated intent confidence.
       "left": len(windows),
     }
     for w, window in enumerate(windows):
