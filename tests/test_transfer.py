@@ -200,8 +200,6 @@ def test_expert_transfer_from_8_devices_on_1(source, tiny_corpus, tmp_path):
   # Transcribes from a copy of the workdir alone (no dataset where the config says).
   alone = tmp_path / "alone"
   shutil.copytree(workdir, alone)
-  wav = next(iter(sorted(pathlib.Path(data_dir).rglob("*.array_record"))))
-  del wav
   source_ds = inputs.split_source(cfg, "heldout_test")
   import soundfile as sf
 
