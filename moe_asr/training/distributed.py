@@ -64,14 +64,15 @@ def default_config() -> ml_collections.ConfigDict:
     {
       # How long a process waits for all the others to join (jax.distributed.initialize).
       "initialization_timeout_s": 300,
-      # JAX's coordination service: a process silent this long aborts the whole job.
-      "heartbeat_timeout_s": 100,
+      # JAX's coordination service: a process silent this long aborts the whole job. Generous:
+      # two processes compiling on a loaded 2-core machine were silent for over a minute.
+      "heartbeat_timeout_s": 300,
       # How long process 0 waits for the others at the end of the run.
       "shutdown_timeout_s": 300,
       # moe_asr's watch: a peer silent this long is reported by process id and the run stops
       # (exit code 3). Shorter than heartbeat_timeout_s so that the report comes first.
       # 0 turns the watch off.
-      "peer_timeout_s": 60,
+      "peer_timeout_s": 240,
     }
   )
 
