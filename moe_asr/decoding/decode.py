@@ -46,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.ilm_weight = 0.0  # Joint search: internal-LM estimate subtracted with this weight.
   c.length_bonus = 0.0  # Added per emitted token.
   c.bias_file = ""  # Phrase list (one per line, optional "\t<boost>") for contextual biasing.
-  c.bias_boost = biasing.DEFAULT_BOOST  # Boost per token of a phrase without its own boost.
+  c.bias_boost = biasing.DEFAULT_BOOST  # Boost per character of a phrase without its own boost.
   c.rescore = False  # Second pass over the n-best with decoder, LM and task heads.
   c.rescore_weights = ml_collections.ConfigDict(
     {"ctc": 1.0, "att": 0.0, "lm": 0.0, "task": 0.0, "length": 0.0}
