@@ -608,6 +608,7 @@ def format_table(results: dict, num_utts: int) -> str:
   for name in ROWS:
     r = results.get(name)
     if r is None:
+      lines.append(f"{name:22s} skipped")
       continue
     speed = rate(name)
     ratio = rate(PEER_OF[name]) if name in PEER_OF else None
