@@ -1,6 +1,6 @@
 """Training-step throughput and MFU of a config, float32 against bfloat16, in one run.
 
-    python benchmarks/train_step.py --config configs/demo.py [--seconds 2.4 --batch 24] \
+    python benchmarks/train_step.py --config demo [--seconds 2.4 --batch 24] \
         [--repeats 10] [--dtypes float32,bfloat16] [--set model.decoder.num_layers=0 ...] \
         [--no-breakdown] [--profile-steps 3] [--trace-dir DIR] [--json out.json]
 
@@ -277,7 +277,7 @@ def measure(
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/demo.py")
+  parser.add_argument("--config", default="demo", help="a preset or a config file")
   parser.add_argument("--seconds", type=float, default=2.4, help="bucket length")
   parser.add_argument("--batch", type=int, default=24, help="global batch size")
   parser.add_argument("--repeats", type=int, default=10)

@@ -3,7 +3,7 @@
 #
 # Usage: launch/local_pod.sh [--dry-run] N <moe-asr args...>
 #   launch/local_pod.sh 2 devices
-#   launch/local_pod.sh 2 train --config configs/tiny.py --workdir runs/pod
+#   launch/local_pod.sh 2 train --config tiny --workdir runs/pod
 #
 # Every process gets MOE_ASR_COORDINATOR=localhost:<free port>, MOE_ASR_NUM_PROCESSES=N and
 # MOE_ASR_PROCESS_ID=i, which moe_asr.training.distributed.initialize() reads.

@@ -2,7 +2,7 @@
 # Runs `moe-asr` on every worker of a Cloud TPU VM pod slice and brings the logs back.
 #
 # Usage: launch/tpu_pod.sh [--dry-run] TPU_NAME ZONE <moe-asr args...>
-#   launch/tpu_pod.sh my-v4-32 us-central2-b train --config configs/large.py --workdir gs://b/run1
+#   launch/tpu_pod.sh my-v4-32 us-central2-b train --config large --workdir gs://b/run1
 #
 # Steps, each on all workers at once (gcloud compute tpus tpu-vm ssh/scp --worker=all):
 #   1. put the code in REMOTE_DIR: this checkout packed and copied (without .git, data, runs,

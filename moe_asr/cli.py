@@ -1,10 +1,10 @@
 """The `moe-asr` console script: subcommands that call the library.
 
-moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA [--config.seed=1]
+moe-asr corpus build --config tiny --data-dir DATA [--config.seed=1]
 moe-asr corpus stats --data-dir DATA [--name moe_asr_synth/tiny]
 moe-asr data import DIR --name NAME --data-dir DATA [--on-error skip|raise]  # your recordings
 moe-asr devices [--json PATH]        # join the job's processes, check an all-reduce
-moe-asr train --config configs/tiny.py --workdir W [--config.train.steps=200]
+moe-asr train --config tiny --workdir W [--config.train.steps=200]
 moe-asr train-lm --workdir W         # text LM for fusion and rescoring (W/lm)
 moe-asr transfer --from W --workdir W2 --language ru --method expert [--replay 0.1]
 moe-asr eval --workdir W [--step N] [--decode.method=ctc_beam --decode.beam=8
@@ -115,7 +115,7 @@ def _data_import(args, overrides) -> int:
   intents, slot_types = metadata.get("intents", []), metadata.get("slot_types", [])
   print(f"  {len(intents)} intents, {len(slot_types)} slot types (from the train split)")
   print(
-    f"Train on it: moe-asr train --config configs/small.py --workdir W "
+    f"Train on it: moe-asr train --config small --workdir W "
     f"--config.data.name=local_manifest/{name} --config.data.data_dir={args.data_dir}"
   )
   return 0
@@ -343,6 +343,12 @@ def _demo(args, overrides) -> int:
 _STEP_HELP = "checkpoint step to use (default: the newest that reads back)"
 
 
+def _preset_help(kind: str, what: str = "an experiment config file") -> str:
+  from moe_asr import config_lib
+
+  return f"a preset ({', '.join(config_lib.presets(kind))}) or {what}"
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -357,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
   corpus = sub.add_parser("corpus", help="build or inspect the embedded corpus")
   corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
   build = corpus_sub.add_parser("build", help="synthesise a corpus config into a TFDS dataset")
-  build.add_argument("--config", required=True, help="corpus config file (configs/corpus/*.py)")
+  build.add_argument("--config", required=True, help=_preset_help("corpus", "a corpus config file"))
   build.add_argument("--data-dir", required=True, type=pathlib.Path, help="TFDS data directory")
   build.set_defaults(func=_corpus_build)
   stats = corpus_sub.add_parser(
@@ -390,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
   imp.set_defaults(func=_data_import)
 
   model_info = sub.add_parser("model-info", help="parameters in total and active per token")
-  model_info.add_argument("--config", required=True, help="experiment config (configs/*.py)")
+  model_info.add_argument("--config", required=True, help=_preset_help("experiment"))
   model_info.add_argument("--vocab-size", type=int, default=1500, help="tokenizer vocabulary")
   model_info.add_argument("--num-intents", type=int, default=24)
   model_info.add_argument("--num-slot-tags", type=int, default=39, help="BIO tags (2 x types + 1)")
@@ -411,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
   devices.set_defaults(func=_devices)
 
   train = sub.add_parser("train", help="train a config in a workdir (resumes what is there)")
-  train.add_argument("--config", required=True, help="experiment config (configs/*.py)")
+  train.add_argument("--config", required=True, help=_preset_help("experiment"))
   train.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, config.json")
   train.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
   train.set_defaults(func=_train)
@@ -464,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
   demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
   demo.add_argument("--workdir", default="runs/demo", help="where the run goes")
   demo.add_argument("--data-dir", default="data", help="TFDS data directory of the corpus")
-  demo.add_argument("--config", default=None, help="experiment config (default configs/demo.py)")
+  demo.add_argument("--config", default=None, help=_preset_help("experiment") + " (default: demo)")
   demo.add_argument("-v", "--verbose", action="store_true")
   demo.set_defaults(func=_demo)
 

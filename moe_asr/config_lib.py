@@ -11,6 +11,7 @@ config file is loaded and for every override.
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import math
 import numbers
@@ -37,31 +38,32 @@ class ConfigTypeError(ConfigError, TypeError):
 
 
 def load_config(
-  path: str | pathlib.Path, overrides: Sequence[str] = ()
+  path: str | pathlib.Path, overrides: Sequence[str] = (), *, kind: str = "experiment"
 ) -> ml_collections.ConfigDict:
-  """Loads `path[:arg]` and applies `key.sub=value` overrides.
+  """Loads `path[:arg]` (a file or a preset name) and applies `key.sub=value` overrides.
 
   Args:
-    path: a python config file, optionally followed by `:arg` passed to `get_config`.
+    path: a python config file or a preset name (`tiny`, `corpus/tiny`; `presets()` lists
+      them), optionally followed by `:arg` passed to `get_config`.
     overrides: strings `a.b=value` (a leading `--config.` or `config.` is accepted).
+    kind: "experiment" or "corpus": where a bare preset name is looked up first.
 
   Returns:
     The locked config.
   """
-  path = str(path)
-  arg = None
-  if ":" in path and not pathlib.Path(path).exists():
-    path, arg = path.rsplit(":", 1)
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"Config file not found: {file}")
-  # Configs import shared pieces as `configs.x.y`: make the folder above
-  # `configs/` importable when the file lives under one.
-  for parent in file.resolve().parents:
-    if parent.name == "configs" and str(parent.parent) not in sys.path:
-      sys.path.insert(0, str(parent.parent))
-      break
-  spec = importlib.util.spec_from_file_location(f"_moe_asr_config_{file.stem}", file)
+  file, arg = resolve_config(path, kind=kind)
+  # A config file of the user's own may import shared pieces as `configs.x.y` from a
+  # `configs/` folder of theirs: make the folder above it importable. The packaged presets
+  # import `moe_asr.configs.x` and need nothing.
+  packaged = config_dir().resolve()
+  if packaged not in file.resolve().parents:
+    for parent in file.resolve().parents:
+      if parent.name == "configs" and str(parent.parent) not in sys.path:
+        sys.path.insert(0, str(parent.parent))
+        break
+  name = f"_moe_asr_config_{file.stem}"
+  loader = importlib.machinery.SourceFileLoader(name, str(file))  # Any file name.
+  spec = importlib.util.spec_from_file_location(name, file, loader=loader)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
@@ -269,6 +271,57 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     validate(cfg, [key])
 
 
+KINDS = ("experiment", "corpus")
+
+
 def config_dir() -> pathlib.Path:
-  """The repository's `configs/` folder (an editable install keeps it beside the package)."""
-  return pathlib.Path(__file__).resolve().parents[1] / "configs"
+  """The presets shipped inside the package (`moe_asr/configs/`)."""
+  return pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def presets(kind: str = "experiment") -> list[str]:
+  """The preset names of a kind: `tiny`, `demo`, ... or `tiny`, `demo` for corpus configs."""
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  folder = config_dir() / ("corpus" if kind == "corpus" else "")
+  return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base", "common"))
+
+
+def resolve_config(
+  spec: str | pathlib.Path, *, kind: str = "experiment"
+) -> tuple[pathlib.Path, str | None]:
+  """The config file and `get_config` argument that `spec` names.
+
+  `spec` is a path to a python file, or a preset name: `tiny` is `moe_asr/configs/tiny.py`
+  for an experiment and `moe_asr/configs/corpus/tiny.py` for a corpus; `corpus/tiny` and
+  `models/tiny` name the file under the packaged folder whatever the kind. A `:arg` suffix
+  is passed to `get_config`. An existing file wins over a preset of the same name.
+
+  Raises:
+    FileNotFoundError: neither a file nor a preset, with the presets of the kind.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  spec = str(spec)
+  candidates = [(spec, None)]
+  if ":" in spec:
+    head, arg = spec.rsplit(":", 1)
+    candidates.append((head, arg))
+  for name, arg in candidates:
+    file = pathlib.Path(name)
+    if file.is_file():
+      return file, arg
+  for name, arg in candidates:
+    if name.endswith(".py") or "\\" in name or name.startswith((".", "/", "~")):
+      continue  # A path, not a preset name.
+    folders = [config_dir() / "corpus", config_dir()] if kind == "corpus" else [config_dir()]
+    for folder in folders:
+      file = folder / f"{name}.py"
+      if file.is_file():
+        return file, arg
+  names = presets(kind)
+  if kind == "experiment":
+    names += [f"corpus/{n}" for n in presets("corpus")]
+  raise FileNotFoundError(
+    f"Config file not found: {spec} (not a file, nor a {kind} preset: {', '.join(names)})"
+  )

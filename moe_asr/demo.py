@@ -1,8 +1,8 @@
 """`moe-asr demo`: the main job, from nothing to a scored model.
 
-Builds the embedded demo corpus if it is missing, trains `configs/demo.py`,
-scores every test split and prints a table. Re-running it resumes: a finished
-training is not repeated.
+Builds the embedded demo corpus if it is missing, trains the `demo` preset
+(`moe_asr/configs/demo.py`), scores every test split and prints a table. Re-running it
+resumes: a finished training is not repeated.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from moe_asr import config_lib
 
-DEMO_CONFIG = "demo.py"
+DEMO_CONFIG = "demo"
 TEST_SPLITS = ("test", "test_cs", "test_noisy", "test_bias")
 
 _LOG = logging.getLogger(__name__)
@@ -35,12 +35,10 @@ def run_demo(
   distributed.initialize()
   start = time.time()
   workdir = pathlib.Path(workdir)
-  config = config or config_lib.config_dir() / DEMO_CONFIG
+  config = config or DEMO_CONFIG
   cfg = config_lib.load_config(config, [f"data.data_dir={str(data_dir)!r}", *overrides])
   corpus = cfg.data.name.split("/", 1)[1]
-  builder = synth.builder_from_config_file(
-    config_lib.config_dir() / "corpus" / f"{corpus}.py", data_dir
-  )
+  builder = synth.builder_from_config_file(f"corpus/{corpus}", data_dir)
   if not builder.is_prepared():
     print(f"Building the {corpus} corpus into {data_dir} (once) ...", flush=True)
     synth.prepare(builder)

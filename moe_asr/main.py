@@ -1,4 +1,4 @@
-"""`python -m moe_asr.main --config=configs/tiny.py --workdir=W [--config.train.steps=200]`.
+"""`python -m moe_asr.main --config=tiny --workdir=W [--config.train.steps=200]`.
 
 Intentionally short (Flax-examples style): parse flags, call the library.
 """
@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   rest, overrides = cli._split_overrides(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="python -m moe_asr.main", description=__doc__)
-  parser.add_argument("--config", required=True, help="experiment config file (configs/*.py)")
+  parser.add_argument("--config", required=True, help=cli._preset_help("experiment"))
   parser.add_argument("--workdir", required=True, help="where checkpoints and metrics go")
   args = parser.parse_args(rest)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -50,7 +50,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "corpus" / "tiny.py"
+TINY_CONFIG = REPO / "moe_asr" / "configs" / "corpus" / "tiny.py"
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -104,7 +104,7 @@ def build_once(
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
-  """Builds configs/corpus/tiny.py with `moe-asr corpus build`.
+  """Builds the tiny corpus preset with `moe-asr corpus build`.
 
   Returns:
     (data_dir, build seconds, stdout of the build).
@@ -112,7 +112,7 @@ def tiny_corpus(tmp_path_factory):
 
   def build(data_dir):
     start = time.time()
-    proc = run_cli("corpus", "build", "--config", str(TINY_CONFIG), "--data-dir", str(data_dir))
+    proc = run_cli("corpus", "build", "--config", "tiny", "--data-dir", str(data_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return time.time() - start, proc.stdout
 
@@ -134,7 +134,7 @@ def tiny_workdir(tiny_corpus, tmp_path_factory):
     proc = run_cli(
       "train",
       "--config",
-      str(REPO / "configs" / "tiny.py"),
+      "tiny",
       "--workdir",
       str(workdir),
       f"--config.data.data_dir={data_dir}",

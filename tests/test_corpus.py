@@ -210,7 +210,7 @@ def test_pipeline_reads_the_corpus(builder, tiny_corpus):
 
 def test_a_run_can_train_its_own_tokenizer(builder, splits, tiny_corpus, tmp_path):
   """`data.vocab_size` trains a tokenizer for the run, kept in (and reused from) the workdir."""
-  from configs import tiny
+  from moe_asr.configs import tiny
   from moe_asr.training import inputs
 
   data_dir, _, _ = tiny_corpus

@@ -143,7 +143,7 @@ def test_local_manifest_intents_train_task_heads_and_are_scored(intent_set, tmp_
   )  # fmt: skip
   assert proc.returncode == 0, proc.stdout + proc.stderr
   proc = run_cli(
-    "train", "--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(workdir),
+    "train", "--config", str(REPO / "moe_asr" / "configs" / "tiny.py"), "--workdir", str(workdir),
     "--config.data.name=local_manifest/intents", f"--config.data.data_dir={data_dir}",
     "--config.data.vocab_size=290", "--config.data.buckets=((2.5,8),)",
     "--config.data.eval_splits=('test',)", "--config.eval.splits=('test',)",

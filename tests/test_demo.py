@@ -19,7 +19,7 @@ def test_demo_trains_scores_and_prints_the_table(tiny_corpus, tmp_path):
     "--data-dir",
     str(data_dir),
     "--config",
-    str(REPO / "configs" / "tiny.py"),
+    "tiny",
     "--config.train.steps=3",
     "--config.train.log_every=1",
     "--config.data.buckets=((3.0,8),)",

@@ -244,7 +244,7 @@ def test_a_tiny_model_trains_expert_parallel_resumes_exactly_and_restores_on_one
 ):
   """model-info's memory per device (its compile also serves the training below, through
   the compilation cache: the same program), then 4 steps, a resume, a restore on one device."""
-  cfg = config_lib.load_config("configs/tiny.py", [*TINY_OVERRIDES, "mesh.shape=(4,1,2,1)"])
+  cfg = config_lib.load_config("tiny", [*TINY_OVERRIDES, "mesh.shape=(4,1,2,1)"])
   memory = info.train_memory(cfg, "data=4,expert=2", **SIZES)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
   graphdef, state, rng_state, state_sh = train.init_state(cfg, mesh, rules, **SIZES)

@@ -20,7 +20,7 @@ from moe_asr.models import model as model_lib
 from moe_asr.models.decoder import shift_right
 from moe_asr.models.lm import TransformerLM
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "moe_asr" / "configs"
 EOS, BOS = 3, 2
 
 

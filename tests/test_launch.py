@@ -242,7 +242,7 @@ def test_tpu_pod_dry_run_copies_installs_runs_and_collects(tmp_path):
     "--dry-run",
     "my-tpu",
     "us-central2-b",
-    *("train", "--config", "configs/large.py", "--workdir", "gs://bucket/run1"),
+    *("train", "--config", "large", "--workdir", "gs://bucket/run1"),
     env=_script_env(tmp_path),
     cwd=tmp_path,
   )
@@ -259,7 +259,7 @@ def test_tpu_pod_dry_run_copies_installs_runs_and_collects(tmp_path):
   (run,) = [c for c in ssh if "moe_asr.cli" in c]
   assert run.startswith("cd moe_asr && ")
   assert (
-    "MOE_ASR_DISTRIBUTED=auto python3 -m moe_asr.cli train --config configs/large.py "
+    "MOE_ASR_DISTRIBUTED=auto python3 -m moe_asr.cli train --config large "
     "--workdir gs://bucket/run1 > tpu_logs/"
   ) in run
   assert "/$(hostname).log" in run
@@ -290,14 +290,14 @@ def test_gpu_slurm_dry_run_prints_srun(tmp_path):
   proc = _run_script(
     "gpu_slurm.sbatch",
     "--dry-run",
-    *("train", "--config", "configs/large.py", "--workdir", "W"),
+    *("train", "--config", "large", "--workdir", "W"),
     env=_script_env(tmp_path),
     cwd=tmp_path,
   )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.splitlines() == [
     "export MOE_ASR_DISTRIBUTED=auto",
-    "srun --kill-on-bad-exit=1 python3 -m moe_asr.cli train --config configs/large.py --workdir W",
+    "srun --kill-on-bad-exit=1 python3 -m moe_asr.cli train --config large --workdir W",
   ]
   assert not (tmp_path / "ran").exists()
   # The job geometry sbatch reads: one task per GPU on 8-GPU nodes.

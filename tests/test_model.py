@@ -19,7 +19,7 @@ from moe_asr.models import model as model_lib
 from moe_asr.training import losses, train
 from moe_asr.training import state as state_lib
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "moe_asr" / "configs"
 VOCAB, INTENTS, SLOT_TAGS = 60, 5, 7
 
 

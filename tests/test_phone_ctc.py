@@ -13,7 +13,7 @@ from moe_asr.training import inputs, losses, state
 
 def _config(data_dir, *overrides):
   return config_lib.load_config(
-    REPO / "configs" / "tiny.py",
+    REPO / "moe_asr" / "configs" / "tiny.py",
     [
       f"--config.data.data_dir={data_dir}",
       "--config.data.buckets=((3.0,8),)",

@@ -492,7 +492,7 @@ def test_training_pipelines_follow_the_config_curriculum(tiny_corpus, tmp_path):
 
   data_dir, _, _ = tiny_corpus
   cfg = config_lib.load_config(
-    pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py",
+    pathlib.Path(__file__).resolve().parents[1] / "moe_asr" / "configs" / "tiny.py",
     [
       f"data.data_dir={str(data_dir)!r}",
       "data.curriculum.steps=10",

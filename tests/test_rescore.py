@@ -17,7 +17,7 @@ from moe_asr.decoding import rescore
 from moe_asr.models import lm as lm_lib
 from moe_asr.models import model as model_lib
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "moe_asr" / "configs"
 VOCAB, INTENTS, SLOT_TAGS = 60, 5, 7
 MAX_LEN = 7
 # Every score is recomputed in float32 by the same layers; batching differs, so compare with

@@ -52,7 +52,7 @@ def _train_args(workdir: pathlib.Path, data_dir: pathlib.Path, *more: str) -> li
   return [
     "train",
     "--config",
-    str(REPO / "configs" / "tiny.py"),
+    str(REPO / "moe_asr" / "configs" / "tiny.py"),
     "--workdir",
     str(workdir),
     f"--config.data.data_dir={data_dir}",
@@ -272,7 +272,7 @@ def test_sigterm_during_compilation_stops_cleanly_without_a_checkpoint(tiny_corp
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
-  tiny = str(REPO / "configs" / "tiny.py")
+  tiny = str(REPO / "moe_asr" / "configs" / "tiny.py")
   cases = {
     ("eval", "--workdir", str(tmp_path / "nope")): f"Workdir {tmp_path / 'nope'} does not exist",
     ("train", "--config", tiny, "--workdir", str(tmp_path), "--config.nosuch.x=1"): (
@@ -318,16 +318,16 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 )
 def test_overrides_are_type_and_range_checked(override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.load_config(REPO / "configs" / "tiny.py", [override])
+    config_lib.load_config(REPO / "moe_asr" / "configs" / "tiny.py", [override])
 
 
 def test_in_range_overrides_and_every_shipped_config_pass():
   cfg = config_lib.load_config(
-    REPO / "configs" / "tiny.py",
+    REPO / "moe_asr" / "configs" / "tiny.py",
     ["train.steps=1", "train.eval_every=0", "train.b1=0.0", "decode.lm_weights.en=0.3"],
   )
   assert (cfg.train.steps, cfg.train.eval_every, cfg.decode.lm_weights.en) == (1, 0, 0.3)
-  for path in sorted((REPO / "configs").glob("*.py")):
+  for path in sorted((REPO / "moe_asr" / "configs").glob("*.py")):
     if path.name != "__init__.py":
       config_lib.validate(config_lib.load_config(path))
 
@@ -341,7 +341,7 @@ def test_recorded_paths_are_absolute_and_a_missing_dataset_is_named(
 ):
   monkeypatch.chdir(tmp_path)
   cfg = config_lib.load_config(
-    REPO / "configs" / "tiny.py",
+    REPO / "moe_asr" / "configs" / "tiny.py",
     ["data.data_dir=data", "init_from=runs/a", "resume=gs://bucket/run"],
   )
   resolved = train.absolute_paths(cfg)

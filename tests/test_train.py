@@ -70,7 +70,7 @@ sys.exit(cli.main(["eval", "--workdir", workdir, *["--config." + o for o in over
                    "--split", "validation"]))
 """
 
-# Trains configs/tiny.py with float audio in every batch (one step executable) and the
+# Trains the tiny preset with float audio in every batch (one step executable) and the
 # NAN_CALL-th batch all NaN; writes {"summary": ...} or {"error": NonFiniteError text}.
 _NAN_RUN = """
 import json
@@ -94,7 +94,7 @@ def load_float_audio(self, planned):
   return batch
 
 pipeline._LoadBatch.__call__ = load_float_audio
-cfg = config_lib.load_config("configs/tiny.py", overrides)
+cfg = config_lib.load_config("tiny", overrides)
 try:
   result = {"summary": train.train_and_evaluate(cfg, workdir)}
 except train.NonFiniteError as e:
@@ -142,8 +142,8 @@ class Runs:
 
 
 def _train_cmd(workdir: pathlib.Path, settings: list[str]) -> list[str]:
-  """`moe-asr train` of configs/tiny.py in `workdir`."""
-  cli = [sys.executable, "-m", "moe_asr.cli", "train", "--config", "configs/tiny.py"]
+  """`moe-asr train` of the tiny preset in `workdir`."""
+  cli = [sys.executable, "-m", "moe_asr.cli", "train", "--config", "tiny"]
   return [*cli, "--workdir", str(workdir), *settings]
 
 
@@ -233,7 +233,7 @@ def reference(runs):
   w8, w1 = runs.root / "ref8", runs.root / "ref1"
   log8, log1 = runs.root / "ref8.log", runs.root / "ref1.log"
   proc8 = _start(_train_cmd(w8, runs.settings(STEPS)), runs.env(8), log8)
-  main_cmd = [sys.executable, "-m", "moe_asr.main", "--config=configs/tiny.py", f"--workdir={w1}"]
+  main_cmd = [sys.executable, "-m", "moe_asr.main", "--config=tiny", f"--workdir={w1}"]
   proc1 = _start(main_cmd + runs.settings(SHORT, mesh__shape="(-1,1,1,1)"), runs.env(1), log1)
   rc1, out1 = _finish(proc1, log1)
   rc8, out8 = _finish(proc8, log8)
@@ -290,7 +290,7 @@ def test_2_processes_match_1_process(runs, ref_losses, tmp_path):
   env = runs.env(4)  # Devices a process (the launcher keeps XLA_FLAGS when they are set).
   env.update(PYTHON=sys.executable, LOG_DIR=str(tmp_path / "logs"))
   cmd = ["bash", str(REPO / "launch" / "local_pod.sh"), "2", "train", "--config"]
-  cmd += ["configs/tiny.py", "--workdir", str(workdir), *runs.settings(SHORT)]
+  cmd += ["tiny", "--workdir", str(workdir), *runs.settings(SHORT)]
   rc, out = _run(cmd, env, tmp_path / "pod.log")
   assert rc == 0, out[-5000:]
   logs = [(tmp_path / "logs" / f"process_{i}.log").read_text() for i in range(2)]

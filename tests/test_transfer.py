@@ -46,7 +46,7 @@ def source(tiny_corpus, tmp_path_factory) -> pathlib.Path:
   data_dir, _, _ = tiny_corpus
   workdir = tmp_path_factory.mktemp("transfer_source") / "run"
   proc = run_cli(
-    "train", "--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(workdir),
+    "train", "--config", str(REPO / "moe_asr" / "configs" / "tiny.py"), "--workdir", str(workdir),
     f"--config.data.data_dir={data_dir}", "--config.train.steps=4",
     "--config.train.log_every=2", "--config.data.buckets=((3.0,8),)",
     "--config.model.encoder.router=language", "--config.eval.splits=('test',)",

@@ -116,7 +116,7 @@ class MoeAsr(nnx.Module):
     eos_id: int = 3,
     rngs: nnx.Rngs,
   ):
-    """Builds the model from `config.model` (contract in configs/models/common.py).
+    """Builds the model from `config.model` (contract in moe_asr/configs/models/common.py).
 
     Args:
       cfg: the model config.

@@ -67,7 +67,7 @@ def _synth_builder(cfg: ml_collections.ConfigDict):
   if not builder.is_prepared():
     raise FileNotFoundError(
       f"Dataset {cfg.data.name} is not built in {cfg.data.data_dir!r}; run `moe-asr corpus build "
-      f"--config configs/corpus/{cfg.data.name.split('/')[1]}.py --data-dir {cfg.data.data_dir}`"
+      f"--config {cfg.data.name.split('/')[1]} --data-dir {cfg.data.data_dir}`"
     )
   synth.check_built(builder)
   return builder

@@ -64,7 +64,7 @@ def workdir_config(
   cfg = ml_collections.ConfigDict(saved)
   cfg.data.data_dir = _resolve_recorded_dir(cfg.data.get("data_dir", ""), workdir)
   # Settings added since the run was trained get their defaults.
-  defaults = config_lib.load_config(config_lib.config_dir() / "base.py")
+  defaults = config_lib.load_config("base")
   for section in ("eval", "lm_train"):
     if section not in cfg:
       cfg[section] = defaults[section]

@@ -1,9 +1,9 @@
 """TFDS builder `moe_asr_synth`: the embedded corpus written as array_record.
 
-One builder config per corpus config file in `configs/corpus/` (`base.py`
+One builder config per corpus preset in `moe_asr/configs/corpus/` (`base.py`
 excluded), so that after `import moe_asr.data.builders`,
 `tfds.builder("moe_asr_synth/tiny", data_dir=DIR)` loads what
-`moe-asr corpus build --config configs/corpus/tiny.py --data-dir DIR` built.
+`moe-asr corpus build --config tiny --data-dir DIR` built.
 A config file elsewhere is built through `builder_from_config_file`.
 
 Every example carries its `phonemes` (`moe_asr.data.phonemes`). The phone
@@ -30,7 +30,7 @@ from moe_asr.data.synth import corpus, grammar
 
 
 class MoeAsrSynthConfig(tfds.core.BuilderConfig):
-  """A builder config wrapping a corpus config (`configs/corpus/*.py`)."""
+  """A builder config wrapping a corpus config (`moe_asr/configs/corpus/*.py`)."""
 
   def __init__(self, *, corpus_config: ml_collections.ConfigDict, **kwargs):
     plain = corpus._to_plain(corpus_config)
@@ -112,14 +112,14 @@ class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
 def builder_from_config_file(
   path: str | pathlib.Path, data_dir: str | pathlib.Path, overrides=()
 ) -> MoeAsrSynth:
-  """The builder of a corpus config file (registered or not)."""
-  cfg = config_lib.load_config(path, overrides)
+  """The builder of a corpus config: a preset name (`tiny`) or a file (registered or not)."""
+  cfg = config_lib.load_config(path, overrides, kind="corpus")
   known = {c.name: c for c in MoeAsrSynth.BUILDER_CONFIGS}
   builder_config = MoeAsrSynthConfig(corpus_config=cfg)
   if cfg.name in known and known[cfg.name].digest != builder_config.digest:
     # Same name, different content: keep them apart on disk.
     raise ValueError(
-      f"Corpus config {path} is named {cfg.name!r} like configs/corpus/{cfg.name}.py but "
+      f"Corpus config {path} is named {cfg.name!r} like the corpus preset {cfg.name!r} but "
       "differs from it; give it another `name`."
     )
   if cfg.name in known:

@@ -1,6 +1,6 @@
 """The model config contract shared by every preset (`config.model`).
 
-A preset module (`configs/models/<size>.py`) calls `model_config(...)` with its
+A preset module (`moe_asr/configs/models/<size>.py`) calls `model_config(...)` with its
 sizes; experiment configs take `config.model` from a preset. Commonly
 overridden: `encoder.num_layers`, `encoder.moe_layers`, `*.num_experts`,
 `*.router`, `task.stop_gradient` (cascade baseline), `dtype`.

@@ -1,6 +1,6 @@
 """Small model: a single GPU or a small TPU slice."""
 
-from configs.models.common import model_config
+from moe_asr.configs.models.common import model_config
 
 
 def get_config():

@@ -5,8 +5,8 @@ built from this one; override fields on the command line with
 `--config.a.b=value`.
 
 Required sections:
-  model    the model preset (`configs/models/<size>.py`, contract in
-           `configs/models/common.py`)
+  model    the model preset (`moe_asr/configs/models/<size>.py`, contract in
+           `moe_asr/configs/models/common.py`)
   data     dataset, splits and the input pipeline (length buckets, batch sizes)
   mesh     device mesh axes/shape and the logical-to-mesh axis rules
   train    steps, optimizer, joint-loss weights, logging/eval/checkpoint intervals
@@ -17,7 +17,7 @@ Commonly overridden: `data.data_dir`, `data.buckets`, `train.steps`,
 `train.loss.task`, `model.encoder.router`, `model.task.stop_gradient`,
 `mesh.shape`.
 
-  moe-asr train --config configs/tiny.py --workdir W --config.train.steps=200
+  moe-asr train --config tiny --workdir W --config.train.steps=200
 """
 
 import importlib
@@ -33,7 +33,7 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   c = ml_collections.ConfigDict()
   c.seed = 0  # Parameter initialisation and dropout.
 
-  c.model = importlib.import_module(f"configs.models.{model}").get_config()
+  c.model = importlib.import_module(f"moe_asr.configs.models.{model}").get_config()
   c.model_preset = model
 
   d = c.data = ml_collections.ConfigDict()

@@ -1,9 +1,9 @@
 """A tiny corpus for tests: builds in well under a minute.
 
-moe-asr corpus build --config configs/corpus/tiny.py --data-dir DATA
+moe-asr corpus build --config tiny --data-dir DATA
 """
 
-from configs.corpus import base
+from moe_asr.configs.corpus import base
 
 
 def get_config():

@@ -1,9 +1,9 @@
 """Large: a TPU pod (launch/tpu_pod.sh).
 
-moe-asr model-info --config configs/large.py
+moe-asr model-info --config large
 """
 
-from configs import base
+from moe_asr.configs import base
 
 
 def get_config():

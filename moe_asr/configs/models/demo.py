@@ -4,7 +4,7 @@ bfloat16 compute (float32 parameters): CPUs with AMX-BF16 or AVX-512 BF16 run bf
 matmuls faster than float32 (`benchmarks/train_step.py` measures both).
 """
 
-from configs.models.common import model_config
+from moe_asr.configs.models.common import model_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Tiny model for tests: a few hundred thousand parameters."""
 
-from configs.models.common import model_config
+from moe_asr.configs.models.common import model_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Large model: a TPU-pod preset, several hundred million parameters with experts."""
 
-from configs.models.common import model_config
+from moe_asr.configs.models.common import model_config
 
 
 def get_config():

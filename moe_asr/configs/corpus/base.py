@@ -1,8 +1,7 @@
 """Defaults of the embedded spoken-command corpus (shared by every corpus config).
 
-A corpus config is `get_config() -> ConfigDict`; `moe-asr corpus build --config
-configs/corpus/NAME.py --data-dir DIR` builds it as the TFDS dataset
-`moe_asr_synth/NAME`. Sizes are numbers of utterances per split; everything is
+A corpus config is `get_config() -> ConfigDict`; `moe-asr corpus build --config NAME
+--data-dir DIR` builds it as the TFDS dataset `moe_asr_synth/NAME`. Sizes are numbers of utterances per split; everything is
 deterministic from `seed`.
 """
 

@@ -1,9 +1,9 @@
 """Small: one accelerator.
 
-moe-asr model-info --config configs/small.py
+moe-asr model-info --config small
 """
 
-from configs import base
+from moe_asr.configs import base
 
 
 def get_config():

@@ -1,9 +1,9 @@
 """Tiny: tests and quick CPU checks.
 
-moe-asr model-info --config configs/tiny.py
+moe-asr model-info --config tiny
 """
 
-from configs import base
+from moe_asr.configs import base
 
 
 def get_config():

@@ -1,12 +1,12 @@
 """The demo (`moe-asr demo`): trains on the embedded demo corpus on a 2-core CPU.
 
 moe-asr demo --workdir runs/demo
-moe-asr train --config configs/demo.py --workdir runs/demo   # the training part alone
+moe-asr train --config demo --workdir runs/demo   # the training part alone
 
 What each setting was measured against: docs/results/demo.md.
 """
 
-from configs import base
+from moe_asr.configs import base
 
 
 def get_config():
