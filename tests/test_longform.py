@@ -263,36 +263,38 @@ def test_long_file_transcribes_in_windows_in_the_files_timeline(tiny_workdir, sp
 
 
 @pytest.mark.slow
-def test_ten_minute_file_memory_is_bounded(tiny_workdir, spoken, tmp_path):
+def test_long_file_memory_is_bounded(tiny_workdir, spoken, tmp_path):
   """Python-side memory (numpy included) grows with the file only as far as reading it needs.
 
   Reading holds the float32 mono mix and the int16 result (6 bytes a sample); after it only
   the int16 waveform (2 bytes), the windows of a batch and the decoded words are held. A
-  1-minute and a 10-minute file are transcribed; the peak may grow by at most 7 bytes per
+  30-second and a 5-minute file are transcribed; the peak may grow by at most 7 bytes per
   extra sample: a second float copy while reading, or anything kept per window that grows
   past the read's peak, fails it (whole-file float temporaries while reading gave 8.6).
   """
   _, wave, _, _ = spoken
-  one = wave[: 60 * RATE]
-  ten = np.tile(one, 10)
+  short = wave[: 30 * RATE]
+  long = np.tile(short, 10)
   files = {}
-  for name, w in (("warm", one[: 10 * RATE]), ("one", one), ("ten", ten)):
+  for name, w in (("warm", short[: 10 * RATE]), ("short", short), ("long", long)):
     files[name] = tmp_path / f"{name}.wav"
     sf.write(files[name], w, RATE, subtype="PCM_16")
   transcribe.transcribe_files(tiny_workdir, [files["warm"]], method="greedy")  # Compiles.
-  peaks = {}
+  peaks, segments = {}, {}
   tracemalloc.start()
   try:
-    for name in ("one", "ten"):
+    for name in ("short", "long"):
       tracemalloc.reset_peak()
       base = tracemalloc.get_traced_memory()[0]
       (rec,) = transcribe.transcribe_files(tiny_workdir, [files[name]], method="greedy")
       peaks[name] = tracemalloc.get_traced_memory()[1] - base
-      assert rec["speech"] is True and len(rec["segments"]) >= 20, rec.get("error")
+      assert rec["speech"] is True, rec.get("error")
+      segments[name] = len(rec["segments"])
   finally:
     tracemalloc.stop()
-  extra = len(ten) - len(one)
-  assert peaks["ten"] - peaks["one"] <= 7 * extra, peaks
+  assert segments["short"] >= 10 and segments["long"] >= 10 * segments["short"] - 10, segments
+  extra = len(long) - len(short)
+  assert peaks["long"] - peaks["short"] <= 7 * extra, peaks
 
 
 # ---------------------------------------------------------------------------
