@@ -67,7 +67,7 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   cur.schedule = "linear"  # f to 1: "linear" or "sqrt" (competence, Platanios et al. 2019).
 
   m = c.mesh = ml_collections.ConfigDict()
-  m.axes = ("data", "fsdp", "expert", "tensor")  # DESIGN §6 mesh axes.
+  m.axes = ("data", "fsdp", "expert", "tensor")  # docs/design.md §6 mesh axes.
   m.shape = (-1, 1, 1, 1)  # -1 fills with the remaining devices.
   m.rules = partitioning.DEFAULT_RULES  # Logical axis -> mesh axes.
 

@@ -2,7 +2,7 @@
 
 `load(name, split, config=...)` opens a catalog dataset with
 `tfds.data_source` and returns a random-access `SchemaDataSource` whose items
-are schema examples (DESIGN §3): int16 audio at 16 kHz, transcript normalised
+are schema examples (docs/design.md §3): int16 audio at 16 kHz, transcript normalised
 with `moe_asr.data.text.normalize`, `language`, `words_lang = [language] *
 num_words`, no segments or slots, and `snr_db = inf`. The conversion is lazy,
 one example at a time, so the grain pipeline reads catalog sets exactly like

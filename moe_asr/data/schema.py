@@ -1,4 +1,4 @@
-"""The common example schema (DESIGN §3) as TFDS features.
+"""The common example schema (docs/design.md §3) as TFDS features.
 
 Every data source — the embedded corpus, a local manifest, catalog sets — maps
 its examples to these features so that the pipeline, training and evaluation

@@ -1,6 +1,6 @@
 """The evaluation report: per-split metrics with breakdowns and CIs, written as JSON, markdown, PNG.
 
-`W/eval/report.json` follows the contract in DESIGN §7:
+`W/eval/report.json` follows the contract in docs/design.md §7:
 `{"model": {"params_total", "params_active", ...}, "decode": {...}, "splits": {name: {"n",
 "wer", ..., "rtf", "by_language": {...}, ...}}}`, error rates as fractions and None (JSON
 null) wherever a metric has no data. Every file is written to a temporary name in the same
@@ -152,7 +152,7 @@ def build_report(
   splits: dict[str, dict[str, Any]],
   extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-  """Assembles the report of DESIGN §7.
+  """Assembles the report of docs/design.md §7.
 
   Args:
     model: model facts; must hold "params_total" and "params_active".

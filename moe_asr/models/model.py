@@ -1,4 +1,4 @@
-"""MoeAsr: the whole model (DESIGN §5), composed from its parts.
+"""MoeAsr: the whole model (docs/design.md §5), composed from its parts.
 
 ```
 wave -> log-mel -> SpecAugment -> Conformer (shared; frame LID mid-encoder;

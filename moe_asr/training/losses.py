@@ -1,4 +1,4 @@
-"""The joint objective (DESIGN §6).
+"""The joint objective (docs/design.md §6).
 
 `loss = w_ctc*ctc + w_inter_ctc*mean(intermediate ctc) + w_phone_ctc*mean(phone ctc) + w_att*ce
         + w_lid*(lid + utt_lid)

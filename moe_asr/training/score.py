@@ -1,6 +1,6 @@
 """`moe-asr eval`: restore a workdir's model, decode splits, write the report.
 
-Writes `W/eval/report.json` (DESIGN §7), `report.md`, per-utterance
+Writes `W/eval/report.json` (docs/design.md §7), `report.md`, per-utterance
 hypotheses and plots, and returns the report.
 
 Every utterance of a split is scored, whatever its length: with `eval.long_policy="window"`

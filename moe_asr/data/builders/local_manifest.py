@@ -286,7 +286,7 @@ def _parse_slots(row: ManifestRow, raw: Any, transcript: str) -> dict[str, list[
     if not isinstance(slot_type, str) or not slot_type or not isinstance(value, str):
       raise row.error(f"slot type and value must be strings, got {slot!r}")
     value = text.normalize(value)
-    # Slot values are spans of the transcript (DESIGN §3), matched on whole words.
+    # Slot values are spans of the transcript (docs/design.md §3), matched on whole words.
     if not value or f" {value} " not in f" {transcript} ":
       raise row.error(f"slot value {value!r} does not appear in the text {transcript!r}")
     slots["type"].append(slot_type)

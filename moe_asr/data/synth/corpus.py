@@ -1,4 +1,4 @@
-"""The embedded corpus: spoken commands synthesised on the fly (DESIGN §4).
+"""The embedded corpus: spoken commands synthesised on the fly (docs/design.md §4).
 
 Each example is a pure function of (corpus config, split, index): its random
 generator is seeded by those three, so a split can be generated in any order,
