@@ -169,6 +169,7 @@ RANGES: dict[str, Callable[[object], str | None]] = {
   "train.keep_checkpoints": _POSITIVE_COUNT,
   "train.preemption_sync_every": _POSITIVE_COUNT,
   "eval.bootstrap_samples": _COUNT,
+  "eval.long_policy": _one_of("window", "bucket"),
   "eval.max_batches": _COUNT,
   "decode.method": _one_of("greedy", "ctc_beam", "joint"),
   "decode.beam": _POSITIVE_COUNT,

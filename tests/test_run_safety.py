@@ -314,6 +314,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     ("data.buckets=((3.0,0),)", "batch_size >= 1"),
     ("model.encoder.num_layers.x=1", "model.encoder.num_layers is a setting, not a section"),
     ("decode.beam=0", "decode.beam=0 is out of range"),
+    ("eval.long_policy=cut", "must be one of 'window', 'bucket'"),
   ],
 )
 def test_overrides_are_type_and_range_checked(override, message):

@@ -102,6 +102,7 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   e.splits = ("test",)  # Splits `moe-asr eval` scores by default.
   e.bootstrap_samples = 1000  # Confidence intervals of the report.
   e.max_batches = 0  # Batches decoded per split (0 = all; a quick look at a big split).
+  e.long_policy = "window"  # Utterances past the last bucket: scored in VAD windows, or "bucket".
   e.plots = True
 
   # Persistent XLA compilation cache ("" disables): a re-run skips the minutes of
