@@ -234,7 +234,8 @@ def reference(runs):
   log8, log1 = runs.root / "ref8.log", runs.root / "ref1.log"
   proc8 = _start(_train_cmd(w8, runs.settings(STEPS)), runs.env(8), log8)
   main_cmd = [sys.executable, "-m", "moe_asr.main", "--config=tiny", f"--workdir={w1}"]
-  proc1 = _start(main_cmd + runs.settings(SHORT, mesh__shape="(-1,1,1,1)"), runs.env(1), log1)
+  settings1 = runs.settings(SHORT, mesh__shape="(-1,1,1,1)", train__profile=True)
+  proc1 = _start(main_cmd + settings1, runs.env(1), log1)
   rc1, out1 = _finish(proc1, log1)
   rc8, out8 = _finish(proc8, log8)
   return dict(w8=w8, rc8=rc8, out8=out8, w1=w1, rc1=rc1, out1=out1)
@@ -274,6 +275,9 @@ def test_flax_style_entry_point_trains(reference):
   assert (w1 / "config.json").exists()
   assert sorted(_losses(w1)) == list(range(1, SHORT + 1))
   assert _complete_steps(w1) == [SHORT]
+  # train.profile: a trace of steps 3 to SHORT (5) in TensorBoard's profile folder.
+  (trace,) = (w1 / "plugins" / "profile").glob("*/*.xplane.pb")
+  assert trace.stat().st_size > 0
 
 
 def test_8_devices_data_by_expert_match_1_device(reference, ref_losses):

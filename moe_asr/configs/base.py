@@ -96,7 +96,7 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   t.keep_checkpoints = 3
   t.async_checkpoints = True
   t.preemption_sync_every = 10  # Multi-process: steps between agreeing on a SIGTERM.
-  t.profile = False  # Write a jax profiler trace of a few steps after warm-up.
+  t.profile = False  # A jax.profiler trace of steps 3 to 7 into <workdir>/plugins/profile.
 
   e = c.eval = ml_collections.ConfigDict()
   e.splits = ("test",)  # Splits `moe-asr eval` scores by default.

@@ -647,13 +647,58 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     if primary:
       inputs.save_run_data(run.data, workdir)  # Transcribe without the dataset.
     with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
+      profile = StepProfile(
+        workdir, run.start_step, cfg.train.steps, enabled=bool(cfg.train.get("profile")) and primary
+      )
       try:
-        return _train_loop(run, workdir, primary, guard)
+        with profile:
+          return _train_loop(run, workdir, primary, guard, profile)
       finally:
         run.checkpointer.close()  # A save in flight completes even when the run stops on an error.
 
 
-def _train_loop(run: Run, workdir: pathlib.Path, primary: bool, guard) -> dict:
+class StepProfile:
+  """A `jax.profiler` trace of a few train steps after warm-up (`train.profile`).
+
+  The trace starts before step `start + SKIP + 1` and stops after `STEPS` steps (or at the
+  run's last step), once the traced steps' results are ready; leaving the context ends a trace
+  still running (a stopped run, an error). It lands in `<workdir>/plugins/profile/<time>/`,
+  where TensorBoard pointed at the workdir shows it beside the metrics.
+  """
+
+  SKIP = 2  # Steps before the trace: the first steps also fill the input pipeline.
+  STEPS = 5
+
+  def __init__(self, workdir: pathlib.Path, start_step: int, last_step: int, enabled: bool):
+    self.workdir = workdir
+    self.first = start_step + self.SKIP if enabled else None
+    self.last = min(start_step + self.SKIP + self.STEPS, last_step)
+    self.active = False
+
+  def __enter__(self) -> StepProfile:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+  def before(self, step: int) -> None:
+    """Called with the number of steps done, before the next one runs."""
+    if self.first is not None and step == self.first and step < self.last:
+      jax.profiler.start_trace(str(self.workdir))
+      self.active = True
+
+  def after(self, step: int, result) -> None:
+    if self.active and step >= self.last:
+      jax.block_until_ready(result)
+      self.__exit__()
+      _LOG.info("Profiled steps %d to %d: %s/plugins/profile", self.first + 1, step, self.workdir)
+
+
+def _train_loop(
+  run: Run, workdir: pathlib.Path, primary: bool, guard, profile: StepProfile
+) -> dict:
   cfg, t = run.config, run.config.train
   if _preempted(guard, 0, t, sync=True):
     return _stopped_before_training(run, "setting up")
@@ -754,8 +799,10 @@ def _train_loop(run: Run, workdir: pathlib.Path, primary: bool, guard) -> dict:
       pipeline_lib.device_arrays(host_batch), run.batch_shardings(host_batch)
     )
     audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
+    profile.before(step)
     leaves, metrics = train_steps(batch)(leaves, rng_leaves, batch)
     step += 1
+    profile.after(step, leaves)
     window_steps += 1
     pending.append(metrics)
     if t.nonfinite == "stop" or step % t.log_every == 0 or step == t.steps:
