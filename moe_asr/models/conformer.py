@@ -29,7 +29,6 @@ from moe_asr.models import layers, partitioning
 from moe_asr.models import lid as lid_lib
 from moe_asr.models.moe import ROUTERS, MoeAux, MoeFeedForward
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONDITIONING = ("none", "add", "film")
 _NEG_INF = -1e30  # Finite "minus infinity" for masked attention scores.
 # The two stride-2, kernel-3 convolutions: output frame t reads input frames
@@ -634,7 +633,7 @@ class ConformerEncoder(nnx.Module):
     each language for the language and hybrid routers: "modulo" | "pairs" | one id per
     language; default "modulo", see `moe.resolve_expert_map`).
     """
-    dtype = DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
+    dtype = layers.DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
       cfg.num_layers,
       cfg.d_model,

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from moe_asr.data import schema
 from moe_asr.models import lm as lm_lib
 from moe_asr.models import model as model_lib
 from moe_asr.models.moe import MoeFeedForward
@@ -262,7 +263,7 @@ def format_memory(mem: dict[str, Any]) -> str:
   rows, samples = mem["batch"]
   lines = [
     f"train step memory per device on mesh {mem['mesh']} ({mem['devices']} devices; "
-    f"batch {rows} x {samples / 16000:g} s; XLA memory analysis of the compiled step, "
+    f"batch {rows} x {samples / schema.SAMPLE_RATE:g} s; XLA memory analysis of the compiled step, "
     f"compiled in {mem['compile_s']:.0f} s)",
     f"  parameters        {d['params'] * gib:9.3f} GiB  (of {mem['total']['params'] * gib:.3f})",
     f"  optimizer state   {d['optimizer'] * gib:9.3f} GiB  "

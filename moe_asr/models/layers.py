@@ -16,6 +16,9 @@ from flax import nnx
 
 from moe_asr.models import partitioning
 
+# Config names of compute dtypes.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "swish": jax.nn.silu,
   "silu": jax.nn.silu,

@@ -25,11 +25,9 @@ from flax import nnx
 
 from moe_asr.data import features as features_lib
 from moe_asr.decoding import greedy
-from moe_asr.models import conformer, lid, partitioning, task_heads
+from moe_asr.models import conformer, layers, lid, partitioning, task_heads
 from moe_asr.models import decoder as decoder_lib
 from moe_asr.models.moe import MoeAux
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @flax.struct.dataclass
@@ -127,7 +125,7 @@ class MoeAsr(nnx.Module):
       eos_id: decoder end token (appended to every label sequence).
       rngs: `nnx.Rngs` with `params`, `dropout`, `specaug` and `condition` streams.
     """
-    self.dtype = DTYPES[cfg.dtype]
+    self.dtype = layers.DTYPES[cfg.dtype]
     self.bos_id = bos_id
     self.eos_id = eos_id
     self.vocab_size = vocab_size

@@ -36,6 +36,7 @@ import tqdm
 from flax import nnx
 
 from moe_asr.data import pipeline as pipeline_lib
+from moe_asr.data import schema
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
@@ -798,7 +799,8 @@ def _train_loop(
     batch = sharding.put_batch(
       pipeline_lib.device_arrays(host_batch), run.batch_shardings(host_batch)
     )
-    audio_seconds += float(host_batch["audio_mask"].sum()) / 16000 * jax.process_count()
+    samples = float(host_batch["audio_mask"].sum()) * jax.process_count()
+    audio_seconds += samples / schema.SAMPLE_RATE
     profile.before(step)
     leaves, metrics = train_steps(batch)(leaves, rng_leaves, batch)
     step += 1

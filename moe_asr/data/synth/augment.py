@@ -14,9 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.signal
 
+from moe_asr.data import schema
+
 NOISE_KINDS = ("white", "pink", "brown", "babble", "hum")
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = schema.SAMPLE_RATE
 _PEAK_DBFS = -1.0  # Level that peak normalisation brings loud audio down to.
 _MAX_SPEED_DENOMINATOR = 100  # Keeps the polyphase filters of speed_perturb short.
 

@@ -33,9 +33,9 @@ import espeakng_loader
 import numpy as np
 import scipy.signal
 
-from moe_asr.data import languages
+from moe_asr.data import languages, schema
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = schema.SAMPLE_RATE
 _ESPEAK_RATE = 22050  # espeak-ng's native output rate for all its voices.
 _RESAMPLE_UP, _RESAMPLE_DOWN = 320, 441  # 16000 / 22050.
 
