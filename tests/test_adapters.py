@@ -215,3 +215,33 @@ def test_optimizer_step_updates_only_trainable_params(extra):
   must_move = {p for p in trainable_paths if p.endswith(("lora_b", "up_kernel", "up_bias"))}
   assert len(must_move) == 12 + 2 * 2 and must_move <= changed
   assert ("classifier/kernel" in changed) == bool(extra)
+
+
+@pytest.mark.parametrize("method", ["adapters", "lora"])
+def test_a_transfer_wraps_the_real_model_and_starts_as_the_identity(method):
+  """`transfer.add_modules` on the tiny preset's model: one adapter after each encoder block
+  (or LoRA on the targeted linears), and the encoder's output unchanged at initialisation."""
+  from moe_asr import config_lib
+  from moe_asr.training import state as state_lib
+  from moe_asr.training import transfer
+
+  cfg = config_lib.load_config("tiny")
+  kwargs = dict(vocab_size=40, num_intents=3, num_slot_tags=5)
+  plain = state_lib.make_model(cfg, **kwargs)
+  with cfg.unlocked():
+    cfg.transfer = transfer.config_section()
+  cfg.transfer.method = method
+  cfg.transfer.source = "a-source-run"  # Read only by the growth, not by add_modules.
+  wrapped = state_lib.make_model(cfg, **kwargs)
+  blocks = wrapped.encoder.blocks
+  if method == "adapters":
+    assert all(isinstance(b, adapters.AdaptedModule) for b in blocks)
+    assert blocks[0].adapter.up_kernel.shape[-1] == cfg.model.encoder.d_model
+  else:
+    assert any(isinstance(m, adapters.LoRALinear) for _, m in nnx.iter_modules(wrapped))
+  feats = jax.random.normal(jax.random.key(0), (2, 40, cfg.model.encoder.num_mel_bins))
+  mask = jnp.arange(40)[None] < jnp.array([[40], [31]])
+  plain.eval(), wrapped.eval()
+  a = plain.encoder(feats, mask)
+  b = wrapped.encoder(feats, mask)
+  np.testing.assert_allclose(np.asarray(b.x), np.asarray(a.x), rtol=0, atol=1e-6)

@@ -412,6 +412,7 @@ class ConformerBlock(nnx.Module):
     rngs: nnx.Rngs,
   ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.d_model = d_model  # The output width (a residual adapter after the block reads it).
     self.use_moe = use_moe
     self.num_experts = num_experts
     self.norm_ff1 = layers.layer_norm(d_model, **kw)
