@@ -1,0 +1,595 @@
+"""Self-training: pseudo-labels from a trained run, their filtering, and training rounds.
+
+moe-asr pseudo-label --workdir W --split unlabeled --out DIR [--target-cer 0.15]
+moe-asr self-train --workdir TEACHER --out ROOT --rounds 2 --steps 200
+
+`pseudo_label` decodes a split with the run's decoding settings (`W/decoding.json`) and
+calibration (`W/calibration.json`) where present (`transcribe.transcribe_files`), and writes:
+
+- `DIR/audio/{split}/*.wav`: the split's audio (16 kHz int16),
+- `DIR/labels/{split}.jsonl`: every decoded utterance: the model's text, language (the
+  audio's LID) and its confidence, words with their language and calibrated confidence,
+  intent and its confidence, slots, the utterance confidence, the duration and the filter's
+  verdict (`kept`, `reason`),
+- `DIR/manifest/{split}.jsonl`: the kept utterances as a `local_manifest` folder, built into
+  the TFDS dataset `local_manifest/NAME` (default NAME `pseudo_{split}`, in `DIR/tfds`), so
+  that training reads it like any dataset; its metadata holds `pseudo_label`: the
+  provenance (workdir, checkpoint step, decode settings, calibration, filter) and the
+  per-utterance and per-word confidences by id,
+- `DIR/filter.json` (and `filter_curve.png` with a target): the filter's choices and counts.
+
+The references of the decoded split are never read into any of these: the labels are the
+model's. With `target_cer`, a labelled split (`validation`) is decoded too, and its
+references give the curve of kept fraction against the CER and intent accuracy of what is
+kept (`threshold_curve`); the threshold is the lowest confidence whose kept set meets the
+target (`choose_threshold`).
+
+The filter (`filter_items`), in order: consistency checks (the hypothesis is empty; no word
+is written in the script of the language the audio's LID gives; characters per second of
+audio outside `[min_cps, max_cps]`), then the confidence threshold, then per-language quotas
+(each LID language keeps at least `min_language_fraction` of its consistent items, the most
+confident first, so that no language drops out), and an optional cap on the kept fraction
+(`max_keep_fraction`: the most confident first), which rounds use as a curriculum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import shutil
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+# Scripts of the words of each language (`languages.Language.script`); a code-switched
+# utterance may add Latin words to any of them.
+_SCRIPT_PREFIX = {
+  "LATIN": "Latin",
+  "DEVANAGARI": "Devanagari",
+  "CJK": "Han",
+  "CYRILLIC": "Cyrillic",
+}
+DEFAULT_MIN_CPS = 1.0  # Characters (no spaces) per second of audio below this: implausible.
+DEFAULT_MAX_CPS = 30.0
+
+
+# ---------------------------------------------------------------------------
+# Consistency checks.
+# ---------------------------------------------------------------------------
+
+
+def char_script(ch: str) -> str | None:
+  """The script of a letter ("Latin", "Devanagari", "Han", "Cyrillic"), None for others."""
+  try:
+    name = unicodedata.name(ch)
+  except ValueError:
+    return None
+  for prefix, script in _SCRIPT_PREFIX.items():
+    if name.startswith(prefix):
+      return script
+  return None
+
+
+def word_script(word: str) -> str | None:
+  """The script most of a word's letters are written in (None: no letter of a known one)."""
+  counts: dict[str, int] = {}
+  for ch in word:
+    script = char_script(ch)
+    if script is not None:
+      counts[script] = counts.get(script, 0) + 1
+  return max(counts, key=counts.get) if counts else None
+
+
+def inconsistency(
+  text: str,
+  language: str,
+  duration_s: float,
+  *,
+  min_cps: float = DEFAULT_MIN_CPS,
+  max_cps: float = DEFAULT_MAX_CPS,
+  check_script: bool = True,
+) -> str | None:
+  """Why a pseudo-label is implausible, or None.
+
+  "empty": no words. "script": the audio's language (LID) is written in a script none of
+  the words is in (the words are another language than the audio). "chars_per_second": the
+  transcript's characters (spaces excluded) per second of audio are outside
+  [min_cps, max_cps].
+  """
+  from moe_asr.data import languages
+
+  words = text.split()
+  if not words:
+    return "empty"
+  lang = languages.LANGUAGES.get(language)
+  if check_script and lang is not None and lang.script not in {word_script(w) for w in words}:
+    return "script"
+  chars = sum(len(w) for w in words)
+  cps = chars / max(duration_s, 1e-6)
+  if not min_cps <= cps <= max_cps:
+    return "chars_per_second"
+  return None
+
+
+# ---------------------------------------------------------------------------
+# The threshold on validation.
+# ---------------------------------------------------------------------------
+
+
+def threshold_curve(
+  confidence: Sequence[float],
+  char_errors: Sequence[int],
+  ref_chars: Sequence[int],
+  intent_correct: Sequence[float] | None = None,
+) -> list[dict]:
+  """Kept fraction against the quality of what is kept, for every confidence threshold.
+
+  Args:
+    confidence: per-utterance (calibrated) confidence.
+    char_errors, ref_chars: per-utterance character edits and reference characters.
+    intent_correct: per-utterance 1.0 / 0.0 (nan where there is no intent label), or None.
+
+  Returns:
+    One point per distinct confidence, highest first: {"threshold", "kept", "kept_fraction",
+    "kept_cer", "dropped_cer", "kept_intent_acc"} for keeping the utterances with
+    confidence >= threshold (CERs pooled: errors / reference characters; None where
+    undefined).
+  """
+  conf = np.asarray(confidence, np.float64)
+  errors = np.asarray(char_errors, np.float64)
+  chars = np.asarray(ref_chars, np.float64)
+  n = len(conf)
+  if not (len(errors) == len(chars) == n):
+    raise ValueError("confidence, char_errors and ref_chars must have one value per utterance")
+  intent = np.full(n, np.nan) if intent_correct is None else np.asarray(intent_correct, np.float64)
+  order = np.argsort(-conf, kind="stable")
+  conf, errors, chars, intent = conf[order], errors[order], chars[order], intent[order]
+  cum_err, cum_chars = np.cumsum(errors), np.cumsum(chars)
+  known = ~np.isnan(intent)
+  cum_known, cum_right = np.cumsum(known), np.cumsum(np.where(known, intent, 0.0))
+  total_err, total_chars = cum_err[-1] if n else 0.0, cum_chars[-1] if n else 0.0
+  points = []
+  for i in range(n):
+    if i + 1 < n and conf[i + 1] == conf[i]:
+      continue  # Ties are kept or dropped together.
+    kept_chars, drop_chars = cum_chars[i], total_chars - cum_chars[i]
+    points.append(
+      {
+        "threshold": float(conf[i]),
+        "kept": i + 1,
+        "kept_fraction": (i + 1) / n,
+        "kept_cer": float(cum_err[i] / kept_chars) if kept_chars else None,
+        "dropped_cer": float((total_err - cum_err[i]) / drop_chars) if drop_chars else None,
+        "kept_intent_acc": float(cum_right[i] / cum_known[i]) if cum_known[i] else None,
+      }
+    )
+  return points
+
+
+def choose_threshold(curve: Sequence[Mapping], target_cer: float) -> float:
+  """The lowest threshold of a `threshold_curve` whose kept set has CER <= `target_cer`.
+
+  That keeps the most utterances that meet the target; inf (keep nothing) when no
+  threshold does.
+  """
+  ok = [p for p in curve if p["kept_cer"] is not None and p["kept_cer"] <= target_cer + 1e-12]
+  return min(p["threshold"] for p in ok) if ok else math.inf
+
+
+def plot_curve(curve: Sequence[Mapping], threshold: float, path: str | pathlib.Path) -> None:
+  """Kept fraction against kept CER (and intent accuracy), the chosen point marked."""
+  from matplotlib.figure import Figure
+
+  from moe_asr.evaluation import plots
+
+  fig = Figure(figsize=(5, 3.5))
+  ax = fig.add_subplot()
+  frac = [p["kept_fraction"] for p in curve]
+  ax.plot(frac, [p["kept_cer"] for p in curve], marker=".", label="kept CER")
+  acc = [p["kept_intent_acc"] for p in curve]
+  if any(a is not None for a in acc):
+    ax.plot(frac, [np.nan if a is None else a for a in acc], marker=".", label="kept intent acc")
+  chosen = [p for p in curve if p["threshold"] == threshold]
+  if chosen:
+    ax.axvline(chosen[0]["kept_fraction"], color="gray", linestyle="--", label="threshold")
+  ax.set_xlabel("kept fraction (most confident first)")
+  ax.set_xlim(0, 1.02)
+  ax.legend()
+  plots._save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# The filter.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FilterConfig:
+  """How pseudo-labels are filtered (see the module docstring).
+
+  Attributes:
+    threshold: keep utterances with confidence >= this (a `choose_threshold` result).
+    min_language_fraction: each LID language keeps at least this fraction of its
+      consistent utterances, the most confident first.
+    max_keep_fraction: keep at most this fraction of all utterances, the most confident
+      first (1.0: no cap); the quotas still hold.
+    min_cps, max_cps: plausible characters per second of audio.
+    check_script: reject a hypothesis none of whose words is in the script of the audio's
+      language.
+  """
+
+  threshold: float = 0.0
+  min_language_fraction: float = 0.0
+  max_keep_fraction: float = 1.0
+  min_cps: float = DEFAULT_MIN_CPS
+  max_cps: float = DEFAULT_MAX_CPS
+  check_script: bool = True
+
+  def __post_init__(self):
+    if not 0.0 <= self.min_language_fraction <= 1.0:
+      raise ValueError(f"min_language_fraction must be in [0, 1], got {self.min_language_fraction}")
+    if not 0.0 < self.max_keep_fraction <= 1.0:
+      raise ValueError(f"max_keep_fraction must be in (0, 1], got {self.max_keep_fraction}")
+
+
+def filter_items(items: Sequence[dict], cfg: FilterConfig) -> tuple[list[bool], dict]:
+  """Which pseudo-labelled items to keep, and the counts of why the others were left out.
+
+  Args:
+    items: dicts with "text", "language" (the audio's LID), "duration_s" and "confidence".
+    cfg: the filter.
+
+  Returns:
+    (keep flags, summary). The summary counts `skipped` by consistency reason, `below_threshold`,
+    `over_cap`, `quota_added` and `kept` per language; each item gets `reason` (None if
+    kept: "script", "empty", "chars_per_second", "below_threshold" or "over_cap").
+  """
+  n = len(items)
+  reasons: list[str | None] = [None] * n
+  skipped: dict[str, int] = {}
+  for i, item in enumerate(items):
+    why = inconsistency(
+      item["text"],
+      item["language"],
+      float(item["duration_s"]),
+      min_cps=cfg.min_cps,
+      max_cps=cfg.max_cps,
+      check_script=cfg.check_script,
+    )
+    if why is not None:
+      reasons[i] = why
+      skipped[why] = skipped.get(why, 0) + 1
+  conf = np.array([float(item["confidence"]) for item in items], np.float64)
+  consistent = [i for i in range(n) if reasons[i] is None]
+  by_conf = sorted(consistent, key=lambda i: (-conf[i], i))
+  keep = {i for i in consistent if conf[i] >= cfg.threshold}
+  below = len(consistent) - len(keep)
+  cap = int(math.floor(cfg.max_keep_fraction * n + 1e-9))
+  over_cap = 0
+  if len(keep) > cap:
+    ranked = [i for i in by_conf if i in keep]
+    over_cap = len(ranked) - cap
+    keep = set(ranked[:cap])
+  quota_added = {}
+  if cfg.min_language_fraction > 0:
+    by_lang: dict[str, list[int]] = {}
+    for i in by_conf:
+      by_lang.setdefault(items[i]["language"], []).append(i)
+    for lang, members in by_lang.items():
+      need = math.ceil(cfg.min_language_fraction * len(members) - 1e-9)
+      have = sum(i in keep for i in members)
+      for i in members:
+        if have >= need:
+          break
+        if i not in keep:
+          keep.add(i)
+          have += 1
+          quota_added[lang] = quota_added.get(lang, 0) + 1
+  flags = [i in keep for i in range(n)]
+  for i in consistent:
+    if not flags[i]:
+      reasons[i] = "below_threshold" if conf[i] < cfg.threshold else "over_cap"
+  for item, reason in zip(items, reasons, strict=True):
+    item["kept"], item["reason"] = reason is None, reason
+  kept_per_language: dict[str, int] = {}
+  for i in sorted(keep):
+    lang = items[i]["language"]
+    kept_per_language[lang] = kept_per_language.get(lang, 0) + 1
+  summary = {
+    "items": n,
+    "kept": len(keep),
+    "skipped": skipped,
+    "below_threshold": below,
+    "over_cap": over_cap,
+    "quota_added": quota_added,
+    "kept_per_language": kept_per_language,
+    "config": dataclasses.asdict(cfg),
+  }
+  return flags, summary
+
+
+# ---------------------------------------------------------------------------
+# Decoding a split into pseudo-labels.
+# ---------------------------------------------------------------------------
+
+
+def export_audio(source, directory: pathlib.Path) -> list[dict]:
+  """Writes every example of a data source as `directory/{index:06d}.wav`.
+
+  Returns one {"id", "path", "speaker", "duration_s"} per example, in source order: what
+  the pseudo-labels keep of the source (its labels are not read).
+  """
+  import soundfile
+
+  from moe_asr.data import pipeline as pipeline_lib
+  from moe_asr.data import schema
+
+  directory.mkdir(parents=True, exist_ok=True)
+  out = []
+  for k in range(len(source)):
+    ex = source[k]
+    audio = np.asarray(ex["audio"], np.int16)
+    path = directory / f"{k:06d}.wav"
+    soundfile.write(path, audio, schema.SAMPLE_RATE, subtype="PCM_16")
+    out.append(
+      {
+        "id": pipeline_lib._as_str(ex.get("id", "")) or f"{k:06d}",
+        "path": str(path),
+        "speaker": pipeline_lib._as_str(ex.get("speaker", "")),
+        "duration_s": len(audio) / schema.SAMPLE_RATE,
+      }
+    )
+  return out
+
+
+def references(source) -> dict[str, dict]:
+  """{id: {"text", "intent"}} of a labelled split: only for scoring the filter."""
+  from moe_asr.data import pipeline as pipeline_lib
+
+  refs = {}
+  for k in range(len(source)):
+    ex = source[k]
+    refs[pipeline_lib._as_str(ex.get("id", "")) or f"{k:06d}"] = {
+      "text": pipeline_lib._as_str(ex.get("text", "")),
+      "intent": pipeline_lib._as_str(ex.get("intent", "")),
+    }
+  return refs
+
+
+def item_from_record(meta: Mapping, rec: Mapping) -> dict:
+  """A pseudo-label from an exported example (`export_audio`) and its transcribe record."""
+  if "error" in rec or not rec.get("speech", True):
+    text, language, words = "", rec.get("language") or "", []
+  else:
+    text, language, words = rec["text"], rec["language"], rec.get("words") or []
+  return {
+    **meta,
+    "text": text,
+    "language": language or "",
+    "language_confidence": rec.get("language_confidence"),
+    "words": [
+      {"word": w["word"], "language": w["language"], "confidence": w["confidence"]} for w in words
+    ],
+    "intent": rec.get("intent") or "",
+    "intent_confidence": rec.get("intent_confidence"),
+    "slots": [[s["type"], s["value"]] for s in rec.get("slots") or []],
+    "confidence": float(rec["confidence"]) if rec.get("confidence") is not None else 0.0,
+    "deferred": bool(rec.get("deferred", False)),
+  }
+
+
+def manifest_line(item: Mapping) -> dict:
+  """The `local_manifest` line of a kept pseudo-label (the model's labels only)."""
+  from moe_asr.data import text as text_lib
+
+  text = text_lib.normalize(item["text"])
+  line: dict[str, Any] = {"path": item["path"], "text": text, "id": item["id"]}
+  if item.get("speaker"):
+    line["speaker"] = item["speaker"]
+  words = [w["word"] for w in item["words"]]
+  if words == text.split() and all(w["language"] for w in item["words"]):
+    line["words_lang"] = [w["language"] for w in item["words"]]
+  else:
+    line["language"] = item["language"]
+  if item.get("intent"):
+    line["intent"] = item["intent"]
+  # A slot whose value is not a span of the transcript is dropped, not the utterance.
+  slots = [[t, v] for t, v in item["slots"] if v and f" {v} " in f" {text} "]
+  if slots:
+    line["slots"] = slots
+  return line
+
+
+def write_dataset(
+  items: Sequence[dict],
+  out: pathlib.Path,
+  *,
+  split: str,
+  name: str,
+  data_dir: pathlib.Path,
+  provenance: Mapping,
+):
+  """Builds the kept items into `local_manifest/{name}` (split `split`) in `data_dir`.
+
+  Returns the prepared builder. Its metadata's `pseudo_label` holds the provenance and, by
+  id, the utterance, intent and language confidences and the words' confidences.
+  """
+  from moe_asr.data.builders import local_manifest
+
+  manifest_dir = out / "manifest"
+  if manifest_dir.exists():
+    shutil.rmtree(manifest_dir)
+  manifest_dir.mkdir(parents=True)
+  with open(manifest_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+    for item in items:
+      f.write(json.dumps(manifest_line(item), ensure_ascii=False) + "\n")
+  builder = local_manifest.build_local_manifest(
+    manifest_dir, data_dir, name=name, on_error="skip", allow_outside=True, overwrite=True
+  )
+  metadata = builder.info.metadata
+  metadata["pseudo_label"] = {
+    "provenance": dict(provenance),
+    "utterances": {
+      item["id"]: {
+        "confidence": item["confidence"],
+        "intent_confidence": item["intent_confidence"],
+        "language_confidence": item["language_confidence"],
+        "words": [[w["word"], w["confidence"]] for w in item["words"]],
+      }
+      for item in items
+    },
+  }
+  metadata.save_metadata(builder.data_dir)
+  return builder
+
+
+def checkpoint_step(workdir: str | pathlib.Path, step: int | None = None) -> int | None:
+  """The checkpoint step a decode of `workdir` uses (the newest, or `step`)."""
+  from moe_asr.training import checkpoint as checkpoint_lib
+
+  if step is not None:
+    return int(step)
+  with checkpoint_lib.Checkpointer(
+    pathlib.Path(workdir).absolute() / "checkpoints", async_save=False
+  ) as ckpt:
+    latest = ckpt.latest_step()
+  return None if latest is None else int(latest)
+
+
+def pseudo_label(
+  workdir: str | pathlib.Path,
+  out: str | pathlib.Path,
+  *,
+  split: str = "unlabeled",
+  data: str | None = None,
+  data_dir: str | None = None,
+  name: str | None = None,
+  tfds_dir: str | pathlib.Path | None = None,
+  target_cer: float | None = None,
+  calibration_split: str = "validation",
+  filter_cfg: FilterConfig | None = None,
+  overrides: Sequence[str] = (),
+  step: int | None = None,
+) -> dict:
+  """Decodes `split` with `workdir`'s model into a filtered pseudo-label dataset.
+
+  Args:
+    workdir: the teacher run.
+    out: the output folder (see the module docstring).
+    split: the split to label.
+    data, data_dir: the dataset to read `split` (and `calibration_split`) from (default:
+      the run's `config.data.name` and `data_dir`).
+    name: the dataset's name, `local_manifest/{name}` (default `pseudo_{split}`).
+    tfds_dir: the TFDS data dir it is built in (default `out/tfds`).
+    target_cer: choose the confidence threshold on `calibration_split` for this pooled
+      CER of the kept pseudo-labels (None: `filter_cfg.threshold` as given).
+    calibration_split: a labelled split for the threshold.
+    filter_cfg: the filter (default `FilterConfig()`).
+    overrides: `config.a.b=value` overrides of the run's config (decode settings, ...).
+    step: the checkpoint step (default: the newest).
+
+  Returns:
+    The summary written to `out/filter.json`: "dataset", "data_dir", "split", "provenance",
+    "filter" (counts), and with a target "target_cer", "threshold", "curve", and "validation"
+    (the kept and dropped CER at the threshold).
+  """
+  from moe_asr import transcribe
+  from moe_asr.data import pipeline as pipeline_lib
+  from moe_asr.evaluation import metrics as metrics_lib
+  from moe_asr.training import score
+
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  overrides = [o.removeprefix("--").removeprefix("config.") for o in overrides]
+  cfg = score.workdir_config(workdir, overrides, step=step)
+  data = data or cfg.data.name
+  data_dir = data_dir or cfg.data.data_dir
+  filter_cfg = dataclasses.replace(filter_cfg) if filter_cfg else FilterConfig()
+  name = name or f"pseudo_{split}"
+  tfds_dir = pathlib.Path(tfds_dir) if tfds_dir else out / "tfds"
+
+  sources = {split: pipeline_lib.data_source(data, split, data_dir=data_dir)}
+  if target_cer is not None:
+    sources[calibration_split] = pipeline_lib.data_source(
+      data, calibration_split, data_dir=data_dir
+    )
+  exported = {s: export_audio(src, out / "audio" / s) for s, src in sources.items()}
+  paths = [e["path"] for s in exported for e in exported[s]]
+  records = transcribe.transcribe_files(workdir, paths, overrides=overrides, step=step)
+  by_path = {rec["file"]: rec for rec in records}
+  items = {s: [item_from_record(e, by_path[e["path"]]) for e in exported[s]] for s in exported}
+
+  calibration = score.load_calibration(workdir)
+  provenance = {
+    "workdir": str(pathlib.Path(workdir).absolute()),
+    "checkpoint_step": checkpoint_step(workdir, step),
+    "decode": {k: v for k, v in cfg.decode.to_dict().items()},
+    "calibration": None if calibration is None else calibration.to_dict(),
+    "source": {"data": data, "data_dir": str(data_dir), "split": split},
+  }
+  summary: dict[str, Any] = {"split": split, "provenance": provenance}
+  if target_cer is not None:
+    refs = references(sources[calibration_split])
+    val = items[calibration_split]
+    counts = [metrics_lib.edit_counts(refs[v["id"]]["text"], v["text"], "char") for v in val]
+    intent = [
+      (float(v["intent"] == refs[v["id"]]["intent"]) if refs[v["id"]]["intent"] else math.nan)
+      for v in val
+    ]
+    curve = threshold_curve(
+      [v["confidence"] for v in val],
+      [c.errors for c in counts],
+      [c.ref_len for c in counts],
+      intent,
+    )
+    filter_cfg.threshold = choose_threshold(curve, target_cer)
+    at = [p for p in curve if p["threshold"] == filter_cfg.threshold]
+    summary.update(
+      target_cer=target_cer,
+      calibration_split=calibration_split,
+      threshold=filter_cfg.threshold,
+      curve=curve,
+      validation=at[0] if at else None,
+    )
+    plot_curve(curve, filter_cfg.threshold, out / "filter_curve.png")
+  flags, counts = filter_items(items[split], filter_cfg)
+  summary["filter"] = counts
+  provenance["filter"] = dataclasses.asdict(filter_cfg)
+  labels_dir = out / "labels"
+  labels_dir.mkdir(exist_ok=True)
+  with open(labels_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+    for item in items[split]:
+      f.write(json.dumps(item, ensure_ascii=False) + "\n")
+  kept = [item for item, keep in zip(items[split], flags, strict=True) if keep]
+  if not kept:
+    raise ValueError(
+      f"No pseudo-label of {split} passed the filter ({counts}); lower the target or "
+      "set a language quota"
+    )
+  builder = write_dataset(
+    kept, out, split=split, name=name, data_dir=tfds_dir, provenance=provenance
+  )
+  summary.update(
+    dataset=f"local_manifest/{name}",
+    data_dir=str(tfds_dir.absolute()),
+    examples=int(builder.info.splits[split].num_examples),
+  )
+  (out / "filter.json").write_text(json.dumps(_json_safe(summary), indent=1))
+  return summary
+
+
+def _json_safe(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if isinstance(x, Mapping):
+    return {k: _json_safe(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return [_json_safe(v) for v in x]
+  return x
