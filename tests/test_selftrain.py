@@ -245,3 +245,76 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
   assert set(ids) <= set(kept) and len(set(ids)) == len(ids)
   assert len(ids) + pipe.stats.get("skipped_labels_too_long", 0) == len(kept), pipe.stats
   assert ids
+
+
+# ---------------------------------------------------------------------------
+# Mixtures of datasets.
+# ---------------------------------------------------------------------------
+
+
+def _mixture_pipeline(data_dir, workdir, mixture):
+  from conftest import REPO
+
+  from moe_asr import config_lib
+  from moe_asr.training import inputs
+
+  cfg = config_lib.load_config(
+    REPO / "configs" / "tiny.py",
+    [
+      f"data.data_dir={data_dir}",
+      "data.buckets=((3.0,4),)",
+      "data.num_threads=1",
+      f"data.mixture={mixture!r}",
+    ],
+  )
+  data = inputs.load_run_data(cfg, workdir)
+  return inputs.make_pipeline(
+    cfg, cfg.data.train_split, data, train=True, process_index=0, process_count=1
+  )
+
+
+def _batch_source(batch) -> str:
+  """The split a batch came from: every example id starts with its split's name."""
+  from moe_asr.data import pipeline as pipeline_lib
+
+  ids = [pipeline_lib._as_str(i) for i, m in zip(batch["id"], batch["example_mask"], strict=True)]
+  splits = {i.rsplit("-", 1)[0] for i in ids if i}
+  assert len(splits) == 1, splits
+  return splits.pop()
+
+
+def test_mixture_proportions_over_a_long_draw(tiny_corpus, tmp_path):
+  from moe_asr.training import inputs
+
+  data_dir, _, _ = tiny_corpus
+  pipe = _mixture_pipeline(data_dir, tmp_path, (("", "train", 3.0), ("", "test", 1.0)))
+  assert isinstance(pipe, inputs.MixturePipeline)
+  it = iter(pipe)
+  draws = [_batch_source(next(it)) for _ in range(400)]
+  # 400 batches at weights 3:1; grain's mix interleaves by weight, so the share of train is
+  # 0.75 within 0.02 (both pipelines repeat: neither runs out).
+  share = draws.count("train") / len(draws)
+  assert abs(share - 0.75) <= 0.02, share
+  assert set(draws) == {"train", "test"}
+  # Over every window of 40 batches too, not only on average.
+  for start in range(0, 400, 40):
+    window = draws[start : start + 40]
+    assert abs(window.count("train") / 40 - 0.75) <= 0.05
+
+
+def test_mixture_iterator_state_resumes_exactly(tiny_corpus, tmp_path):
+  data_dir, _, _ = tiny_corpus
+  mixture = (("", "train", 1.0), ("", "test", 1.0))
+  it = iter(_mixture_pipeline(data_dir, tmp_path, mixture))
+  for _ in range(7):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(6)]
+  resumed = iter(_mixture_pipeline(data_dir, tmp_path, mixture))  # A fresh pipeline.
+  resumed.set_state(state)
+  got = [next(resumed) for _ in range(6)]
+  assert {_batch_source(b) for b in expected} == {"train", "test"}
+  for a, b in zip(expected, got, strict=True):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
