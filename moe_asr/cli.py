@@ -380,6 +380,39 @@ def _pseudo_label(args, overrides) -> int:
   return 0
 
 
+def _self_train(args, overrides) -> int:
+  from moe_asr import selftrain
+
+  _logging(args.verbose)
+  result = selftrain.self_train(
+    args.workdir,
+    args.out,
+    rounds=args.rounds,
+    steps=args.steps,
+    split=args.split,
+    target_cer=args.target_cer,
+    keep_fractions=args.keep_fractions,
+    filter_cfg=selftrain.FilterConfig(
+      min_language_fraction=args.min_language_fraction,
+      min_cps=args.min_cps,
+      max_cps=args.max_cps,
+      check_script=not args.no_script_check,
+    ),
+    pseudo_weight=args.pseudo_weight,
+    init_from_teacher=not args.from_scratch,
+    overrides=overrides,
+  )
+  for r in result["rounds"]:
+    f, t = r["pseudo"]["filter"], r["train"]
+    print(
+      f"round {r['round']}: kept {f['kept']} of {f['items']} pseudo-labels "
+      f"(cap {r['keep_fraction']:.0%}); student {r['student']} step {t.get('step')} "
+      + "  ".join(f"{k}={t[k]:.4g}" for k in ("val/cer", "val/wer", "val/intent_acc") if k in t)
+    )
+  print(f"Wrote {pathlib.Path(args.out) / 'selftrain.json'}")
+  return 0
+
+
 def _demo(args, overrides) -> int:
   from moe_asr import demo
 
@@ -536,6 +569,31 @@ def build_parser() -> argparse.ArgumentParser:
   pl.add_argument("--step", type=int, default=None, help=_STEP_HELP)
   pl.add_argument("-v", "--verbose", action="store_true")
   pl.set_defaults(func=_pseudo_label)
+
+  st = sub.add_parser(
+    "self-train", help="rounds of teacher -> pseudo-labels -> student (config overrides: student)"
+  )
+  st.add_argument("--workdir", required=True, help="the first teacher (a trained run)")
+  st.add_argument("--out", required=True, help="root folder of the rounds")
+  st.add_argument("--rounds", type=int, default=1)
+  st.add_argument("--steps", type=int, default=200, help="training steps of each student")
+  st.add_argument("--split", default="unlabeled", help="the split to pseudo-label")
+  st.add_argument("--target-cer", type=float, default=None, help="threshold target on validation")
+  st.add_argument(
+    "--keep-fractions",
+    type=float,
+    nargs="+",
+    default=[1.0],
+    help="most confident fraction kept in each round (curriculum; the last repeats)",
+  )
+  st.add_argument("--min-language-fraction", type=float, default=0.0, help="per-language quota")
+  st.add_argument("--pseudo-weight", type=float, default=0.5, help="mixture weight of them")
+  st.add_argument("--from-scratch", action="store_true", help="students do not start from teachers")
+  st.add_argument("--min-cps", type=float, default=1.0)
+  st.add_argument("--max-cps", type=float, default=30.0)
+  st.add_argument("--no-script-check", action="store_true")
+  st.add_argument("-v", "--verbose", action="store_true")
+  st.set_defaults(func=_self_train)
 
   demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
   demo.add_argument("--workdir", default="runs/demo", help="where the run goes")

@@ -593,3 +593,133 @@ def _json_safe(x):
   if isinstance(x, list | tuple):
     return [_json_safe(v) for v in x]
   return x
+
+
+# ---------------------------------------------------------------------------
+# Rounds: teacher -> pseudo-labels -> student (-> the next round's teacher).
+# ---------------------------------------------------------------------------
+
+
+def student_config(
+  teacher: str | pathlib.Path,
+  pseudo: Mapping,
+  *,
+  split: str,
+  steps: int,
+  pseudo_weight: float,
+  init_from_teacher: bool = True,
+  overrides: Sequence[str] = (),
+):
+  """The config of a student trained on the teacher's data mixed with its pseudo-labels.
+
+  The teacher's training config (its model, buckets and supervised data), with
+  `data.mixture` = the teacher's train split at weight 1 - `pseudo_weight` and the
+  pseudo-label dataset (`pseudo_label`'s summary) at `pseudo_weight`, `train.steps`, and
+  the teacher's parameters as the start (`init_from`) unless `init_from_teacher` is False.
+  """
+  from moe_asr import config_lib
+  from moe_asr.training import score
+
+  if not 0.0 < pseudo_weight < 1.0:
+    raise ValueError(f"pseudo_weight must be in (0, 1), got {pseudo_weight}")
+  teacher = pathlib.Path(teacher).absolute()
+  cfg = score.workdir_config(teacher)
+  cfg.data.mixture = (
+    (cfg.data.name, cfg.data.train_split, 1.0 - pseudo_weight, str(cfg.data.data_dir)),
+    (pseudo["dataset"], split, pseudo_weight, pseudo["data_dir"]),
+  )
+  cfg.train.steps = int(steps)
+  cfg.resume = ""
+  cfg.init_from = str(teacher / "checkpoints") if init_from_teacher else ""
+  config_lib.apply_overrides(cfg, [o.removeprefix("--").removeprefix("config.") for o in overrides])
+  return cfg
+
+
+def self_train(
+  teacher: str | pathlib.Path,
+  root: str | pathlib.Path,
+  *,
+  rounds: int = 1,
+  steps: int = 200,
+  split: str = "unlabeled",
+  target_cer: float | None = None,
+  keep_fractions: Sequence[float] = (1.0,),
+  filter_cfg: FilterConfig | None = None,
+  pseudo_weight: float = 0.5,
+  init_from_teacher: bool = True,
+  overrides: Sequence[str] = (),
+) -> dict:
+  """Rounds of self-training from a trained teacher run.
+
+  Round r (1-based) labels `split` with the current teacher (`pseudo_label` into
+  `root/round{r}/pseudo`, threshold chosen on validation for `target_cer` when given),
+  keeping at most `keep_fractions[r - 1]` of it (the last entry for later rounds), the most
+  confident first: a curriculum over rounds, most confident first. A student
+  (`student_config`) trains in `root/round{r}/student` on the teacher's data mixed with
+  the kept pseudo-labels, and is the next round's teacher. The teacher's text LM (`W/lm`)
+  is copied to the student, so tuned decode settings that fuse it stay usable; its
+  calibration is not (it belongs to the teacher's model), so a student's confidences are
+  raw until `moe-asr tune-decoding` fits its own.
+
+  Returns:
+    {"rounds": [{"round", "teacher", "student", "pseudo": pseudo_label summary (without the
+    curve), "train": the student's final training summary}]}, also written to
+    `root/selftrain.json`.
+  """
+  from moe_asr.training import text_lm, train
+
+  root = pathlib.Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  if rounds < 1:
+    raise ValueError(f"rounds must be >= 1, got {rounds}")
+  if not keep_fractions:
+    raise ValueError("keep_fractions needs at least one fraction")
+  base = filter_cfg or FilterConfig()
+  teacher = pathlib.Path(teacher).absolute()
+  results = []
+  for r in range(1, rounds + 1):
+    keep = float(keep_fractions[min(r - 1, len(keep_fractions) - 1)])
+    pseudo = pseudo_label(
+      teacher,
+      root / f"round{r}" / "pseudo",
+      split=split,
+      name=f"pseudo_round{r}",
+      target_cer=target_cer,
+      filter_cfg=dataclasses.replace(base, max_keep_fraction=keep),
+    )
+    student = (root / f"round{r}" / "student").absolute()
+    cfg = student_config(
+      teacher,
+      pseudo,
+      split=split,
+      steps=steps,
+      pseudo_weight=pseudo_weight,
+      init_from_teacher=init_from_teacher,
+      overrides=overrides,
+    )
+    lm = text_lm.lm_dir(teacher)
+    if lm.is_dir() and not text_lm.lm_dir(student).exists():
+      shutil.copytree(lm, text_lm.lm_dir(student))
+    summary = train.train_and_evaluate(cfg, student)
+    results.append(
+      {
+        "round": r,
+        "teacher": str(teacher),
+        "student": str(student),
+        "keep_fraction": keep,
+        "pseudo": {k: v for k, v in pseudo.items() if k != "curve"},
+        "train": {k: v for k, v in summary.items() if isinstance(v, int | float | str)},
+      }
+    )
+    _LOG.info(
+      "Self-training round %d: kept %d of %d pseudo-labels; student %s: %s",
+      r,
+      pseudo["filter"]["kept"],
+      pseudo["filter"]["items"],
+      student,
+      {k: v for k, v in results[-1]["train"].items() if k.startswith("val/")},
+    )
+    teacher = student
+  out = {"rounds": results}
+  (root / "selftrain.json").write_text(json.dumps(_json_safe(out), indent=1))
+  return out

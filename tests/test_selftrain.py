@@ -318,3 +318,67 @@ def test_mixture_iterator_state_resumes_exactly(tiny_corpus, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+
+
+# ---------------------------------------------------------------------------
+# A round of self-training.
+# ---------------------------------------------------------------------------
+
+
+def test_tiny_self_training_round_end_to_end(tiny_workdir, tmp_path):
+  """Teacher (the tiny run) -> pseudo-labels of `test` -> a student trained 2 steps on the
+  mixture of its train split and the kept pseudo-labels, started from the teacher.
+
+  `test` (24 utterances) rather than `unlabeled` (8): the student's training pipeline needs
+  a full batch (8) of pseudo-labels within the 3 s bucket.
+  """
+  from conftest import run_cli
+
+  from moe_asr.training import checkpoint as checkpoint_lib
+
+  root = tmp_path / "st"
+  proc = run_cli(
+    "self-train",
+    "--workdir",
+    str(tiny_workdir),
+    "--out",
+    str(root),
+    "--split",
+    "test",
+    "--steps",
+    "2",
+    "--target-cer",
+    "100",
+    "--keep-fractions",
+    "0.9",
+    "--no-script-check",
+    "--min-cps",
+    "0",
+    "--max-cps",
+    "1000",
+    "--config.train.log_every=1",
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads((root / "selftrain.json").read_text())
+  (r,) = result["rounds"]
+  pseudo = r["pseudo"]
+  # The curriculum's cap: the most confident 90% of the 24 (21), all consistent here.
+  assert pseudo["filter"]["items"] == 24
+  assert pseudo["filter"]["kept"] == 21 and pseudo["filter"]["over_cap"] == 3
+  assert pseudo["examples"] == 21
+  labels_file = root / "round1" / "pseudo" / "labels" / "test.jsonl"
+  labels = [json.loads(x) for x in labels_file.read_text().splitlines()]
+  kept = sorted(x["confidence"] for x in labels if x["kept"])
+  dropped = sorted(x["confidence"] for x in labels if not x["kept"])
+  assert kept[0] >= dropped[-1]
+  # The student: trained 2 steps from the teacher on the mixture, saved, and scored.
+  student = root / "round1" / "student"
+  assert r["train"]["step"] == 2 and math.isfinite(r["train"]["train/loss"])
+  config = checkpoint_lib.read_config(student / "checkpoints")
+  assert config["init_from"] == str(tiny_workdir.absolute() / "checkpoints")
+  mixture = [tuple(m) for m in config["data"]["mixture"]]
+  assert [m[:3] for m in mixture] == [
+    ("moe_asr_synth/tiny", "train", 0.5),
+    ("local_manifest/pseudo_round1", "test", 0.5),
+  ]
+  assert "val/cer" in r["train"]
