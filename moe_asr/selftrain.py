@@ -7,12 +7,14 @@ moe-asr self-train --workdir TEACHER --out ROOT --rounds 2 --steps 200
 calibration (`W/calibration.json`) where present (`transcribe.transcribe_files`), and writes:
 
 - `DIR/audio/{split}/*.wav`: the split's audio (16 kHz int16),
-- `DIR/labels/{split}.jsonl`: every decoded utterance: the model's text, language (the
+- `DIR/labels/{split_name}.jsonl`: every decoded utterance: the model's text, language (the
   audio's LID) and its confidence, words with their language and calibrated confidence,
   intent and its confidence, slots, the utterance confidence, the duration and the filter's
   verdict (`kept`, `reason`),
-- `DIR/manifest/{split}.jsonl`: the kept utterances as a `local_manifest` folder, built into
-  the TFDS dataset `local_manifest/NAME` (default NAME `pseudo_{split}`, in `DIR/tfds`), so
+- `DIR/manifest/{split_name}.jsonl`: the kept utterances as a `local_manifest` folder, built
+  into the TFDS dataset `local_manifest/NAME` (default NAME `pseudo_{split_name}`, in
+  `DIR/tfds`; `split_name` is the split with "_" for characters other than letters, digits
+  and "_", so that a split expression such as `train[25%:]+unlabeled` works), so
   that training reads it like any dataset; its metadata holds `pseudo_label`: the
   provenance (workdir, checkpoint step, decode settings, calibration, filter) and the
   per-utterance and per-word confidences by id,
@@ -39,6 +41,7 @@ import json
 import logging
 import math
 import pathlib
+import re
 import shutil
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -471,6 +474,7 @@ def pseudo_label(
   data: str | None = None,
   data_dir: str | None = None,
   name: str | None = None,
+  split_name: str | None = None,
   tfds_dir: str | pathlib.Path | None = None,
   target_cer: float | None = None,
   calibration_split: str = "validation",
@@ -483,10 +487,12 @@ def pseudo_label(
   Args:
     workdir: the teacher run.
     out: the output folder (see the module docstring).
-    split: the split to label.
+    split: the split to label; a TFDS split expression works (`train[25%:]+unlabeled`).
     data, data_dir: the dataset to read `split` (and `calibration_split`) from (default:
       the run's `config.data.name` and `data_dir`).
-    name: the dataset's name, `local_manifest/{name}` (default `pseudo_{split}`).
+    name: the dataset's name, `local_manifest/{name}` (default `pseudo_{split_name}`).
+    split_name: its split (default: `split` with every character other than a letter, digit
+      or "_" replaced by "_").
     tfds_dir: the TFDS data dir it is built in (default `out/tfds`).
     target_cer: choose the confidence threshold on `calibration_split` for this pooled
       CER of the kept pseudo-labels (None: `filter_cfg.threshold` as given).
@@ -496,7 +502,8 @@ def pseudo_label(
     step: the checkpoint step (default: the newest).
 
   Returns:
-    The summary written to `out/filter.json`: "dataset", "data_dir", "split", "provenance",
+    The summary written to `out/filter.json`: "dataset", "data_dir", "split", "split_name",
+    "examples", "provenance",
     "filter" (counts), and with a target "target_cer", "threshold", "curve", and "validation"
     (the kept and dropped CER at the threshold).
   """
@@ -512,7 +519,8 @@ def pseudo_label(
   data = data or cfg.data.name
   data_dir = data_dir or cfg.data.data_dir
   filter_cfg = dataclasses.replace(filter_cfg) if filter_cfg else FilterConfig()
-  name = name or f"pseudo_{split}"
+  split_name = split_name or re.sub(r"[^A-Za-z0-9_]", "_", split)
+  name = name or f"pseudo_{split_name}"
   tfds_dir = pathlib.Path(tfds_dir) if tfds_dir else out / "tfds"
 
   sources = {split: pipeline_lib.data_source(data, split, data_dir=data_dir)}
@@ -520,7 +528,10 @@ def pseudo_label(
     sources[calibration_split] = pipeline_lib.data_source(
       data, calibration_split, data_dir=data_dir
     )
-  exported = {s: export_audio(src, out / "audio" / s) for s, src in sources.items()}
+  exported = {
+    s: export_audio(src, out / "audio" / re.sub(r"[^A-Za-z0-9_]", "_", s))
+    for s, src in sources.items()
+  }
   paths = [e["path"] for s in exported for e in exported[s]]
   records = transcribe.transcribe_files(workdir, paths, overrides=overrides, step=step)
   by_path = {rec["file"]: rec for rec in records}
@@ -534,7 +545,7 @@ def pseudo_label(
     "calibration": None if calibration is None else calibration.to_dict(),
     "source": {"data": data, "data_dir": str(data_dir), "split": split},
   }
-  summary: dict[str, Any] = {"split": split, "provenance": provenance}
+  summary: dict[str, Any] = {"split": split, "split_name": split_name, "provenance": provenance}
   if target_cer is not None:
     refs = references(sources[calibration_split])
     val = items[calibration_split]
@@ -564,7 +575,7 @@ def pseudo_label(
   provenance["filter"] = dataclasses.asdict(filter_cfg)
   labels_dir = out / "labels"
   labels_dir.mkdir(exist_ok=True)
-  with open(labels_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+  with open(labels_dir / f"{split_name}.jsonl", "w", encoding="utf-8") as f:
     for item in items[split]:
       f.write(json.dumps(item, ensure_ascii=False) + "\n")
   kept = [item for item, keep in zip(items[split], flags, strict=True) if keep]
@@ -574,12 +585,12 @@ def pseudo_label(
       "set a language quota"
     )
   builder = write_dataset(
-    kept, out, split=split, name=name, data_dir=tfds_dir, provenance=provenance
+    kept, out, split=split_name, name=name, data_dir=tfds_dir, provenance=provenance
   )
   summary.update(
     dataset=f"local_manifest/{name}",
     data_dir=str(tfds_dir.absolute()),
-    examples=int(builder.info.splits[split].num_examples),
+    examples=int(builder.info.splits[split_name].num_examples),
   )
   (out / "filter.json").write_text(json.dumps(_json_safe(summary), indent=1))
   return summary
@@ -604,7 +615,6 @@ def student_config(
   teacher: str | pathlib.Path,
   pseudo: Mapping,
   *,
-  split: str,
   steps: int,
   pseudo_weight: float,
   init_from_teacher: bool = True,
@@ -626,7 +636,7 @@ def student_config(
   cfg = score.workdir_config(teacher)
   cfg.data.mixture = (
     (cfg.data.name, cfg.data.train_split, 1.0 - pseudo_weight, str(cfg.data.data_dir)),
-    (pseudo["dataset"], split, pseudo_weight, pseudo["data_dir"]),
+    (pseudo["dataset"], pseudo["split_name"], pseudo_weight, pseudo["data_dir"]),
   )
   cfg.train.steps = int(steps)
   cfg.resume = ""
@@ -691,7 +701,6 @@ def self_train(
     cfg = student_config(
       teacher,
       pseudo,
-      split=split,
       steps=steps,
       pseudo_weight=pseudo_weight,
       init_from_teacher=init_from_teacher,
