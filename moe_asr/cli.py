@@ -620,6 +620,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     ("moe_asr.training.run_lock", ("WorkdirBusyError",)),
     ("moe_asr.training.distributed", ("PeerError",)),
     ("moe_asr.training.train", ("NonFiniteError",)),
+    ("moe_asr.selftrain", ("NothingKeptError",)),
   ):
     loaded = sys.modules.get(module)
     known += [getattr(loaded, name) for name in names if hasattr(loaded, name)]

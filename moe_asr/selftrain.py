@@ -213,6 +213,10 @@ def plot_curve(curve: Sequence[Mapping], threshold: float, path: str | pathlib.P
 # ---------------------------------------------------------------------------
 
 
+class NothingKeptError(ValueError):
+  """No pseudo-label passed the filter (the counts say why)."""
+
+
 @dataclasses.dataclass
 class FilterConfig:
   """How pseudo-labels are filtered (see the module docstring).
@@ -580,9 +584,11 @@ def pseudo_label(
       f.write(json.dumps(item, ensure_ascii=False) + "\n")
   kept = [item for item, keep in zip(items[split], flags, strict=True) if keep]
   if not kept:
-    raise ValueError(
-      f"No pseudo-label of {split} passed the filter ({counts}); lower the target or "
-      "set a language quota"
+    raise NothingKeptError(
+      f"No pseudo-label of {split} passed the filter: of {counts['items']}, inconsistent "
+      f"{counts['skipped']}, below the threshold {counts['below_threshold']} (threshold "
+      f"{filter_cfg.threshold}); a looser --target-cer or a language quota keeps more, "
+      "an empty hypothesis is never kept"
     )
   builder = write_dataset(
     kept, out, split=split_name, name=name, data_dir=tfds_dir, provenance=provenance

@@ -283,6 +283,25 @@ def _batch_source(batch) -> str:
   return splits.pop()
 
 
+def test_mixture_from_a_command_line_override():
+  from conftest import REPO
+
+  from moe_asr import config_lib
+  from moe_asr.training import inputs
+
+  cfg = config_lib.load_config(
+    REPO / "configs" / "tiny.py",
+    ["data.mixture=(('moe_asr_synth/tiny','train',0.7),('local_manifest/pl','x',0.3,'/d'))"],
+  )
+  assert inputs.mixture_entries(cfg.data.mixture) == [
+    ("moe_asr_synth/tiny", "train", 0.7, ""),
+    ("local_manifest/pl", "x", 0.3, "/d"),
+  ]
+  for bad in ((("a", "train", 0.0),), (("a", "train"),), ()):
+    with pytest.raises(ValueError):
+      inputs.mixture_entries(bad)
+
+
 def test_mixture_proportions_over_a_long_draw(tiny_corpus, tmp_path):
   from moe_asr.training import inputs
 
