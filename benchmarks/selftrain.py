@@ -16,6 +16,10 @@
    `--student-steps` x rounds steps on the labelled part alone (the same number of steps
    as the last round's student has had since the supervised run).
 
+`python benchmarks/selftrain.py --score-pseudo-labels PL` scores a `moe-asr pseudo-label`
+output folder instead: the CER and intent accuracy of its kept and dropped pseudo-labels
+against the labelled split's hidden references (read here, never by `pseudo-label`).
+
 Every run is scored by `moe-asr eval` (its newest checkpoint, the run's decode settings)
 on `--splits`; the table (WER, CER, intent accuracy, slot F1 in %, with 95% bootstrap
 intervals) and each round's filter (threshold, kept fraction and the CER of the kept and
@@ -66,6 +70,39 @@ def _pseudo_label_cer(labels_file: pathlib.Path, refs: dict) -> dict:
   }
 
 
+def score_pseudo_labels(pl_dir: pathlib.Path) -> dict:
+  """Kept and dropped pseudo-labels of a `pseudo-label` folder against the hidden labels."""
+  summary = json.loads((pl_dir / "filter.json").read_text())
+  source = summary["provenance"]["source"]
+  refs = selftrain.references(
+    pipeline_lib.data_source(source["data"], source["split"], data_dir=source["data_dir"])
+  )
+  out = {"filter": summary["filter"], "threshold": summary.get("threshold")}
+  out["validation"] = summary.get("validation")
+  items = [
+    json.loads(x)
+    for x in (pl_dir / "labels" / f"{summary.get('split_name', summary['split'])}.jsonl")
+    .read_text()
+    .splitlines()
+  ]
+  for name, group in (
+    ("kept", [i for i in items if i["kept"]]),
+    ("dropped", [i for i in items if not i["kept"]]),
+  ):
+    counts = [metrics_lib.edit_counts(refs[i["id"]]["text"], i["text"], "char") for i in group]
+    labelled = [i for i in group if refs[i["id"]]["intent"]]
+    out[name] = {
+      "n": len(group),
+      "cer": metrics_lib.error_rate(counts),
+      "intent_acc": (
+        sum(i["intent"] == refs[i["id"]]["intent"] for i in labelled) / len(labelled)
+        if labelled
+        else None
+      ),
+    }
+  return out
+
+
 def _cell(split_report: dict, metric: str) -> str:
   value = split_report.get(metric)
   if value is None:
@@ -106,8 +143,11 @@ def format_markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--root", required=True, type=pathlib.Path)
-  parser.add_argument("--data-dir", required=True)
+  parser.add_argument("--root", type=pathlib.Path)
+  parser.add_argument("--data-dir")
+  parser.add_argument(
+    "--score-pseudo-labels", type=pathlib.Path, default=None, help="a pseudo-label folder"
+  )
   parser.add_argument("--config", default="configs/tiny.py")
   parser.add_argument("--labelled", type=int, default=25, help="percent of train with labels")
   parser.add_argument("--teacher-steps", type=int, default=300)
@@ -123,6 +163,12 @@ def main(argv=None) -> int:
     "--override", action="append", default=[], help="a.b=value override of every run (repeat)"
   )
   args = parser.parse_args(argv)
+  if args.score_pseudo_labels:
+    scored = score_pseudo_labels(args.score_pseudo_labels)
+    print(json.dumps(selftrain._json_safe(scored), indent=1))
+    return 0
+  if args.root is None or args.data_dir is None:
+    parser.error("--root and --data-dir are required (or --score-pseudo-labels)")
 
   start = time.time()
   root = args.root.absolute()
