@@ -358,6 +358,7 @@ def _pseudo_label(args, overrides) -> int:
     ),
     overrides=overrides,
     step=args.step,
+    noise_snr=args.noise_snr,
   )
   counts = summary["filter"]
   if "threshold" in summary:
@@ -401,6 +402,7 @@ def _self_train(args, overrides) -> int:
     pseudo_weight=args.pseudo_weight,
     init_from_teacher=not args.from_scratch,
     overrides=overrides,
+    noise_snr=args.noise_snr,
   )
   for r in result["rounds"]:
     f, t = r["pseudo"]["filter"], r["train"]
@@ -566,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
   pl.add_argument(
     "--no-script-check", action="store_true", help="keep words in another script than the LID's"
   )
+  pl.add_argument(
+    "--noise-snr",
+    type=float,
+    nargs=2,
+    default=None,
+    metavar=("LOW", "HIGH"),
+    help="store noisy copies (SNR dB drawn from LOW..HIGH) of the audio the teacher decoded",
+  )
   pl.add_argument("--step", type=int, default=None, help=_STEP_HELP)
   pl.add_argument("-v", "--verbose", action="store_true")
   pl.set_defaults(func=_pseudo_label)
@@ -592,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
   st.add_argument("--min-cps", type=float, default=1.0)
   st.add_argument("--max-cps", type=float, default=30.0)
   st.add_argument("--no-script-check", action="store_true")
+  st.add_argument(
+    "--noise-snr", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="noisy student"
+  )
   st.add_argument("-v", "--verbose", action="store_true")
   st.set_defaults(func=_self_train)
 

@@ -18,7 +18,9 @@ calibration (`W/calibration.json`) where present (`transcribe.transcribe_files`)
   that training reads it like any dataset; its metadata holds `pseudo_label`: the
   provenance (workdir, checkpoint step, decode settings, calibration, filter) and the
   per-utterance and per-word confidences by id,
-- `DIR/filter.json` (and `filter_curve.png` with a target): the filter's choices and counts.
+- `DIR/filter.json` (and `filter_curve.png` with a target): the filter's choices and counts,
+- with `noise_snr`, `DIR/audio/{split_name}_noisy/`: noisy copies of the kept utterances'
+  audio, which the dataset holds instead (the student hears noise the teacher did not).
 
 The references of the decoded split are never read into any of these: the labels are the
 model's. With `target_cer`, a labelled split (`validation`) is decoded too, and its
@@ -397,7 +399,8 @@ def manifest_line(item: Mapping) -> dict:
   from moe_asr.data import text as text_lib
 
   text = text_lib.normalize(item["text"])
-  line: dict[str, Any] = {"path": item["path"], "text": text, "id": item["id"]}
+  path = item.get("student_path") or item["path"]
+  line: dict[str, Any] = {"path": path, "text": text, "id": item["id"]}
   if item.get("speaker"):
     line["speaker"] = item["speaker"]
   words = [w["word"] for w in item["words"]]
@@ -457,6 +460,37 @@ def write_dataset(
   return builder
 
 
+def noisy_copies(
+  items: Sequence[dict], directory: pathlib.Path, snr_range: tuple[float, float], seed: int = 0
+) -> None:
+  """Writes a noisy copy of each item's audio for the student (`item["student_path"]`).
+
+  White, pink or brown noise at an SNR drawn uniformly from `snr_range` (dB), seeded by
+  `seed` and the item's position: the student trains on audio the teacher did not decode,
+  with the teacher's labels from the clean audio (noisy-student training's input noise).
+  Silent audio is copied as it is.
+  """
+  import soundfile
+
+  from moe_asr.data import schema
+  from moe_asr.data.synth import augment
+
+  low, high = (float(x) for x in snr_range)
+  if not low <= high:
+    raise ValueError(f"noise SNR range must be (low, high) with low <= high, got {snr_range}")
+  directory.mkdir(parents=True, exist_ok=True)
+  for k, item in enumerate(items):
+    audio, _ = soundfile.read(item["path"], dtype="float32")
+    rng = np.random.default_rng([seed, k])
+    snr = float(rng.uniform(low, high))
+    if np.any(audio):
+      noise = augment.make_noise(str(rng.choice(["white", "pink", "brown"])), len(audio), rng)
+      audio = augment.add_noise(audio, noise, snr)
+    path = directory / pathlib.Path(item["path"]).name
+    soundfile.write(path, augment.to_int16(audio), schema.SAMPLE_RATE, subtype="PCM_16")
+    item["student_path"], item["student_snr_db"] = str(path), snr
+
+
 def checkpoint_step(workdir: str | pathlib.Path, step: int | None = None) -> int | None:
   """The checkpoint step a decode of `workdir` uses (the newest, or `step`)."""
   from moe_asr.training import checkpoint as checkpoint_lib
@@ -485,6 +519,7 @@ def pseudo_label(
   filter_cfg: FilterConfig | None = None,
   overrides: Sequence[str] = (),
   step: int | None = None,
+  noise_snr: tuple[float, float] | None = None,
 ) -> dict:
   """Decodes `split` with `workdir`'s model into a filtered pseudo-label dataset.
 
@@ -504,6 +539,8 @@ def pseudo_label(
     filter_cfg: the filter (default `FilterConfig()`).
     overrides: `config.a.b=value` overrides of the run's config (decode settings, ...).
     step: the checkpoint step (default: the newest).
+    noise_snr: (low, high) dB: the dataset's audio is a noisy copy of what the teacher
+      decoded (`noisy_copies`); None: the clean audio.
 
   Returns:
     The summary written to `out/filter.json`: "dataset", "data_dir", "split", "split_name",
@@ -577,12 +614,15 @@ def pseudo_label(
   flags, counts = filter_items(items[split], filter_cfg)
   summary["filter"] = counts
   provenance["filter"] = dataclasses.asdict(filter_cfg)
+  kept = [item for item, keep in zip(items[split], flags, strict=True) if keep]
+  if noise_snr is not None:
+    noisy_copies(kept, out / "audio" / f"{split_name}_noisy", noise_snr)
+    provenance["student_noise_snr_db"] = list(noise_snr)
   labels_dir = out / "labels"
   labels_dir.mkdir(exist_ok=True)
   with open(labels_dir / f"{split_name}.jsonl", "w", encoding="utf-8") as f:
     for item in items[split]:
       f.write(json.dumps(item, ensure_ascii=False) + "\n")
-  kept = [item for item, keep in zip(items[split], flags, strict=True) if keep]
   if not kept:
     raise NothingKeptError(
       f"No pseudo-label of {split} passed the filter: of {counts['items']}, inconsistent "
@@ -664,6 +704,7 @@ def self_train(
   pseudo_weight: float = 0.5,
   init_from_teacher: bool = True,
   overrides: Sequence[str] = (),
+  noise_snr: tuple[float, float] | None = None,
 ) -> dict:
   """Rounds of self-training from a trained teacher run.
 
@@ -675,7 +716,9 @@ def self_train(
   the kept pseudo-labels, and is the next round's teacher. The teacher's text LM (`W/lm`)
   is copied to the student, so tuned decode settings that fuse it stay usable; its
   calibration is not (it belongs to the teacher's model), so a student's confidences are
-  raw until `moe-asr tune-decoding` fits its own.
+  raw until `moe-asr tune-decoding` fits its own. With `noise_snr` the student trains on
+  noisy copies of the audio the teacher labelled clean (`noisy_copies`), on top of the
+  SpecAugment of training.
 
   Returns:
     {"rounds": [{"round", "teacher", "student", "pseudo": pseudo_label summary (without the
@@ -702,6 +745,7 @@ def self_train(
       name=f"pseudo_round{r}",
       target_cer=target_cer,
       filter_cfg=dataclasses.replace(base, max_keep_fraction=keep),
+      noise_snr=noise_snr,
     )
     student = (root / f"round{r}" / "student").absolute()
     cfg = student_config(

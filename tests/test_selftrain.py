@@ -163,10 +163,12 @@ def _planted_dataset(data_dir, tmp_path):
 
 
 def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_path):
+  import soundfile
   from conftest import run_cli
 
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.data import text as text_lib
+  from moe_asr.data.synth import augment
   from moe_asr.training import inputs, score
 
   data_dir = score.workdir_config(tiny_workdir).data.data_dir
@@ -189,6 +191,9 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
     "--no-script-check",
     "--max-cps",
     "1000",
+    "--noise-snr",
+    "5",
+    "15",
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   labels = [json.loads(x) for x in (out / "labels" / "unlabeled.jsonl").read_text().splitlines()]
@@ -218,6 +223,12 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
     assert pipeline_lib._as_str(ex["text"]) == text_lib.normalize(item["text"])
     assert pipeline_lib._as_str(ex["text"]) != PLANTED
     assert pipeline_lib._as_str(ex["intent"]) in ("", item["intent"])
+    # The student's audio: a noisy copy (5 to 15 dB SNR) of what the teacher decoded clean.
+    clean, _ = soundfile.read(item["path"], dtype="float32")
+    noisy = np.asarray(ex["audio"], np.float32) / 32768.0
+    assert len(noisy) == len(clean)
+    snr = augment.snr_db(clean, noisy)
+    assert 4.5 <= snr <= 15.5 and snr == pytest.approx(item["student_snr_db"], abs=0.5)
   import tensorflow_datasets as tfds
 
   builder = tfds.builder("local_manifest/pseudo_unlabeled", data_dir=summary["data_dir"])
