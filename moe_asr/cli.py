@@ -11,6 +11,8 @@ moe-asr eval --workdir W [--step N] [--decode.method=ctc_beam --decode.beam=8
              --decode.lm_weight=0.3 --decode.bias_file=phrases.txt]
 moe-asr tune-decoding --workdir W    # fusion weights + calibration -> W/decoding.json
 moe-asr transcribe --workdir W a.wav b.flac   # JSON lines
+moe-asr pseudo-label --workdir W --split unlabeled --out DIR [--target-cer 0.15]
+moe-asr self-train --workdir TEACHER --out ROOT --rounds 2 --steps 200
 moe-asr demo --workdir runs/demo     # the main job
 """
 
@@ -332,6 +334,87 @@ def _tune_decoding(args, overrides) -> int:
   return 0
 
 
+def _pseudo_label(args, overrides) -> int:
+  from moe_asr import selftrain
+
+  _logging(args.verbose)
+  summary = selftrain.pseudo_label(
+    args.workdir,
+    args.out,
+    split=args.split,
+    data=args.data,
+    data_dir=args.data_dir,
+    name=args.name,
+    tfds_dir=args.tfds_dir,
+    target_cer=args.target_cer,
+    calibration_split=args.calibration_split,
+    filter_cfg=selftrain.FilterConfig(
+      threshold=args.threshold,
+      min_language_fraction=args.min_language_fraction,
+      max_keep_fraction=args.max_keep_fraction,
+      min_cps=args.min_cps,
+      max_cps=args.max_cps,
+      check_script=not args.no_script_check,
+    ),
+    overrides=overrides,
+    step=args.step,
+    noise_snr=args.noise_snr,
+  )
+  counts = summary["filter"]
+  if "threshold" in summary:
+    at = summary["validation"] or {}
+    print(
+      f"Threshold {summary['threshold']:.4g} for CER <= {summary['target_cer']} on "
+      f"{summary['calibration_split']}: keeps {at.get('kept_fraction', 0):.1%} at CER "
+      f"{at.get('kept_cer')} (dropped: {at.get('dropped_cer')})"
+    )
+  print(
+    f"{summary['split']}: kept {counts['kept']} of {counts['items']} "
+    f"(inconsistent {counts['skipped']}, below threshold {counts['below_threshold']}, "
+    f"over the cap {counts['over_cap']}, added by quotas {counts['quota_added']}); "
+    f"per language {counts['kept_per_language']}"
+  )
+  print(
+    f"Dataset {summary['dataset']} ({summary['examples']} utterances) in {summary['data_dir']}; "
+    f"{pathlib.Path(args.out) / 'filter.json'}"
+  )
+  return 0
+
+
+def _self_train(args, overrides) -> int:
+  from moe_asr import selftrain
+
+  _logging(args.verbose)
+  result = selftrain.self_train(
+    args.workdir,
+    args.out,
+    rounds=args.rounds,
+    steps=args.steps,
+    split=args.split,
+    target_cer=args.target_cer,
+    keep_fractions=args.keep_fractions,
+    filter_cfg=selftrain.FilterConfig(
+      min_language_fraction=args.min_language_fraction,
+      min_cps=args.min_cps,
+      max_cps=args.max_cps,
+      check_script=not args.no_script_check,
+    ),
+    pseudo_weight=args.pseudo_weight,
+    init_from_teacher=not args.from_scratch,
+    overrides=overrides,
+    noise_snr=args.noise_snr,
+  )
+  for r in result["rounds"]:
+    f, t = r["pseudo"]["filter"], r["train"]
+    print(
+      f"round {r['round']}: kept {f['kept']} of {f['items']} pseudo-labels "
+      f"(cap {r['keep_fraction']:.0%}); student {r['student']} step {t.get('step')} "
+      + "  ".join(f"{k}={t[k]:.4g}" for k in ("val/cer", "val/wer", "val/intent_acc") if k in t)
+    )
+  print(f"Wrote {pathlib.Path(args.out) / 'selftrain.json'}")
+  return 0
+
+
 def _demo(args, overrides) -> int:
   from moe_asr import demo
 
@@ -467,6 +550,70 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("-v", "--verbose", action="store_true")
   tune.set_defaults(func=_tune_decoding)
 
+  pl = sub.add_parser(
+    "pseudo-label", help="label a split with a run's model, filtered, as a TFDS dataset"
+  )
+  pl.add_argument("--workdir", required=True, help="the teacher run")
+  pl.add_argument("--split", default="unlabeled", help="the split to label")
+  pl.add_argument("--out", required=True, help="output folder (audio, labels, manifest, tfds)")
+  pl.add_argument("--data", default=None, help="dataset to read (default: the run's)")
+  pl.add_argument("--data-dir", default=None, help="its TFDS data dir (default: the run's)")
+  pl.add_argument("--name", default=None, help="local_manifest/NAME (default pseudo_SPLIT)")
+  pl.add_argument("--tfds-dir", default=None, help="where it is built (default OUT/tfds)")
+  pl.add_argument(
+    "--target-cer", type=float, default=None, help="choose the threshold for this kept CER"
+  )
+  pl.add_argument("--calibration-split", default="validation", help="labelled split for it")
+  pl.add_argument("--threshold", type=float, default=0.0, help="confidence threshold (no target)")
+  pl.add_argument(
+    "--min-language-fraction", type=float, default=0.0, help="per-language quota of kept items"
+  )
+  pl.add_argument("--max-keep-fraction", type=float, default=1.0, help="keep at most this much")
+  pl.add_argument("--min-cps", type=float, default=1.0, help="fewer characters/s: implausible")
+  pl.add_argument("--max-cps", type=float, default=30.0, help="more characters/s: implausible")
+  pl.add_argument(
+    "--no-script-check", action="store_true", help="keep words in another script than the LID's"
+  )
+  pl.add_argument(
+    "--noise-snr",
+    type=float,
+    nargs=2,
+    default=None,
+    metavar=("LOW", "HIGH"),
+    help="store noisy copies (SNR dB drawn from LOW..HIGH) of the audio the teacher decoded",
+  )
+  pl.add_argument("--step", type=int, default=None, help=_STEP_HELP)
+  pl.add_argument("-v", "--verbose", action="store_true")
+  pl.set_defaults(func=_pseudo_label)
+
+  st = sub.add_parser(
+    "self-train", help="rounds of teacher -> pseudo-labels -> student (config overrides: student)"
+  )
+  st.add_argument("--workdir", required=True, help="the first teacher (a trained run)")
+  st.add_argument("--out", required=True, help="root folder of the rounds")
+  st.add_argument("--rounds", type=int, default=1)
+  st.add_argument("--steps", type=int, default=200, help="training steps of each student")
+  st.add_argument("--split", default="unlabeled", help="the split to pseudo-label")
+  st.add_argument("--target-cer", type=float, default=None, help="threshold target on validation")
+  st.add_argument(
+    "--keep-fractions",
+    type=float,
+    nargs="+",
+    default=[1.0],
+    help="most confident fraction kept in each round (curriculum; the last repeats)",
+  )
+  st.add_argument("--min-language-fraction", type=float, default=0.0, help="per-language quota")
+  st.add_argument("--pseudo-weight", type=float, default=0.5, help="mixture weight of them")
+  st.add_argument("--from-scratch", action="store_true", help="students do not start from teachers")
+  st.add_argument("--min-cps", type=float, default=1.0)
+  st.add_argument("--max-cps", type=float, default=30.0)
+  st.add_argument("--no-script-check", action="store_true")
+  st.add_argument(
+    "--noise-snr", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="noisy student"
+  )
+  st.add_argument("-v", "--verbose", action="store_true")
+  st.set_defaults(func=_self_train)
+
   demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
   demo.add_argument("--workdir", default="runs/demo", help="where the run goes")
   demo.add_argument("--data-dir", default="data", help="TFDS data directory of the corpus")
@@ -492,6 +639,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     ("moe_asr.training.run_lock", ("WorkdirBusyError",)),
     ("moe_asr.training.distributed", ("PeerError",)),
     ("moe_asr.training.train", ("NonFiniteError",)),
+    ("moe_asr.selftrain", ("NothingKeptError",)),
   ):
     loaded = sys.modules.get(module)
     known += [getattr(loaded, name) for name in names if hasattr(loaded, name)]

@@ -58,6 +58,10 @@ def get_config(model: str = "tiny", corpus: str = "tiny"):
   d.long_policy = "skip"  # Utterances beyond the last bucket: "skip" or "cut".
   d.num_threads = 2  # grain reader threads.
   d.prefetch = 4
+  # Train on several datasets: ((name, split, weight[, data_dir]), ...), batches drawn in
+  # proportion to the weights (`inputs.MixturePipeline`); "" = data.name / data.data_dir.
+  # Empty: `train_split` of `name` alone.
+  d.mixture = ()
   # Easy examples first: global batch i < steps draws only from the easiest f(i) of train
   # (see `pipeline.Curriculum`); from batch `steps` on, the plain plan of the seed.
   cur = d.curriculum = ml_collections.ConfigDict()

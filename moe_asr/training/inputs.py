@@ -249,7 +249,19 @@ def make_pipeline(
 
   A training pipeline follows `config.data.curriculum` (easy examples first); an evaluation
   one never does.
+
+  With `config.data.mixture` a training pipeline is a `MixturePipeline` of its datasets
+  (and `split` is not read).
   """
+  if train and cfg.data.get("mixture"):
+    return make_mixture(
+      cfg,
+      data,
+      process_index=process_index,
+      process_count=process_count,
+      seed=seed,
+      overrides=overrides,
+    )
   source = split_source(cfg, split)
   overrides = dict(overrides or {})
   curriculum = pipeline_lib.Curriculum.from_config(
@@ -296,3 +308,108 @@ def make_pipeline(
     process_index=process_index,
     process_count=process_count,
   )
+
+
+def mixture_entries(mixture) -> list[tuple[str, str, float, str]]:
+  """`config.data.mixture` as (name, split, weight, data_dir) tuples.
+
+  Each entry is (name, split, weight) or (name, split, weight, data_dir); an empty name or
+  data_dir means `config.data.name` / `config.data.data_dir`.
+  """
+  entries = []
+  for entry in mixture:
+    entry = tuple(entry)
+    if len(entry) not in (3, 4):
+      raise ValueError(
+        f"config.data.mixture entries are (name, split, weight[, data_dir]), got {entry!r}"
+      )
+    name, split, weight = entry[:3]
+    data_dir = entry[3] if len(entry) == 4 else ""
+    if not isinstance(weight, int | float) or not weight > 0:
+      raise ValueError(f"config.data.mixture weight must be > 0, got {entry!r}")
+    entries.append((str(name), str(split), float(weight), str(data_dir)))
+  if not entries:
+    raise ValueError("config.data.mixture is empty")
+  return entries
+
+
+class MixturePipeline:
+  """Training batches drawn from several pipelines in proportion to their weights.
+
+  Each dataset is its own bucketed, shuffled, repeating `Pipeline` (the run's buckets, so
+  every batch has a shape the step was compiled for); `grain.MapDataset.mix` interleaves
+  their batches deterministically by weight, so batch i of the mixture is always the same
+  batch, and the iterator's state (a single position) resumes the exact sequence.
+  """
+
+  def __init__(self, pipelines, weights, names):
+    self.pipelines, self.weights, self.names = list(pipelines), list(weights), list(names)
+    self.cfg = self.pipelines[0].cfg
+
+  @property
+  def stats(self) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for p in self.pipelines:
+      for k, v in p.stats.items():
+        total[k] = total.get(k, 0) + v
+    return total
+
+  def example_batches(self) -> dict[int, dict[str, np.ndarray]]:
+    shapes = {}
+    for p in self.pipelines:
+      shapes.update(p.example_batches())
+    return shapes
+
+  def empty_batch(self, bucket_index: int) -> dict[str, np.ndarray]:
+    return self.pipelines[0].empty_batch(bucket_index)
+
+  @property
+  def batches_per_epoch(self) -> int:
+    return sum(p.batches_per_epoch for p in self.pipelines)
+
+  def dataset(self):
+    import grain
+
+    return grain.MapDataset.mix([p.dataset() for p in self.pipelines], self.weights)
+
+  def __iter__(self):
+    import grain
+
+    read = grain.ReadOptions(
+      num_threads=self.cfg.num_threads, prefetch_buffer_size=self.cfg.prefetch
+    )
+    return iter(self.dataset().to_iter_dataset(read))
+
+
+def make_mixture(
+  cfg: ml_collections.ConfigDict,
+  data: RunData,
+  *,
+  process_index: int,
+  process_count: int,
+  seed: int | None = None,
+  overrides: Mapping | None = None,
+) -> MixturePipeline:
+  """The `MixturePipeline` of `config.data.mixture` (tokenizer and labels from `data`)."""
+  pipelines, weights, names = [], [], []
+  base_seed = cfg.seed if seed is None else seed
+  for k, (name, split, weight, data_dir) in enumerate(mixture_entries(cfg.data.mixture)):
+    part = ml_collections.ConfigDict(cfg.to_dict())
+    part.data.mixture = ()
+    part.data.name = name or cfg.data.name
+    part.data.data_dir = data_dir or cfg.data.data_dir
+    pipelines.append(
+      make_pipeline(
+        part,
+        split,
+        data,
+        train=True,
+        process_index=process_index,
+        process_count=process_count,
+        seed=base_seed + k,
+        overrides=overrides,
+      )
+    )
+    weights.append(weight)
+    names.append(f"{part.data.name}:{split}")
+  return MixturePipeline(pipelines, weights, names)
