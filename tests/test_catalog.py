@@ -203,3 +203,35 @@ def test_schema_data_source_over_a_list():
   assert clone[0]["text"] == "down" and len(clone) == 4
   for i in range(4):
     schema.features().encode_example(source[i])
+
+
+def test_the_fleurs_preset_trains_on_a_mixture_of_its_languages(tmp_path):
+  """`fleurs_large`'s data side on mocked FLEURS: one tokenizer over every language's
+  transcripts, and training batches drawn from all six datasets."""
+  from moe_asr import config_lib
+  from moe_asr.training import inputs
+
+  cfg = config_lib.load_config(
+    "fleurs_large",
+    [f"data.data_dir={tmp_path / 'tfds'}", "data.buckets=((32.0,4),)", "data.vocab_size=300"],
+  )
+  parts = inputs.training_parts(cfg)
+  assert [p.data.name for p, _ in parts] == [f"xtreme_s/fleurs.{x}" for x in
+                                             ("en_us", "de_de", "fr_fr", "es_419", "hi_in",
+                                              "cmn_hans_cn")]  # fmt: skip
+  with _mock(6):
+    data = inputs.load_run_data(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "tokenizer.model").exists()
+    pipe = inputs.make_pipeline(
+      cfg, cfg.data.train_split, data, train=True, process_index=0, process_count=1
+    )
+    assert isinstance(pipe, inputs.MixturePipeline) and len(pipe.pipelines) == 6
+    languages_seen = set()
+    for batch, _ in zip(pipe, range(24), strict=False):
+      assert batch["audio"].shape[0] == 4
+      real = batch["example_mask"].astype(bool)
+      languages_seen |= {int(x) for x in batch["language"][real]}
+  from moe_asr.data import languages
+
+  six = {languages.language_index(c) for c in ("en", "de", "fr", "es", "hi", "cmn")}
+  assert languages_seen == six  # Each example labelled with its dataset's language.

@@ -80,7 +80,7 @@ def test_presets_ship_inside_the_package():
   import moe_asr
 
   assert pathlib.Path(moe_asr.__file__).resolve().parent / "configs" == CONFIGS
-  assert config_lib.presets() == ["demo", "large", "small", "tiny", "transfer"]
+  assert config_lib.presets() == ["demo", "fleurs_large", "large", "small", "tiny", "transfer"]
   assert config_lib.presets("corpus") == ["demo", "tiny"]
 
 

@@ -410,3 +410,25 @@ def test_tiny_self_training_round_end_to_end(tiny_workdir, tmp_path):
     ("local_manifest/pseudo_round1", "test", 0.5),
   ]
   assert "val/cer" in r["train"]
+
+
+def test_a_mixture_trains_its_tokenizer_on_every_dataset(tiny_corpus, tmp_path):
+  """A tokenizer trained for a mixture run spells each dataset's letters as pieces: Russian
+  (only in heldout_train) gets Cyrillic pieces with the mixture, byte pieces without it."""
+  from moe_asr import config_lib
+  from moe_asr.training import inputs
+
+  data_dir, _, _ = tiny_corpus
+  common = [f"data.data_dir={data_dir}", "data.vocab_size=600", "data.character_coverage=1.0"]
+  mixture = "(('moe_asr_synth/tiny','train',1.0),('moe_asr_synth/tiny','heldout_train',1.0))"
+  pieces = {}
+  for name, extra in (("alone", []), ("mixture", [f"data.mixture={mixture}"])):
+    cfg = config_lib.load_config("tiny", common + extra)
+    workdir = tmp_path / name
+    workdir.mkdir()
+    tokenizer = inputs.load_run_data(cfg, workdir).tokenizer
+    assert (workdir / "tokenizer.model").exists()  # Trained for the run, kept in the workdir.
+    pieces[name] = {tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)}
+  cyrillic = {"д", "и", "т", "е", "в", "к", "а"}  # Letters of "включи свет" and "сделай".
+  assert cyrillic <= {c for p in pieces["mixture"] for c in p}
+  assert not cyrillic & {c for p in pieces["alone"] for c in p}

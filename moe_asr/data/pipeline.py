@@ -228,7 +228,8 @@ def data_source(name: str, split: str, *, data_dir: str | None = None, config: s
   from moe_asr.data import catalog
 
   if name.split("/")[0] in catalog.ADAPTERS:
-    return catalog.load(name.split("/")[0], split, data_dir=data_dir, config=config)
+    # `xtreme_s/fleurs.hi_in` names its config; `catalog.load` reads it from the name.
+    return catalog.load(name, split, data_dir=data_dir, config=config)
   import tensorflow_datasets as tfds
 
   import moe_asr.data.builders  # noqa: F401  (registers the project's builders)

@@ -155,11 +155,13 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     tokenizer = tokenizer_lib.Tokenizer.load(synth.tokenizer_path(builder))
   else:
     vocab_size = vocab_size or 1000
-    _LOG.info(
-      "Training a tokenizer of %d pieces on %s:%s", vocab_size, cfg.data.name, cfg.data.train_split
-    )
-    source = split_source(cfg, cfg.data.train_split)
-    texts = [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
+    # Every training dataset's text: a mixture's tokenizer spells all of its languages.
+    texts = []
+    for part, split in training_parts(cfg):
+      _LOG.info("Tokenizer text from %s:%s", part.data.name, split)
+      source = split_source(part, split)
+      texts += [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
+    _LOG.info("Training a tokenizer of %d pieces on %d texts", vocab_size, len(texts))
     tokenizer = tokenizer_lib.Tokenizer.train(
       texts, vocab_size=vocab_size, character_coverage=cfg.data.get("character_coverage", 0.9995)
     )
@@ -333,6 +335,21 @@ def mixture_entries(mixture) -> list[tuple[str, str, float, str]]:
   return entries
 
 
+def training_parts(cfg: ml_collections.ConfigDict) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, split) of each dataset training reads: the mixture's entries (each config's
+  `data.name` and `data_dir` its own), else `data.train_split` of `data.name`."""
+  if not cfg.data.get("mixture"):
+    return [(cfg, cfg.data.train_split)]
+  parts = []
+  for name, split, _, data_dir in mixture_entries(cfg.data.mixture):
+    part = ml_collections.ConfigDict(cfg.to_dict())
+    part.data.mixture = ()
+    part.data.name = name or cfg.data.name
+    part.data.data_dir = data_dir or cfg.data.data_dir
+    parts.append((part, split))
+  return parts
+
+
 class MixturePipeline:
   """Training batches drawn from several pipelines in proportion to their weights.
 
@@ -393,11 +410,8 @@ def make_mixture(
   """The `MixturePipeline` of `config.data.mixture` (tokenizer and labels from `data`)."""
   pipelines, weights, names = [], [], []
   base_seed = cfg.seed if seed is None else seed
-  for k, (name, split, weight, data_dir) in enumerate(mixture_entries(cfg.data.mixture)):
-    part = ml_collections.ConfigDict(cfg.to_dict())
-    part.data.mixture = ()
-    part.data.name = name or cfg.data.name
-    part.data.data_dir = data_dir or cfg.data.data_dir
+  weighted = zip(training_parts(cfg), mixture_entries(cfg.data.mixture), strict=True)
+  for k, ((part, split), (_, _, weight, _)) in enumerate(weighted):
     pipelines.append(
       make_pipeline(
         part,
