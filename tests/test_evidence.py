@@ -1,0 +1,169 @@
+"""benchmarks/evidence.py: the paired bootstrap it reports, and the command end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from moe_asr.evaluation import metrics
+from moe_asr.evaluation.metrics import Utterance
+
+
+def _records(n: int, error_every: int, seed: int = 0) -> list[Utterance]:
+  """n utterances of 4 words; every `error_every`-th has one substituted word and a wrong intent."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    wrong = i % error_every == 0
+    words = [f"w{rng.integers(50)}" for _ in range(4)]
+    hyp = [*words[:-1], "zz"] if wrong else words
+    out.append(
+      Utterance(
+        f"u{i}",
+        " ".join(words),
+        " ".join(hyp),
+        ref_intent="on",
+        hyp_intent="off" if wrong else "on",
+      )
+    )
+  return out
+
+
+def test_paired_bootstrap_of_a_difference():
+  base = _records(200, error_every=2)  # WER 12.5%, intent 50%.
+  better = _records(200, error_every=4)  # WER 6.25%, intent 75%.
+  diff = metrics.summarize(better)["wer"] - metrics.summarize(base)["wer"]
+  assert diff == pytest.approx(-0.0625)
+  lo, hi = metrics.bootstrap_ci(better, "wer", baseline=base, seed=1)
+  assert lo < diff < hi < 0.0
+  # Pairing: the same records in another order give the same interval.
+  assert metrics.bootstrap_ci(better, "wer", baseline=base[::-1], seed=1) == (lo, hi)
+  # A system against itself: every resample's difference is exactly 0.
+  assert metrics.bootstrap_ci(base, "intent_acc", baseline=base) == (0.0, 0.0)
+  # Paired intervals are narrower than the difference of independent ones: the utterances'
+  # shared difficulty cancels (here the second system errs on a subset of the first's errors).
+  lo_a, hi_a = metrics.bootstrap_ci(better, "intent_acc")
+  lo_b, hi_b = metrics.bootstrap_ci(base, "intent_acc")
+  lo_d, hi_d = metrics.bootstrap_ci(better, "intent_acc", baseline=base)
+  assert hi_d - lo_d < (hi_a - lo_a) + (hi_b - lo_b)
+  assert lo_d > 0.0
+  with pytest.raises(ValueError, match="no baseline record"):
+    metrics.bootstrap_ci(better, "wer", baseline=base[:-1])
+
+
+def test_bootstrap_metric_function_and_records_without_transcripts():
+  recs = _records(60, error_every=3)
+  recs.append(Utterance("label_only", "", "", ref_intent="on", hyp_intent="on"))
+
+  def wer_arrays(records):
+    counts = [
+      metrics.edit_counts(r.ref_text, r.hyp_text, "word")
+      if r.ref_text
+      else metrics.EditCounts(0, 0, 0, 0)
+      for r in records
+    ]
+    return np.array([c.errors for c in counts]), np.array([c.ref_len for c in counts])
+
+  # A record without a transcript counts 0 of 0 and keeps its place in the resample.
+  assert metrics.bootstrap_ci(recs, wer_arrays, seed=2) == metrics.bootstrap_ci(recs, "wer", seed=2)
+
+
+def _evidence(out, data_dir, *extra, timeout=400):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  start = time.time()
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(REPO / "benchmarks" / "evidence.py"),
+      "--out",
+      str(out),
+      "--config",
+      "tiny",
+      "--data-dir",
+      str(data_dir),
+      "--steps",
+      "2",
+      "--seeds",
+      "0",
+      "--arms",
+      "E1",
+      "--splits",
+      "test_noisy",
+      "--max-batches",
+      "1",
+      "--bootstrap",
+      "200",
+      "--config.data.buckets=((3.0,8),)",
+      "--config.data.eval_splits=()",
+      "--config.train.log_every=1",
+      "--config.compilation_cache=''",
+      *extra,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+    env=env,
+    check=False,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc, time.time() - start
+
+
+def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
+  data_dir, _, _ = tiny_corpus
+  out = tmp_path / "exp"
+  _, first = _evidence(out, data_dir)
+  result = json.loads((out / "evidence.json").read_text())
+  # Two arms, each its own model trained the requested steps, scored on the same utterances.
+  assert [a["id"] for a in result["arms"]] == ["E1.cascade", "E1.joint"]
+  for model in ("cascade", "joint"):
+    done = json.loads((out / "models" / model / "seed0" / "DONE").read_text())
+    assert done["step"] == 2
+    assert "model.task.stop_gradient=True" in done["key"]["overrides"] or model == "joint"
+  rows = {r["metric"]: r for r in result["effects"] if r["split"] == "test_noisy"}
+  assert set(rows) == {"intent_acc", "slot_f1", "wer"}
+  joint = [
+    metrics.Utterance.from_json(json.loads(line))
+    for line in (out / "evals" / "E1.joint" / "seed0" / "hypotheses" / "test_noisy.jsonl")
+    .read_text()
+    .splitlines()
+  ]
+  cascade = [
+    metrics.Utterance.from_json(json.loads(line))
+    for line in (out / "evals" / "E1.cascade" / "seed0" / "hypotheses" / "test_noisy.jsonl")
+    .read_text()
+    .splitlines()
+  ]
+  assert sorted(r.id for r in joint) == sorted(r.id for r in cascade)
+  wer = rows["wer"]["seeds"]["0"]
+  # The effect is recomputed from the saved hypotheses and lies in its paired interval.
+  assert wer["diff"] == pytest.approx(
+    metrics.summarize(joint)["wer"] - metrics.summarize(cascade)["wer"], abs=1e-12
+  )
+  assert wer["n"] == len(joint)
+  lo, hi = wer["ci"]
+  assert lo <= wer["diff"] <= hi
+  goal = result["goals"][0]
+  assert goal["arm"] == "E1.joint" and goal["holds"] in (True, False)
+  md = (out / "evidence.md").read_text()
+  assert f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" in md
+  assert ("| holds |" in md) != ("| does not hold |" in md)
+  assert (out / "effects_E1.png").stat().st_size > 0
+
+  # Second invocation: both models and both arms are done; nothing is trained or scored.
+  stamp = (out / "models" / "joint" / "seed0" / "DONE").stat().st_mtime_ns
+  proc, second = _evidence(out, data_dir)
+  assert "done, skipped" in proc.stderr
+  assert "training" not in proc.stderr and "scoring" not in proc.stderr
+  assert (out / "models" / "joint" / "seed0" / "DONE").stat().st_mtime_ns == stamp
+  again = json.loads((out / "evidence.json").read_text())
+  assert again["effects"] == result["effects"]
+  assert second < first / 2, (first, second)
+  assert not math.isnan(first)
