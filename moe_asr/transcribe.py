@@ -312,6 +312,7 @@ def transcribe_files(
   step: int | None = None,
   min_duration: float = MIN_DURATION_S,
   no_speech_error: bool = False,
+  average_last: int = 0,
 ) -> list[dict]:
   """Transcribes audio files of any length with the newest checkpoint of `workdir`.
 
@@ -324,6 +325,8 @@ def transcribe_files(
     min_duration: audio shorter than this (seconds) has no speech.
     no_speech_error: a file without speech is an error record instead of the no-speech
       record.
+    average_last: > 0: decode with the mean parameters of the last this many saved steps
+      (up to `step`; `training.averaging`).
 
   Returns:
     One record per file, in the order of `files`: the transcript record of the module
@@ -415,6 +418,10 @@ def transcribe_files(
     return _finish(names, records)
 
   run = train.build_run(cfg, workdir, for_training=False, step=step)
+  if average_last:
+    from moe_asr.training import averaging
+
+    averaging.average_last(run, average_last, step)
   calibration = score.load_calibration(workdir)
   lid_temperature = calibration.lid_temperature if calibration else 1.0
   process, processes = jax.process_index(), jax.process_count()
@@ -506,6 +513,7 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
     step=getattr(args, "step", None),
     min_duration=args.min_duration,
     no_speech_error=args.no_speech_error,
+    average_last=getattr(args, "average_last", 0),
   )
   if jax.process_index() == 0:
     lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
@@ -553,6 +561,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     "--no-speech-error",
     action="store_true",
     help="a file without speech (silent, too short) is an error instead of a no-speech record",
+  )
+  p.add_argument(
+    "--average-last",
+    type=int,
+    default=0,
+    metavar="N",
+    help="decode with the mean parameters of the last N saved checkpoints (up to --step)",
   )
   p.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
   p.set_defaults(func=run_command)

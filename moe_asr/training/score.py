@@ -31,8 +31,8 @@ from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
+from moe_asr.training import averaging, distributed, evaluate, inputs, text_lm, train
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, evaluate, inputs, text_lm, train
 
 _LOG = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def evaluate_workdir(
   out_dir: str | pathlib.Path | None = None,
   cfg: ml_collections.ConfigDict | None = None,
   step: int | None = None,
+  average_last: int = 0,
 ) -> dict:
   """Scores the newest intact checkpoint of `workdir` (or `step`) on `splits`; writes the report.
 
@@ -193,6 +194,8 @@ def evaluate_workdir(
     out_dir: where the report goes (default `W/eval`).
     cfg: use this config instead of the checkpoint's.
     step: the checkpoint step to score (default: the newest that reads back).
+    average_last: > 0: score the mean parameters of the last this many saved steps (up to
+      `step`), see `averaging`; the report's model section names them (`averaged_steps`).
 
   Returns:
     The report dict (also written to `out_dir/report.json`).
@@ -202,6 +205,7 @@ def evaluate_workdir(
   cfg = cfg if cfg is not None else workdir_config(workdir, overrides, step=step)
   splits = tuple(splits or cfg.eval.splits)
   run = train.build_run(cfg, workdir, for_training=False, step=step)
+  averaged = averaging.average_last(run, average_last, step) if average_last else None
   sizes = info_lib.model_info(
     cfg,
     vocab_size=run.data.tokenizer.vocab_size,
@@ -240,6 +244,7 @@ def evaluate_workdir(
       "params_total": int(sizes["params_total"]),
       "params_active": int(sizes["params_active"]),
       "step": int(run.start_step),
+      **({"averaged_steps": averaged} if averaged else {}),
     },
     decode=described,
     splits=split_reports,
