@@ -33,6 +33,7 @@ from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
 from moe_asr.training import averaging, distributed, evaluate, inputs, text_lm, train
 from moe_asr.training import checkpoint as checkpoint_lib
+from moe_asr.training import ensemble as ensemble_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -104,8 +105,12 @@ def load_calibration(workdir: str | pathlib.Path) -> confidence_lib.Calibration 
   return confidence_lib.Calibration.load(path) if path.exists() else None
 
 
-def make_decoder(run: train.Run, workdir: str | pathlib.Path, *, tunable: bool = False):
+def make_decoder(
+  run: train.Run, workdir: str | pathlib.Path, *, tunable: bool = False, ensemble_weights=None
+):
   """(compiled eval steps, description) for the run's `decode` settings.
+
+  `run` may be an ensemble (`ensemble.combine`) decoded with `ensemble_weights`.
 
   Loads the text LM (`W/lm`) when the settings fuse or rescore with it and the
   bias phrase list when one is named.
@@ -123,7 +128,9 @@ def make_decoder(run: train.Run, workdir: str | pathlib.Path, *, tunable: bool =
   extra = {"lm": str(text_lm.lm_dir(workdir)) if lm is not None else None}
   if bias is not None:
     extra["bias_phrases"] = int(bias.num_phrases)
-  steps = train.make_eval_steps(run, dcfg, lm=lm, bias=bias, tunable=tunable)
+  steps = train.make_eval_steps(
+    run, dcfg, lm=lm, bias=bias, tunable=tunable, ensemble_weights=ensemble_weights
+  )
   return steps, decode_lib.describe(dcfg, extra)
 
 
@@ -184,6 +191,8 @@ def evaluate_workdir(
   cfg: ml_collections.ConfigDict | None = None,
   step: int | None = None,
   average_last: int = 0,
+  ensemble: Sequence[str | pathlib.Path] = (),
+  ensemble_weights: str | Sequence[float] = "equal",
 ) -> dict:
   """Scores the newest intact checkpoint of `workdir` (or `step`) on `splits`; writes the report.
 
@@ -196,6 +205,10 @@ def evaluate_workdir(
     step: the checkpoint step to score (default: the newest that reads back).
     average_last: > 0: score the mean parameters of the last this many saved steps (up to
       `step`), see `averaging`; the report's model section names them (`averaged_steps`).
+    ensemble: more workdirs decoded together with `workdir` (their newest checkpoints, each
+      averaged as `average_last` says), see `ensemble`; the report's decode section names
+      the members and their weights.
+    ensemble_weights: "equal", "validation" or one number a member (`workdir` first).
 
   Returns:
     The report dict (also written to `out_dir/report.json`).
@@ -206,6 +219,18 @@ def evaluate_workdir(
   splits = tuple(splits or cfg.eval.splits)
   run = train.build_run(cfg, workdir, for_training=False, step=step)
   averaged = averaging.average_last(run, average_last, step) if average_last else None
+  weights = None
+  if ensemble:
+    members = [workdir, *(pathlib.Path(w) for w in ensemble)]
+    weights = ensemble_lib.member_weights(members, ensemble_weights)
+    runs = [run]
+    for member in members[1:]:
+      member_run = train.build_run(workdir_config(member, overrides), member, for_training=False)
+      if average_last:
+        averaging.average_last(member_run, average_last)
+      member_run.checkpointer.close()
+      runs.append(member_run)
+    run = ensemble_lib.combine(runs)
   sizes = info_lib.model_info(
     cfg,
     vocab_size=run.data.tokenizer.vocab_size,
@@ -215,7 +240,9 @@ def evaluate_workdir(
   split_reports, records = {}, {}
   calibration = load_calibration(workdir) if cfg.eval.get("calibrate", True) else None
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-    eval_steps, described = make_decoder(run, workdir)
+    eval_steps, described = make_decoder(run, workdir, ensemble_weights=weights)
+    if ensemble:
+      described["ensemble"] = {"workdirs": [str(w) for w in members], "weights": weights}
     described["calibration"] = None if calibration is None else calibration.to_dict()
     for split in splits:
       _LOG.info("Decoding %s", split)
