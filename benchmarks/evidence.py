@@ -73,6 +73,8 @@ class Arm:
   needs_lm: bool = False  # Decoding reads the model's text LM (`moe-asr train-lm`).
   calibrate: bool = False  # `moe-asr tune-decoding` fits a calibration first.
   all_seeds: bool = True  # Else only the first seed (arms of one model's decoding).
+  average_last: int = 0  # Score the mean parameters of the last N saved checkpoints.
+  ensemble: bool = False  # Score the first seed's model with the other seeds' as one ensemble.
 
 
 ARMS: tuple[Arm, ...] = (
@@ -131,6 +133,11 @@ ARMS: tuple[Arm, ...] = (
     baseline="E9.no_rescore",
     all_seeds=False,
   ),
+)
+ARMS += (
+  Arm("E10.single", "E10", "joint", all_seeds=False),
+  Arm("E10.average_last2", "E10", "joint", baseline="E10.single", all_seeds=False, average_last=2),
+  Arm("E10.ensemble", "E10", "joint", baseline="E10.single", all_seeds=False, ensemble=True),
 )
 ARM_BY_ID = {a.id: a for a in ARMS}
 
@@ -222,12 +229,20 @@ EXPERIMENTS: dict[str, Experiment] = {
     ("test", "test_noisy"),
     ("intent_acc",),
     "test",
-    None,  # Its goals are checked in `_calibration_rows`.
+    None,  # Its goals are checked in `calibration_rows`.
   ),
   "E9": Experiment(
     "task rescoring of the n-best (CTC + attention + task heads) vs none",
     ("test", "test_noisy"),
     ("intent_acc", "slot_f1", "wer"),
+    "test",
+    None,
+  ),
+  "E10": Experiment(
+    "the seeds' models as one ensemble (CTC and task posteriors averaged, weights from "
+    "validation) and the mean of the last 2 checkpoints, vs one model (greedy)",
+    ("test", "test_noisy"),
+    ("wer", "intent_acc", "ece_intent"),
     "test",
     None,
   ),
@@ -291,17 +306,26 @@ class Plan:
 
   def model_overrides(self, model: str, seed: int) -> list[str]:
     extra = [f"seed={seed}"]
+    # Two saved checkpoints at least, for the checkpoint average (E10).
+    cadence = [f"train.checkpoint_every={max(1, self.steps // 2)}"] if self.steps else []
     if self.steps is not None:
       extra.append(f"train.steps={self.steps}")
     if self.data_dir is not None:
       extra.append(f"data.data_dir={os.path.abspath(self.data_dir)!r}")
-    return [*MODELS[model], *self.overrides, *extra]
+    return [*MODELS[model], *cadence, *self.overrides, *extra]
 
   def model_key(self, model: str, seed: int) -> dict:
     return {"config": self.config, "overrides": self.model_overrides(model, seed)}
 
   def arm_seeds(self, arm: Arm) -> tuple[int, ...]:
+    """The seeds an arm is scored on (an ensemble: once, on the first; none without two)."""
+    if arm.ensemble:
+      return self.seeds[:1] if len(self.seeds) > 1 else ()
     return self.seeds if arm.all_seeds else self.seeds[:1]
+
+  def model_seeds(self, arm: Arm) -> tuple[int, ...]:
+    """The seeds of the models an arm needs trained."""
+    return self.seeds if arm.ensemble and len(self.seeds) > 1 else self.arm_seeds(arm)
 
   def arm_splits(self, arm: Arm) -> tuple[str, ...]:
     wanted = EXPERIMENTS[arm.experiment].splits
@@ -372,7 +396,17 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
     "max_batches": plan.max_batches,
     "calibrate": arm.calibrate,
     "lm_steps": plan.lm_steps if arm.needs_lm or arm.calibrate else None,
+    "average_last": arm.average_last,
   }
+  members, weights = [], "equal"
+  if arm.ensemble:
+    from moe_asr.training import ensemble
+
+    members = [plan.model_dir(arm.model, s) for s in plan.seeds if s != seed]
+    everyone = [plan.model_dir(arm.model, seed), *members]
+    if all(ensemble.last_validation_cer(w) is not None for w in everyone):
+      weights = "validation"
+    key["ensemble"] = {"members": [str(m) for m in members], "weights": weights}
   if _done(out_dir, key):
     _LOG.info("arm %s seed %d: done, skipped", arm.id, seed)
     return
@@ -390,7 +424,15 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
     )
   _LOG.info("arm %s seed %d: scoring %s", arm.id, seed, ", ".join(splits))
   start = time.time()
-  score.evaluate_workdir(workdir, splits=splits, overrides=overrides, out_dir=out_dir)
+  score.evaluate_workdir(
+    workdir,
+    splits=splits,
+    overrides=overrides,
+    out_dir=out_dir,
+    average_last=arm.average_last,
+    ensemble=members,
+    ensemble_weights=weights,
+  )
   _mark_done(out_dir, key, seconds=time.time() - start)
 
 
@@ -461,9 +503,11 @@ def paired_effect(records, base_records, metric, *, samples: int, seed: int = 0)
   ids = {r.id for r in records}
   base_records = [r for r in base_records if r.id in ids]
   arm, base = _value(records, metric), _value(base_records, metric)
-  lo, hi = metrics_lib.bootstrap_ci(
-    records, metric, baseline=base_records, num_samples=samples, seed=seed
-  )
+  lo = hi = math.nan
+  if not isinstance(metric, str) or metric in metrics_lib.RATIO_METRICS:  # Else no interval.
+    lo, hi = metrics_lib.bootstrap_ci(
+      records, metric, baseline=base_records, num_samples=samples, seed=seed
+    )
   return {
     "n": len(records),
     "arm": arm,
@@ -633,7 +677,8 @@ def format_markdown(result: dict) -> str:
     "",
     "Values in % (points). Effect = arm - baseline on the same utterances, seed mean; "
     "`95% CI` is the paired bootstrap interval of each seed (utterances resampled together "
-    "for both systems); `seeds` is the range of the per-seed effects. Lower is better for "
+    "for both systems; n/a for ECE, which is not a ratio of per-utterance sums); `seeds` is "
+    "the range of the per-seed effects. Lower is better for "
     "error rates (WER, CER, MER, B-WER, U-WER), higher for accuracies and F1.",
     "",
     "## Goals",
@@ -797,7 +842,9 @@ def summarize_experiment(plan: Plan, arms: Sequence[Arm]) -> dict:
       "experiment": arm.experiment,
       "model": arm.model,
       "model_overrides": list(MODELS[arm.model]),
-      "decode": list(arm.decode),
+      "decode": list(arm.decode)
+      + ([f"--average-last {arm.average_last}"] if arm.average_last else [])
+      + (["--ensemble (the other seeds' models)"] if arm.ensemble else []),
       "baseline": arm.baseline,
       "seeds_done": [s for s in plan.arm_seeds(arm) if (plan.eval_dir(arm, s) / "DONE").exists()],
       "seconds": {},
@@ -836,7 +883,7 @@ def run(plan: Plan, arms: Sequence[Arm]) -> dict:
   plan.out.mkdir(parents=True, exist_ok=True)
   start = time.time()
   for seed in plan.seeds:  # Models first (seed by seed), so a cut-short run has whole models.
-    for model in dict.fromkeys(a.model for a in arms if seed in plan.arm_seeds(a)):
+    for model in dict.fromkeys(a.model for a in arms if seed in plan.model_seeds(a)):
       train_model(plan, model, seed)
   for arm in arms:
     for seed in plan.arm_seeds(arm):

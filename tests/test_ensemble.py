@@ -75,3 +75,27 @@ def test_ensemble_of_a_model_with_itself_is_the_model(tiny_workdir, tmp_path):
         assert math.isclose(ra[key], rb[key], rel_tol=1e-5, abs_tol=1e-6), (key, ra, rb)
   for metric in ("wer", "cer", "intent_acc", "lid_acc"):
     assert single["splits"]["test"][metric] == double["splits"]["test"][metric], metric
+
+
+def test_transcribe_ensemble_and_average_last_one(tiny_workdir, tmp_path):
+  import soundfile as sf
+
+  from moe_asr import transcribe
+  from moe_asr.training import inputs
+
+  source = inputs.split_source(score.workdir_config(tiny_workdir), "test")
+  wave = next(
+    np.asarray(source[i]["audio"], np.int16)
+    for i in range(len(source))
+    if len(source[i]["audio"]) < 3 * 16000  # The tiny run's only bucket is 3 s.
+  )
+  path = tmp_path / "a.wav"
+  sf.write(path, wave, 16000, subtype="PCM_16")
+  plain = transcribe.transcribe_files(tiny_workdir, [path])[0]
+  both = transcribe.transcribe_files(tiny_workdir, [path], ensemble=[tiny_workdir], average_last=1)[
+    0
+  ]
+  assert "error" not in plain
+  for key in ("text", "language", "intent", "slots"):
+    assert plain.get(key) == both.get(key), key
+  assert [w["word"] for w in plain["words"]] == [w["word"] for w in both["words"]]

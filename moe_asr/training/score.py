@@ -134,6 +134,35 @@ def make_decoder(
   return steps, decode_lib.describe(dcfg, extra)
 
 
+def with_ensemble(
+  run: train.Run,
+  workdir: str | pathlib.Path,
+  ensemble: Sequence[str | pathlib.Path],
+  ensemble_weights: str | Sequence[float] = "equal",
+  *,
+  overrides: Sequence[str] = (),
+  average_last: int = 0,
+) -> tuple[train.Run, list[pathlib.Path], list[float] | None]:
+  """(run, member workdirs, weights): `run` with the `ensemble` workdirs' models added.
+
+  Each member restores its newest checkpoint (the mean of its last `average_last` with
+  `average_last`) under its own config with `overrides`; without `ensemble`, `run` as it is
+  and no weights.
+  """
+  members = [pathlib.Path(workdir), *(pathlib.Path(w) for w in ensemble)]
+  if not ensemble:
+    return run, members, None
+  weights = ensemble_lib.member_weights(members, ensemble_weights)
+  runs = [run]
+  for member in members[1:]:
+    member_run = train.build_run(workdir_config(member, overrides), member, for_training=False)
+    if average_last:
+      averaging.average_last(member_run, average_last)
+    member_run.checkpointer.close()
+    runs.append(member_run)
+  return ensemble_lib.combine(runs), members, weights
+
+
 def decode_split(
   run: train.Run,
   eval_steps,
@@ -219,18 +248,9 @@ def evaluate_workdir(
   splits = tuple(splits or cfg.eval.splits)
   run = train.build_run(cfg, workdir, for_training=False, step=step)
   averaged = averaging.average_last(run, average_last, step) if average_last else None
-  weights = None
-  if ensemble:
-    members = [workdir, *(pathlib.Path(w) for w in ensemble)]
-    weights = ensemble_lib.member_weights(members, ensemble_weights)
-    runs = [run]
-    for member in members[1:]:
-      member_run = train.build_run(workdir_config(member, overrides), member, for_training=False)
-      if average_last:
-        averaging.average_last(member_run, average_last)
-      member_run.checkpointer.close()
-      runs.append(member_run)
-    run = ensemble_lib.combine(runs)
+  run, members, weights = with_ensemble(
+    run, workdir, ensemble, ensemble_weights, overrides=overrides, average_last=average_last
+  )
   sizes = info_lib.model_info(
     cfg,
     vocab_size=run.data.tokenizer.vocab_size,
