@@ -342,7 +342,15 @@ def train_model(plan: Plan, model: str, seed: int) -> None:
   if _done(workdir, key):
     _LOG.info("model %s seed %d: done, skipped", model, seed)
     return
+  # A workdir started with other settings would be resumed under the wrong ones: refuse.
+  started = workdir / "STARTED"
+  if started.exists() and json.loads(started.read_text()).get("key") != key:
+    raise SystemExit(
+      f"{workdir} holds a run of other settings ({started}); use another --out or remove it"
+    )
   cfg = config_lib.load_config(_config_path(plan.config), plan.model_overrides(model, seed))
+  workdir.mkdir(parents=True, exist_ok=True)
+  _atomic_json(started, {"key": key})
   _LOG.info("model %s seed %d: training %d steps in %s", model, seed, cfg.train.steps, workdir)
   start = time.time()
   summary = train.train_and_evaluate(cfg, workdir)
@@ -365,7 +373,7 @@ def train_lm(plan: Plan, model: str, seed: int) -> None:
 
 
 # Files of a model's workdir that an arm's view does not share (each arm tunes its own).
-_VIEW_OWN = {"decoding.json", "calibration.json", "eval", "DONE"}
+_VIEW_OWN = {"decoding.json", "calibration.json", "eval", "DONE", "STARTED"}
 
 
 def _view(plan: Plan, arm: Arm, seed: int) -> pathlib.Path:

@@ -75,7 +75,7 @@ def test_bootstrap_metric_function_and_records_without_transcripts():
   assert metrics.bootstrap_ci(recs, wer_arrays, seed=2) == metrics.bootstrap_ci(recs, "wer", seed=2)
 
 
-def _evidence(out, data_dir, *extra, timeout=400):
+def _evidence(out, data_dir, *extra, timeout=400, ok=True):
   # One CPU device (not the 8 fake ones of the test processes): a tiny step compiles faster.
   flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
   env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags)
@@ -90,8 +90,6 @@ def _evidence(out, data_dir, *extra, timeout=400):
       "tiny",
       "--data-dir",
       str(data_dir),
-      "--steps",
-      "2",
       "--seeds",
       "0",
       "--arms",
@@ -112,7 +110,7 @@ def _evidence(out, data_dir, *extra, timeout=400):
       "--config.model.encoder.moe_layers=(1,)",
       "--config.model.decoder.num_layers=1",
       "--config.model.decoder.moe_layers=(0,)",
-      *extra,
+      *(extra or ("--steps", "2")),
     ],
     capture_output=True,
     text=True,
@@ -121,7 +119,7 @@ def _evidence(out, data_dir, *extra, timeout=400):
     env=env,
     check=False,
   )
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
   print(f"evidence.py: {time.time() - start:.0f} s wall, {_child_cpu() - cpu:.0f} s CPU")
   return proc, time.time() - start
 
@@ -181,4 +179,7 @@ def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
   again = json.loads((out / "evidence.json").read_text())
   assert again["effects"] == result["effects"]
   assert second < first / 2, (first, second)
+  # Other settings on the same directory: refused, not resumed from the other run's steps.
+  proc, _ = _evidence(out, data_dir, "--steps", "3", ok=False)
+  assert "holds a run of other settings" in proc.stderr
   assert not math.isnan(first)
