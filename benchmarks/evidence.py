@@ -931,7 +931,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for a in ARMS:
       print(
         f"{a.id:18s} {a.model:16s} {' '.join(MODELS[a.model]) or '(recipe)'} | "
-        f"{' '.join(a.decode)}" + (f" | vs {a.baseline}" if a.baseline else "")
+        f"{' '.join(a.decode)}"
+        + (f" --average-last {a.average_last}" if a.average_last else "")
+        + (" --ensemble (the other seeds)" if a.ensemble else "")
+        + (" (LM)" if a.needs_lm else "")
+        + (" (calibrated)" if a.calibrate else "")
+        + (f" | vs {a.baseline}" if a.baseline else "")
       )
     return 0
   logging.basicConfig(
