@@ -391,16 +391,12 @@ def _view(plan: Plan, arm: Arm, seed: int) -> pathlib.Path:
   return view
 
 
-def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
-  """Scores one arm's model with its decode settings; hypotheses under evals/<arm>/seed<k>."""
-  from moe_asr.training import score
-
-  out_dir = plan.eval_dir(arm, seed)
-  splits = plan.arm_splits(arm)
+def _eval_key(plan: Plan, arm: Arm, seed: int) -> tuple[dict, list[pathlib.Path], str]:
+  """(what an arm's DONE marker records, its ensemble members, their weights mode)."""
   key = {
     **plan.model_key(arm.model, seed),
     "decode": list(arm.decode),
-    "splits": list(splits),
+    "splits": list(plan.arm_splits(arm)),
     "max_batches": plan.max_batches,
     "calibrate": arm.calibrate,
     "lm_steps": plan.lm_steps if arm.needs_lm or arm.calibrate else None,
@@ -415,6 +411,26 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
     if all(ensemble.last_validation_cer(w) is not None for w in everyone):
       weights = "validation"
     key["ensemble"] = {"members": [str(m) for m in members], "weights": weights}
+  return key, members, weights
+
+
+def arms_done(plan: Plan) -> list[Arm]:
+  """The arms whose every seed is scored under the plan's settings (an earlier --arms)."""
+  return [
+    arm
+    for arm in ARMS
+    if plan.arm_seeds(arm)
+    and all(_done(plan.eval_dir(arm, s), _eval_key(plan, arm, s)[0]) for s in plan.arm_seeds(arm))
+  ]
+
+
+def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
+  """Scores one arm's model with its decode settings; hypotheses under evals/<arm>/seed<k>."""
+  from moe_asr.training import score
+
+  out_dir = plan.eval_dir(arm, seed)
+  splits = plan.arm_splits(arm)
+  key, members, weights = _eval_key(plan, arm, seed)
   if _done(out_dir, key):
     _LOG.info("arm %s seed %d: done, skipped", arm.id, seed)
     return
@@ -896,6 +912,9 @@ def run(plan: Plan, arms: Sequence[Arm]) -> dict:
   for arm in arms:
     for seed in plan.arm_seeds(arm):
       evaluate_arm(plan, arm, seed)
+  # The table holds every arm scored under these settings, this invocation's and earlier ones'.
+  chosen = {a.id for a in arms} | {a.id for a in arms_done(plan)}
+  arms = [a for a in ARMS if a.id in chosen]
   result = summarize_experiment(plan, arms)
   result["plots"] = write_plots(plan.out, result, plan, arms)
   result["meta"]["wall_seconds_this_invocation"] = time.time() - start

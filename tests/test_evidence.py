@@ -183,3 +183,41 @@ def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
   proc, _ = _evidence(out, data_dir, "--steps", "3", ok=False)
   assert "holds a run of other settings" in proc.stderr
   assert not math.isnan(first)
+
+
+def test_arm_selection_and_done_markers(tmp_path):
+  import dataclasses
+
+  from benchmarks import evidence
+
+  assert [a.id for a in evidence.select_arms("E1.joint")] == ["E1.cascade", "E1.joint"]
+  assert {a.experiment for a in evidence.select_arms("E2,E5")} == {"E2", "E5"}
+  with pytest.raises(SystemExit, match="unknown 'E7'"):
+    evidence.select_arms("E7")
+  plan = evidence.Plan(
+    out=tmp_path,
+    config="tiny",
+    seeds=(0, 1),
+    steps=2,
+    data_dir=None,
+    overrides=(),
+    splits=("test_noisy",),
+    max_batches=1,
+    lm_steps=5,
+    bootstrap=10,
+  )
+  # One expert a token in every routed E2 arm, and a checkpoint halfway for E10's average.
+  assert "model.encoder.top_k=1" in plan.model_overrides("router_learned", 0)
+  assert "train.checkpoint_every=1" in plan.model_overrides("joint", 0)
+  assert plan.arm_seeds(evidence.ARM_BY_ID["E1.joint"]) == (0, 1)
+  assert plan.arm_seeds(evidence.ARM_BY_ID["E5.bias"]) == (0,)
+  assert plan.model_seeds(evidence.ARM_BY_ID["E10.ensemble"]) == (0, 1)
+  assert evidence.arms_done(plan) == []
+  for arm_id in ("E1.cascade", "E1.joint"):
+    arm = evidence.ARM_BY_ID[arm_id]
+    for seed in (0, 1):
+      evidence._mark_done(plan.eval_dir(arm, seed), evidence._eval_key(plan, arm, seed)[0])
+  assert [a.id for a in evidence.arms_done(plan)] == ["E1.cascade", "E1.joint"]
+  # Markers of other settings do not count.
+  assert evidence.arms_done(dataclasses.replace(plan, steps=3)) == []
+  assert evidence.arms_done(dataclasses.replace(plan, seeds=(0, 1, 2))) == []
