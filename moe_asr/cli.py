@@ -7,7 +7,8 @@ moe-asr devices [--json PATH]        # join the job's processes, check an all-re
 moe-asr train --config tiny --workdir W [--config.train.steps=200]
 moe-asr train-lm --workdir W         # text LM for fusion and rescoring (W/lm)
 moe-asr transfer --from W --workdir W2 --language ru --method expert [--replay 0.1]
-moe-asr eval --workdir W [--step N] [--decode.method=ctc_beam --decode.beam=8
+moe-asr eval --workdir W [--step N] [--average-last N] [--ensemble W2 ...]
+             [--decode.method=ctc_beam --decode.beam=8
              --decode.lm_weight=0.3 --decode.bias_file=phrases.txt]
 moe-asr tune-decoding --workdir W    # fusion weights + calibration -> W/decoding.json
 moe-asr transcribe --workdir W a.wav b.flac   # JSON lines
@@ -285,6 +286,9 @@ def _eval(args, overrides) -> int:
     overrides=[o.removeprefix("--") for o in overrides],
     out_dir=out_dir,
     step=args.step,
+    average_last=args.average_last,
+    ensemble=args.ensemble,
+    ensemble_weights=args.ensemble_weights,
   )
   if distributed.is_primary():
     print(report_lib.format_table(report))
@@ -522,6 +526,25 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--split", action="append", help="split to score (repeatable)")
   ev.add_argument("--out", default=None, help="report directory (default W/eval)")
   ev.add_argument("--step", type=int, default=None, help=_STEP_HELP)
+  ev.add_argument(
+    "--average-last",
+    type=int,
+    default=0,
+    metavar="N",
+    help="score the mean parameters of the last N saved checkpoints (up to --step)",
+  )
+  ev.add_argument(
+    "--ensemble",
+    nargs="+",
+    default=(),
+    metavar="W",
+    help="more workdirs decoded with --workdir as one ensemble (averaged CTC and task posteriors)",
+  )
+  ev.add_argument(
+    "--ensemble-weights",
+    default="equal",
+    help="the members' weights: equal, validation (1 / last validation CER) or w1,w2,...",
+  )
   ev.add_argument("-v", "--verbose", action="store_true")
   ev.set_defaults(func=_eval)
 

@@ -312,6 +312,9 @@ def transcribe_files(
   step: int | None = None,
   min_duration: float = MIN_DURATION_S,
   no_speech_error: bool = False,
+  average_last: int = 0,
+  ensemble: Sequence[str | pathlib.Path] = (),
+  ensemble_weights: str | Sequence[float] = "equal",
 ) -> list[dict]:
   """Transcribes audio files of any length with the newest checkpoint of `workdir`.
 
@@ -324,6 +327,10 @@ def transcribe_files(
     min_duration: audio shorter than this (seconds) has no speech.
     no_speech_error: a file without speech is an error record instead of the no-speech
       record.
+    average_last: > 0: decode with the mean parameters of the last this many saved steps
+      (up to `step`; `training.averaging`).
+    ensemble, ensemble_weights: more workdirs decoded with `workdir` as one ensemble and
+      their weights (`score.with_ensemble`); calibration and settings are `workdir`'s.
 
   Returns:
     One record per file, in the order of `files`: the transcript record of the module
@@ -415,6 +422,13 @@ def transcribe_files(
     return _finish(names, records)
 
   run = train.build_run(cfg, workdir, for_training=False, step=step)
+  if average_last:
+    from moe_asr.training import averaging
+
+    averaging.average_last(run, average_last, step)
+  run, _, weights = score.with_ensemble(
+    run, workdir, ensemble, ensemble_weights, overrides=overrides, average_last=average_last
+  )
   calibration = score.load_calibration(workdir)
   lid_temperature = calibration.lid_temperature if calibration else 1.0
   process, processes = jax.process_index(), jax.process_count()
@@ -460,7 +474,7 @@ def transcribe_files(
 
   try:
     with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-      eval_steps, described = score.make_decoder(run, workdir)
+      eval_steps, described = score.make_decoder(run, workdir, ensemble_weights=weights)
       _LOG.info("Decoding with %s", described)
       queues: list[list] = [[] for _ in buckets]
       for item in itertools.chain([first], items):
@@ -506,6 +520,9 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
     step=getattr(args, "step", None),
     min_duration=args.min_duration,
     no_speech_error=args.no_speech_error,
+    average_last=getattr(args, "average_last", 0),
+    ensemble=getattr(args, "ensemble", ()),
+    ensemble_weights=getattr(args, "ensemble_weights", "equal"),
   )
   if jax.process_index() == 0:
     lines = [json.dumps(rec, ensure_ascii=False) for rec in records]
@@ -553,6 +570,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
     "--no-speech-error",
     action="store_true",
     help="a file without speech (silent, too short) is an error instead of a no-speech record",
+  )
+  p.add_argument(
+    "--average-last",
+    type=int,
+    default=0,
+    metavar="N",
+    help="decode with the mean parameters of the last N saved checkpoints (up to --step)",
+  )
+  p.add_argument(
+    "--ensemble",
+    nargs="+",
+    default=(),
+    metavar="W",
+    help="more workdirs decoded with --workdir as one ensemble (averaged CTC and task "
+    "posteriors); after the audio files",
+  )
+  p.add_argument(
+    "--ensemble-weights",
+    default="equal",
+    help="the members' weights: equal, validation (1 / last validation CER) or w1,w2,...",
   )
   p.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
   p.set_defaults(func=run_command)

@@ -17,7 +17,7 @@ then read the winning hypothesis (the same tokens a deployed model would have).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -150,8 +150,16 @@ def make_decode_fn(
   eos_id: int = 3,
   tunable: bool = False,
   word_table: np.ndarray | None = None,
+  ensemble_weights: Sequence[float] | None = None,
 ) -> Callable[..., dict[str, jax.Array]]:
   """`decode(model, batch) -> dict` for `cfg` (the `decode` config section).
+
+  `model` may be a sequence of models (an ensemble) with the same tokenizer and frame rate:
+  each encodes the batch, the search runs on the weighted mean of their CTC log-posteriors
+  (renormalised), and the task heads of every member read the common hypothesis, their
+  intent and slot posteriors mixed with the same weights (a weighted vote); the frame and
+  utterance LID posteriors are mixed too. Ensembles decode with `greedy` or `ctc_beam`,
+  without rescoring. One model, or an ensemble of one, decodes exactly as without.
 
   Args:
     cfg: decoding settings (`default_config`).
@@ -166,6 +174,8 @@ def make_decode_fn(
       needs `lm`.
     word_table: the tokenizer's `word_table` (which pieces start words); needed by a
       model whose slot tagger works on words.
+    ensemble_weights: one weight per member for an ensemble (normalised to sum to 1;
+      default: equal).
 
   Returns:
     A function of (MoeAsr in eval mode, batch) returning: `tokens` int32 [B, L],
@@ -205,17 +215,46 @@ def make_decode_fn(
     return task_heads.word_index(tokens, mask, table)
 
   def decode(model, batch) -> dict[str, jax.Array]:
-    encoded = model.encode(batch)
+    members = list(model) if isinstance(model, list | tuple) else [model]
+    model = members[0]
+    encodeds = [m.encode(batch) for m in members]
+    encoded = encodeds[0]
     enc = encoded.enc
     ctc_mask = encoded.ctc_mask  # CTC frames: `model.ctc_upsample` per encoder frame.
     upsample = encoded.ctc_logits.shape[1] // enc.mask.shape[1]
     log_probs = jax.nn.log_softmax(encoded.ctc_logits, axis=-1)
+    greedy_logits, lid_probs = encoded.ctc_logits, enc.lid_probs
+    utt_lid_logits = enc.utt_lid_logits.astype(jnp.float32)
+    log_w = None
+    if len(members) > 1:
+      if method == "joint" or cfg.get("rescore"):
+        raise ValueError("an ensemble decodes with greedy or ctc_beam, without rescoring")
+      shapes = {e.ctc_logits.shape for e in encodeds}
+      if len(shapes) > 1:
+        raise ValueError(f"ensemble members give CTC outputs of different shapes: {shapes}")
+      w = np.ones(len(members)) if ensemble_weights is None else np.asarray(ensemble_weights)
+      if w.shape != (len(members),) or not np.all(w >= 0) or not w.sum() > 0:
+        raise ValueError(f"ensemble weights {ensemble_weights} for {len(members)} models")
+      w = (w / w.sum()).astype(np.float32)
+      log_w = jnp.log(jnp.asarray(w))
+      log_probs = jax.nn.log_softmax(
+        sum(
+          float(wi) * jax.nn.log_softmax(e.ctc_logits, axis=-1)
+          for wi, e in zip(w, encodeds, strict=True)
+        ),
+        axis=-1,
+      )
+      greedy_logits = log_probs
+      lid_probs = sum(
+        float(wi) * e.enc.lid_probs.astype(jnp.float32) for wi, e in zip(w, encodeds, strict=True)
+      )
+      utt_lid_logits = mix([e.enc.utt_lid_logits.astype(jnp.float32) for e in encodeds], log_w)
     max_len = min(cfg.get("max_len") or decoder_max_len - 1, decoder_max_len - 1)
     max_len = min(max_len, log_probs.shape[1])
     out: dict[str, jax.Array] = {}
     nbest = None
     if method == "greedy":
-      tokens, lengths, conf = greedy.ctc_greedy(encoded.ctc_logits, ctc_mask)
+      tokens, lengths, conf = greedy.ctc_greedy(greedy_logits, ctc_mask)
       tokens, lengths = tokens[:, :max_len], jnp.minimum(lengths, max_len)
       frames = _emission_frames(log_probs, ctc_mask, max_len)
       scores = conf[:, None]
@@ -223,7 +262,7 @@ def make_decode_fn(
       beam = int(cfg.beam)
       n = int(cfg.get("nbest") or beam)
       if method == "ctc_beam":
-        frame_weights = jnp.einsum("btl,l->bt", enc.lid_probs.astype(jnp.float32), lang_weights)
+        frame_weights = jnp.einsum("btl,l->bt", lid_probs.astype(jnp.float32), lang_weights)
         frame_weights = jnp.repeat(frame_weights, upsample, axis=1)
         if tunable:
           frame_weights = jnp.broadcast_to(batch["decode_lm_weight"][:, None], frame_weights.shape)
@@ -287,7 +326,7 @@ def make_decode_fn(
       ),
       0.0,
     )
-    frame_lang = jnp.argmax(enc.lid_probs, axis=-1).astype(jnp.int32)  # [B, T]
+    frame_lang = jnp.argmax(lid_probs, axis=-1).astype(jnp.int32)  # [B, T]
     token_lang = jnp.where(
       known,
       jnp.take_along_axis(frame_lang, jnp.maximum(frames, 0) // upsample, axis=1),
@@ -300,30 +339,53 @@ def make_decode_fn(
       token_conf=token_conf,
       token_frames=jnp.where(mask, frames, -1),
       token_lang=jnp.where(mask, token_lang, -1),
-      utt_lid_logits=enc.utt_lid_logits.astype(jnp.float32),
+      utt_lid_logits=utt_lid_logits,
       scores=scores,
-      **lid_counts(enc.lid_probs, encoded.frame_lang, enc.mask),
+      **lid_counts(lid_probs, encoded.frame_lang, enc.mask),
       expert_language_load=expert_language_load(
         enc.token_expert_load, encoded.frame_lang, enc.mask, enc.lid_probs.shape[-1]
       ),
     )
-    _, task = model.decode_tokens(encoded, tokens, mask, token_word=words_of(model, tokens, mask))
+
+    def heads(tokens, mask):
+      """(intent log-probs, slot log-probs) of the (mixed) task heads on `tokens`, or None."""
+      tasks = [
+        m.decode_tokens(e, tokens, mask, token_word=words_of(m, tokens, mask))[1]
+        for m, e in zip(members, encodeds, strict=True)
+      ]
+      if tasks[0] is None:
+        return None
+      if log_w is None:
+        return tasks[0].intent_log_probs, tasks[0].slot_log_probs
+      return (
+        mix([t.intent_log_probs for t in tasks], log_w),
+        mix([t.slot_log_probs for t in tasks], log_w),
+      )
+
+    task = heads(tokens, mask)
     if task is not None:
-      out["intent_log_probs"] = task.intent_log_probs
-      out["slot_tags"] = jnp.argmax(task.slot_log_probs, -1).astype(jnp.int32)
+      out["intent_log_probs"] = task[0]
+      out["slot_tags"] = jnp.argmax(task[1], -1).astype(jnp.int32)
     ref_mask = batch.get("token_mask")
     if task is not None and cfg.get("teacher_forced", True) and ref_mask is not None:
       ref = batch["tokens"]
       ref_mask = ref_mask[:, : decoder_max_len - 1]
       ref = ref[:, : ref_mask.shape[1]]
-      _, tf_task = model.decode_tokens(
-        encoded, ref, ref_mask, token_word=words_of(model, ref, ref_mask)
-      )
-      out["tf_intent_log_probs"] = tf_task.intent_log_probs
-      out["tf_slot_tags"] = jnp.argmax(tf_task.slot_log_probs, -1).astype(jnp.int32)
+      tf_task = heads(ref, ref_mask)
+      out["tf_intent_log_probs"] = tf_task[0]
+      out["tf_slot_tags"] = jnp.argmax(tf_task[1], -1).astype(jnp.int32)
     return out
 
   return decode
+
+
+def mix(log_probs: Sequence[jax.Array], log_weights: jax.Array) -> jax.Array:
+  """log(sum_i w_i p_i): the weighted mean of distributions given as logits or log-probs.
+
+  Each member is normalised over the last axis first, so logits mix as their posteriors."""
+  stacked = jnp.stack([jax.nn.log_softmax(lp.astype(jnp.float32), axis=-1) for lp in log_probs])
+  shape = (-1,) + (1,) * (stacked.ndim - 1)
+  return jax.nn.logsumexp(stacked + log_weights.reshape(shape), axis=0)
 
 
 CORPUS_PHRASES = "corpus"  # `decode.bias_file=corpus`: the dataset's own bias phrase list.

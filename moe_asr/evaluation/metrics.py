@@ -659,9 +659,12 @@ def _ratio_arrays(records: Sequence[Utterance], metric: str) -> tuple[np.ndarray
   """Per-record numerator and denominator whose sums give the corpus-level `metric`."""
   if metric in _MODE_OF:
     mode = _MODE_OF[metric]
-    # Utterances without a reference transcript (task labels only) have no error rate.
-    records = [r for r in records if r.ref_text.strip()]
-    counts = [edit_counts(r.ref_text, r.hyp_text, mode) for r in records]
+    # Utterances without a reference transcript (task labels only) have no error rate: they
+    # count 0 of 0, so every record keeps its entry (the bootstrap resamples records).
+    empty = EditCounts(0, 0, 0, 0)
+    counts = [
+      edit_counts(r.ref_text, r.hyp_text, mode) if r.ref_text.strip() else empty for r in records
+    ]
     return (
       np.array([c.errors for c in counts], np.float64),
       np.array([c.ref_len for c in counts], np.float64),
@@ -803,43 +806,72 @@ def breakdown(
 
 def bootstrap_ci(
   records: Sequence[Utterance],
-  metric: str,
+  metric: str | Callable[[Sequence[Utterance]], tuple[np.ndarray, np.ndarray]],
   *,
   num_samples: int = 1000,
   seed: int = 0,
   alpha: float = 0.05,
+  baseline: Sequence[Utterance] | None = None,
 ) -> tuple[float, float]:
-  """Percentile bootstrap confidence interval of a corpus-level metric.
+  """Percentile bootstrap confidence interval of a corpus-level metric, or of a difference.
 
   Utterances are resampled with replacement and the metric recomputed as a ratio of sums
   over the resample; resamples without any scored utterance are dropped.
 
+  With `baseline` (another system's records of the same utterances, matched by `id`), the
+  interval is of metric(records) - metric(baseline), both recomputed on the same resample of
+  utterances: the paired bootstrap (Koehn 2004; Bisani and Ney 2004).
+
   Args:
     records: decoded utterances.
-    metric: one of `RATIO_METRICS`.
+    metric: one of `RATIO_METRICS`, or a function of records giving per-record numerators
+      and denominators (numpy arrays, one entry a record) whose sums give the metric.
     num_samples: number of bootstrap resamples.
     seed: numpy seed (the interval is a deterministic function of it).
     alpha: 1 - coverage (0.05 for a 95% interval).
+    baseline: the other system's records for a paired interval of the difference; every
+      utterance id of `records` must be among them (extra ones are ignored).
 
   Returns:
     (lo, hi); (nan, nan) when the metric has no data.
   """
   if not 0.0 < alpha < 1.0:
     raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-  num, den = _ratio_arrays(records, metric)
-  if not len(records) or not den.sum():
+  arrays = _ratio_arrays if isinstance(metric, str) else lambda recs, _: metric(recs)
+  if baseline is not None:
+    by_id = {r.id: r for r in baseline}
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+      raise ValueError(
+        f"paired bootstrap: {len(missing)} utterances have no baseline record, e.g. {missing[0]!r}"
+      )
+    if len({r.id for r in records}) != len(records):
+      raise ValueError("paired bootstrap: utterance ids repeat")
+    baseline = [by_id[r.id] for r in records]
+  num, den = arrays(records, metric)
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  if len(num) != len(records):
+    raise ValueError(f"metric arrays have {len(num)} entries for {len(records)} records")
+  pairs = [(num, den)]
+  if baseline is not None:
+    base_num, base_den = arrays(baseline, metric)
+    pairs.append((np.asarray(base_num, np.float64), np.asarray(base_den, np.float64)))
+  if not len(records) or any(not d.sum() for _, d in pairs):
     return math.nan, math.nan
   rng = np.random.default_rng(seed)
   n = len(records)
   # Resample in chunks of about 4M indices so memory stays bounded for large test sets.
   chunk = max(1, (1 << 22) // n)
-  num_sum, den_sum = np.empty(num_samples), np.empty(num_samples)
+  sums = np.empty((len(pairs), 2, num_samples))
   for start in range(0, num_samples, chunk):
     stop = min(start + chunk, num_samples)
     idx = rng.integers(0, n, size=(stop - start, n))
-    num_sum[start:stop], den_sum[start:stop] = num[idx].sum(axis=1), den[idx].sum(axis=1)
-  keep = den_sum > 0
-  values = num_sum[keep] / den_sum[keep]
+    for k, (nu, de) in enumerate(pairs):
+      sums[k, 0, start:stop], sums[k, 1, start:stop] = nu[idx].sum(axis=1), de[idx].sum(axis=1)
+  keep = np.all(sums[:, 1] > 0, axis=0)
+  values = sums[0, 0, keep] / sums[0, 1, keep]
+  if baseline is not None:
+    values = values - sums[1, 0, keep] / sums[1, 1, keep]
   if not values.size:
     return math.nan, math.nan
   lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])

@@ -50,8 +50,12 @@ def make_eval_step(
   eos_id: int = 3,
   tunable: bool = False,
   word_table: np.ndarray | None = None,
+  ensemble_weights=None,
 ) -> Callable:
   """`eval_step(state, rng_state, batch) -> dict of arrays` (jit it).
+
+  With a tuple of graphdefs (an ensemble, `training.ensemble`), the state and RNG state are
+  tuples too, one per member, and the members decode together (`decode.make_decode_fn`).
 
   Args:
     graphdef: the train state's graph.
@@ -62,6 +66,7 @@ def make_eval_step(
     eos_id: the end token.
     tunable: LM/ILM weights come from the batch (see `decode.make_decode_fn`).
     word_table: the tokenizer's `word_table` (for a word-level slot tagger).
+    ensemble_weights: the members' weights (an ensemble; default equal).
   """
   cfg = decode_cfg if decode_cfg is not None else decode_lib.default_config()
   decode = decode_lib.make_decode_fn(
@@ -72,12 +77,17 @@ def make_eval_step(
     eos_id=eos_id,
     tunable=tunable,
     word_table=word_table,
+    ensemble_weights=ensemble_weights,
   )
 
   def eval_step(state, rng_state, batch):
-    train_state = nnx.merge(graphdef, rng_state, state)
-    model = train_state.model
-    model.eval()
+    if isinstance(graphdef, tuple):
+      model = [nnx.merge(*parts).model for parts in zip(graphdef, rng_state, state, strict=True)]
+      for member in model:
+        member.eval()
+    else:
+      model = nnx.merge(graphdef, rng_state, state).model
+      model.eval()
     out = decode(model, batch)
     out["index"] = batch["index"]
     if "tf_slot_tags" in out:

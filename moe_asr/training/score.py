@@ -31,8 +31,9 @@ from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
+from moe_asr.training import averaging, distributed, evaluate, inputs, text_lm, train
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, evaluate, inputs, text_lm, train
+from moe_asr.training import ensemble as ensemble_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -104,8 +105,12 @@ def load_calibration(workdir: str | pathlib.Path) -> confidence_lib.Calibration 
   return confidence_lib.Calibration.load(path) if path.exists() else None
 
 
-def make_decoder(run: train.Run, workdir: str | pathlib.Path, *, tunable: bool = False):
+def make_decoder(
+  run: train.Run, workdir: str | pathlib.Path, *, tunable: bool = False, ensemble_weights=None
+):
   """(compiled eval steps, description) for the run's `decode` settings.
+
+  `run` may be an ensemble (`ensemble.combine`) decoded with `ensemble_weights`.
 
   Loads the text LM (`W/lm`) when the settings fuse or rescore with it and the
   bias phrase list when one is named.
@@ -123,8 +128,39 @@ def make_decoder(run: train.Run, workdir: str | pathlib.Path, *, tunable: bool =
   extra = {"lm": str(text_lm.lm_dir(workdir)) if lm is not None else None}
   if bias is not None:
     extra["bias_phrases"] = int(bias.num_phrases)
-  steps = train.make_eval_steps(run, dcfg, lm=lm, bias=bias, tunable=tunable)
+  steps = train.make_eval_steps(
+    run, dcfg, lm=lm, bias=bias, tunable=tunable, ensemble_weights=ensemble_weights
+  )
   return steps, decode_lib.describe(dcfg, extra)
+
+
+def with_ensemble(
+  run: train.Run,
+  workdir: str | pathlib.Path,
+  ensemble: Sequence[str | pathlib.Path],
+  ensemble_weights: str | Sequence[float] = "equal",
+  *,
+  overrides: Sequence[str] = (),
+  average_last: int = 0,
+) -> tuple[train.Run, list[pathlib.Path], list[float] | None]:
+  """(run, member workdirs, weights): `run` with the `ensemble` workdirs' models added.
+
+  Each member restores its newest checkpoint (the mean of its last `average_last` with
+  `average_last`) under its own config with `overrides`; without `ensemble`, `run` as it is
+  and no weights.
+  """
+  members = [pathlib.Path(workdir), *(pathlib.Path(w) for w in ensemble)]
+  if not ensemble:
+    return run, members, None
+  weights = ensemble_lib.member_weights(members, ensemble_weights)
+  runs = [run]
+  for member in members[1:]:
+    member_run = train.build_run(workdir_config(member, overrides), member, for_training=False)
+    if average_last:
+      averaging.average_last(member_run, average_last)
+    member_run.checkpointer.close()
+    runs.append(member_run)
+  return ensemble_lib.combine(runs), members, weights
 
 
 def decode_split(
@@ -183,6 +219,9 @@ def evaluate_workdir(
   out_dir: str | pathlib.Path | None = None,
   cfg: ml_collections.ConfigDict | None = None,
   step: int | None = None,
+  average_last: int = 0,
+  ensemble: Sequence[str | pathlib.Path] = (),
+  ensemble_weights: str | Sequence[float] = "equal",
 ) -> dict:
   """Scores the newest intact checkpoint of `workdir` (or `step`) on `splits`; writes the report.
 
@@ -193,6 +232,12 @@ def evaluate_workdir(
     out_dir: where the report goes (default `W/eval`).
     cfg: use this config instead of the checkpoint's.
     step: the checkpoint step to score (default: the newest that reads back).
+    average_last: > 0: score the mean parameters of the last this many saved steps (up to
+      `step`), see `averaging`; the report's model section names them (`averaged_steps`).
+    ensemble: more workdirs decoded together with `workdir` (their newest checkpoints, each
+      averaged as `average_last` says), see `ensemble`; the report's decode section names
+      the members and their weights.
+    ensemble_weights: "equal", "validation" or one number a member (`workdir` first).
 
   Returns:
     The report dict (also written to `out_dir/report.json`).
@@ -202,6 +247,10 @@ def evaluate_workdir(
   cfg = cfg if cfg is not None else workdir_config(workdir, overrides, step=step)
   splits = tuple(splits or cfg.eval.splits)
   run = train.build_run(cfg, workdir, for_training=False, step=step)
+  averaged = averaging.average_last(run, average_last, step) if average_last else None
+  run, members, weights = with_ensemble(
+    run, workdir, ensemble, ensemble_weights, overrides=overrides, average_last=average_last
+  )
   sizes = info_lib.model_info(
     cfg,
     vocab_size=run.data.tokenizer.vocab_size,
@@ -211,7 +260,9 @@ def evaluate_workdir(
   split_reports, records = {}, {}
   calibration = load_calibration(workdir) if cfg.eval.get("calibrate", True) else None
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-    eval_steps, described = make_decoder(run, workdir)
+    eval_steps, described = make_decoder(run, workdir, ensemble_weights=weights)
+    if ensemble:
+      described["ensemble"] = {"workdirs": [str(w) for w in members], "weights": weights}
     described["calibration"] = None if calibration is None else calibration.to_dict()
     for split in splits:
       _LOG.info("Decoding %s", split)
@@ -240,6 +291,7 @@ def evaluate_workdir(
       "params_total": int(sizes["params_total"]),
       "params_active": int(sizes["params_active"]),
       "step": int(run.start_step),
+      **({"averaged_steps": averaged} if averaged else {}),
     },
     decode=described,
     splits=split_reports,

@@ -577,9 +577,18 @@ def validate(
 
 
 def make_eval_steps(
-  run: Run, decode_cfg=None, *, lm=None, bias=None, tunable: bool = False
+  run: Run,
+  decode_cfg=None,
+  *,
+  lm=None,
+  bias=None,
+  tunable: bool = False,
+  ensemble_weights=None,
 ) -> CompiledSteps:
-  """Compiled eval steps (greedy CTC by default; see `decoding.decode`)."""
+  """Compiled eval steps (greedy CTC by default; see `decoding.decode`).
+
+  `run` may be an ensemble (`training.ensemble.combine`), decoded with `ensemble_weights`.
+  """
   step = evaluate.make_eval_step(
     run.graphdef,
     run.config.model.decoder.max_len,
@@ -589,6 +598,7 @@ def make_eval_steps(
     eos_id=run.data.tokenizer.eos_id,
     tunable=tunable,
     word_table=run.data.tokenizer.word_table(),
+    ensemble_weights=ensemble_weights,
   )
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   return CompiledSteps(step, run, replicated, donate=False)
