@@ -100,7 +100,7 @@ def test_the_wheel_installs_and_runs_from_any_directory(tiny_workdir, tmp_path):
   assert pathlib.Path(module_file).resolve().is_relative_to(root), module_file
   assert pathlib.Path(config_dir).resolve().is_relative_to(root), config_dir
   assert (pathlib.Path(config_dir) / "corpus" / "tiny.py").is_file()
-  assert presets == ["demo", "large", "small", "tiny", "transfer"]
+  assert presets == ["demo", "fleurs_large", "large", "small", "tiny", "transfer"]
 
   cli = _venv_bin(venv) / "moe-asr"
   step = time.time()
