@@ -21,11 +21,6 @@ def get_config():
   # 25 Hz CTC frames: 50 Hz helps French and German but costs Mandarin, Hindi and test_cs.
   c.model.ctc_upsample = 1
   c.data.eval_splits = ("validation",)
-  # No SpecAugment and no dropout in the recogniser: a few passes over the data are too few.
-  c.model.specaug.num_time_masks = 0
-  c.model.specaug.num_freq_masks = 0
-  c.model.encoder.dropout = 0.0
-  c.model.decoder.dropout = 0.0
   # 32 channels in the subsampling convolutions: at 144 they were half of the step.
   c.model.encoder.subsampling_channels = 32
   # Self-conditioned intermediate CTC on block 2 (the LID block).
