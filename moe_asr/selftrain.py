@@ -487,7 +487,7 @@ def noisy_copies(
       noise = augment.make_noise(str(rng.choice(["white", "pink", "brown"])), len(audio), rng)
       audio = augment.add_noise(audio, noise, snr)
     path = directory / pathlib.Path(item["path"]).name
-    soundfile.write(path, augment.to_int16(audio), schema.SAMPLE_RATE, subtype="PCM_16")
+    soundfile.write(path, augment.peak_limited_int16(audio), schema.SAMPLE_RATE, subtype="PCM_16")
     item["student_path"], item["student_snr_db"] = str(path), snr
 
 

@@ -203,13 +203,13 @@ def test_reverberate_silence_and_bad_rt60():
     augment.reverberate(_speech_like(), np.random.default_rng(0), rt60_s=0.0)
 
 
-def test_to_int16():
+def test_peak_limited_int16():
   quiet = 0.5 * np.sin(np.linspace(0, 100, 5000))
-  pcm = augment.to_int16(quiet)
+  pcm = augment.peak_limited_int16(quiet)
   assert pcm.dtype == np.int16
   assert abs(int(np.max(np.abs(pcm))) - round(0.5 * 32767)) <= 2  # Level kept.
-  loud = augment.to_int16(3.0 * quiet)
+  loud = augment.peak_limited_int16(3.0 * quiet)
   assert abs(int(np.max(np.abs(loud))) - round(32767 * 10 ** (-1 / 20))) <= 2  # -1 dBFS.
-  assert augment.to_int16(np.array([1.0, -1.0])).tolist() == [32767, -32767]
+  assert augment.peak_limited_int16(np.array([1.0, -1.0])).tolist() == [32767, -32767]
   with pytest.raises(ValueError):
-    augment.to_int16(np.array([0.0, np.nan]))
+    augment.peak_limited_int16(np.array([0.0, np.nan]))

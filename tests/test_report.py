@@ -78,6 +78,15 @@ def test_split_report_numbers_and_sections():
     assert lo <= s[metric] <= hi, metric
 
 
+def test_split_report_draws_the_configured_bootstrap_resamples():
+  # One resample gives one value: both ends of its interval are that value (a resample of
+  # the 4 utterances), while 1000 resamples spread the WER interval.
+  lo, hi = report.split_report(_records(), bootstrap_samples=1)["ci"]["wer"]
+  assert lo == pytest.approx(hi, abs=1e-12)
+  lo, hi = report.split_report(_records(), bootstrap_samples=1000)["ci"]["wer"]
+  assert hi - lo > 0.05
+
+
 def test_split_report_omits_empty_sections():
   clean = [Utterance("a", "x", "x", language="en"), Utterance("b", "x y", "x", language="en")]
   s = report.split_report(clean, with_ci=True)

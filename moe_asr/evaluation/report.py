@@ -44,7 +44,11 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 def split_report(
-  records: Sequence[Utterance], *, rtf: float | None = None, with_ci: bool = True
+  records: Sequence[Utterance],
+  *,
+  rtf: float | None = None,
+  with_ci: bool = True,
+  bootstrap_samples: int = 1000,
 ) -> dict[str, Any]:
   """Metrics of one evaluation split, overall and broken down.
 
@@ -52,6 +56,7 @@ def split_report(
     records: the split's decoded utterances.
     rtf: real-time factor of decoding (decode seconds / audio seconds), if measured.
     with_ci: add 95% bootstrap intervals under "ci".
+    bootstrap_samples: resamples of each interval (`config.eval.bootstrap_samples`).
 
   Returns:
     `summarize(records)` plus "rtf", "by_language", "by_pair" (when any utterance switches
@@ -69,7 +74,7 @@ def split_report(
   if with_ci:
     out["ci"] = {}
     for metric in CI_METRICS:
-      lo, hi = metrics_lib.bootstrap_ci(records, metric)
+      lo, hi = metrics_lib.bootstrap_ci(records, metric, num_samples=bootstrap_samples)
       out["ci"][metric] = None if math.isnan(lo) else [lo, hi]
   return out
 

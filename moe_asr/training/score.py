@@ -274,7 +274,9 @@ def evaluate_workdir(
         calibration=calibration,
       )
       records[split] = recs
-      split_reports[split] = report_lib.split_report(recs, rtf=info["rtf"])
+      split_reports[split] = report_lib.split_report(
+        recs, rtf=info["rtf"], bootstrap_samples=int(cfg.eval.get("bootstrap_samples", 1000))
+      )
       split_reports[split]["latency_p50"] = info["latency_p50"]
       split_reports[split]["latency_p95"] = info["latency_p95"]
       split_reports[split]["skipped"] = info["skipped"]

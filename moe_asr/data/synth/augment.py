@@ -284,11 +284,11 @@ def scale_segments(segments: np.ndarray, old_len: int, new_len: int) -> np.ndarr
   return np.concatenate([scaled, segments[:, 2:]], axis=1).astype(np.int32)
 
 
-def to_int16(audio: np.ndarray) -> np.ndarray:
-  """Converts a float waveform to int16 PCM.
+def peak_limited_int16(audio: np.ndarray) -> np.ndarray:
+  """Converts a float waveform to int16 PCM without clipping (synthesised audio).
 
   Audio that would clip is first scaled down to a -1 dBFS peak; anything else
-  keeps its level.
+  keeps its level. (`audio_io.to_int16` converts recorded audio: it clips.)
 
   Args:
     audio: float [samples] waveform, nominally in [-1, 1].
@@ -301,6 +301,6 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
   """
   x = np.asarray(audio, np.float64)
   if not np.all(np.isfinite(x)):
-    raise ValueError("to_int16 got non-finite samples")
+    raise ValueError("peak_limited_int16 got non-finite samples")
   x = np.clip(_peak_normalise(x), -1.0, 1.0)
   return np.round(x * 32767.0).astype(np.int16)

@@ -339,7 +339,7 @@ def generate_example(cfg: Mapping[str, Any], split: str, index: int) -> dict[str
     audio = augment.add_noise(audio, noise, snr)
 
   return {
-    "audio": augment.to_int16(audio),
+    "audio": augment.peak_limited_int16(audio),
     "text": utt.text,
     "words_lang": list(utt.words_lang),
     # Each chunk in the language it is spoken in, as the synthesiser reads it.
