@@ -87,6 +87,25 @@ def test_split_report_draws_the_configured_bootstrap_resamples():
   assert hi - lo > 0.05
 
 
+def test_split_report_scores_bias_phrases_inside_and_outside():
+  # "turn off" (u2, "off" substituted) and "shape of you" (u4, right): 1 error in 5 biased
+  # words; the other 10 words hold u3's deleted word. B-WER 1/5, U-WER 1/10, and weighted
+  # by their words they make the WER, 2/15.
+  s = report.split_report(_records(), bias_phrases=["turn off", "shape of you"])
+  assert s["b_wer"] == pytest.approx(1 / 5, abs=TOL) and s["b_words"] == 5
+  assert s["u_wer"] == pytest.approx(1 / 10, abs=TOL) and s["u_words"] == 10
+  assert "b_wer" not in report.split_report(_records())
+  # A list none of whose phrases occurs: no biased words, B-WER undefined.
+  s = report.split_report(_records(), bias_phrases=["open the door"])
+  assert s["b_wer"] is None and s["b_words"] == 0 and s["u_wer"] == pytest.approx(2 / 15)
+  md = report.format_markdown(
+    report.build_report(
+      model={"params_total": 1, "params_active": 1}, decode={}, splits={"test": s}
+    )
+  )
+  assert "## Bias phrases" in md and "| test | - | 0 | 13.3 | 15 |" in md
+
+
 def test_split_report_omits_empty_sections():
   clean = [Utterance("a", "x", "x", language="en"), Utterance("b", "x y", "x", language="en")]
   s = report.split_report(clean, with_ci=True)

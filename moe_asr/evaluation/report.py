@@ -49,6 +49,7 @@ def split_report(
   rtf: float | None = None,
   with_ci: bool = True,
   bootstrap_samples: int = 1000,
+  bias_phrases: Sequence[str] = (),
 ) -> dict[str, Any]:
   """Metrics of one evaluation split, overall and broken down.
 
@@ -57,6 +58,9 @@ def split_report(
     rtf: real-time factor of decoding (decode seconds / audio seconds), if measured.
     with_ci: add 95% bootstrap intervals under "ci".
     bootstrap_samples: resamples of each interval (`config.eval.bootstrap_samples`).
+    bias_phrases: normalised phrases of a biasing list: adds the word error rate inside
+      their occurrences and outside them ("b_wer", "u_wer"; WeNet's B-WER and U-WER, see
+      `metrics.biased_edit_counts`) and the reference words of each ("b_words", "u_words").
 
   Returns:
     `summarize(records)` plus "rtf", "by_language", "by_pair" (when any utterance switches
@@ -71,6 +75,14 @@ def split_report(
   out["by_speaker"] = metrics_lib.breakdown(records, "speaker")
   if any(math.isfinite(r.snr_db) for r in records):
     out["by_snr"] = metrics_lib.breakdown(records, lambda r: metrics_lib.snr_bucket(r.snr_db))
+  if bias_phrases:
+    scored = [r for r in records if r.ref_text]
+    rates = metrics_lib.biased_error_rates(
+      [r.ref_text for r in scored], [r.hyp_text for r in scored], bias_phrases
+    )
+    for rate in ("b_wer", "u_wer"):
+      out[rate] = None if math.isnan(rates[rate]) else float(rates[rate])
+    out["b_words"], out["u_words"] = int(rates["b_units"]), int(rates["u_units"])
   if with_ci:
     out["ci"] = {}
     for metric in CI_METRICS:
@@ -278,6 +290,21 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     rtf = "-" if s.get("rtf") is None else f"{s['rtf']:.3f}"
     rows.append([name, str(s["n"]), *(_pct_ci(s, key) for _, key in _MD_COLUMNS), rtf])
   lines += _md_table(header, rows)
+  biased = {name: s for name, s in report["splits"].items() if "b_wer" in s}
+  if biased:
+    lines += ["", "## Bias phrases", ""]
+    lines.append(
+      "WER inside the bias list's phrase occurrences (B-WER) and outside them (U-WER), "
+      "with the reference words of each."
+    )
+    lines.append("")
+    lines += _md_table(
+      ["split", "B-WER", "biased words", "U-WER", "other words"],
+      [
+        [name, _pct(s["b_wer"]), str(s["b_words"]), _pct(s["u_wer"]), str(s["u_words"])]
+        for name, s in biased.items()
+      ],
+    )
   sections = (("by_language", "language"), ("by_pair", "pair"), ("by_snr", "noise"))
   for name, s in report["splits"].items():
     for field, title in sections:
