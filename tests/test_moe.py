@@ -1,5 +1,6 @@
 """Tests of the MoE feed-forward block: routers, dispatch, aux losses, padding."""
 
+import dataclasses
 import math
 
 import jax
@@ -31,8 +32,14 @@ def _inputs(seed: int = 0, length: int = LENGTH, lengths=(6, 4)):
 
 
 def _layer(num_experts: int = 4, **kwargs) -> moe.MoeFeedForward:
+  """A layer; `kwargs` are `MoeSettings` fields and `MoeFeedForward` arguments."""
+  fields = {f.name for f in dataclasses.fields(moe.MoeSettings)}
+  settings = moe.MoeSettings(
+    num_experts=num_experts, **{k: v for k, v in kwargs.items() if k in fields}
+  )
+  rest = {k: v for k, v in kwargs.items() if k not in fields}
   return moe.MoeFeedForward(
-    D_MODEL, D_FF, num_experts, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **kwargs
+    D_MODEL, D_FF, settings, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **rest
   )
 
 
