@@ -599,3 +599,19 @@ def test_from_config_and_param_counts():
   # Soft routing runs the experts the map uses: two here.
   soft = _layer(num_experts=4, router="language", language_soft=True, expert_map="0 0 0 1 1 1 1")
   assert soft.param_counts() == (4 * expert, 2 * expert)
+
+
+def test_settings_from_config():
+  # The encoder section's names: moe_block_size is block_size; missing keys take the
+  # defaults; a list map becomes a tuple (the settings are hashable).
+  cfg = ml_collections.ConfigDict(
+    {"num_experts": 4, "router": "language", "moe_block_size": 64, "expert_map": [0, 1, 2, 3]}
+  )
+  settings = moe.MoeSettings.from_config(cfg)
+  assert settings == moe.MoeSettings(
+    num_experts=4, router="language", block_size=64, expert_map=(0, 1, 2, 3)
+  )
+  assert hash(settings) == hash(moe.MoeSettings.from_config(cfg))
+  assert moe.MoeSettings.from_config(ml_collections.ConfigDict()) == moe.MoeSettings()
+  with pytest.raises(ValueError, match="router"):
+    moe.MoeSettings(router="random")

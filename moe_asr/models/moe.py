@@ -128,8 +128,10 @@ _ACTIVATIONS = ACTIVATIONS
 
 @dataclasses.dataclass(frozen=True)
 class MoeSettings:
-  """The expert and router settings of a MoE layer: one definition, and one set of
-  defaults, for the encoder's and the decoder's layers (`MoeFeedForward`).
+  """The expert and router settings of a `MoeFeedForward`, encoder's and decoder's alike.
+
+  One definition and one set of defaults for every MoE layer; a config section
+  (`config.model.encoder`, `config.model.decoder`) holds them under the same names.
 
   Attributes:
     num_experts: routed experts E (0 = none; a MoE layer needs at least 1).
@@ -187,10 +189,6 @@ class MoeSettings:
     if "moe_block_size" in cfg:
       kwargs["block_size"] = get("moe_block_size")
     return cls(**kwargs)
-
-  def replace(self, **changes) -> MoeSettings:
-    """A copy with `changes`."""
-    return dataclasses.replace(self, **changes)
 
 
 @flax.struct.dataclass
