@@ -150,13 +150,15 @@ def run_mesh(args, dtype) -> dict[str, float]:
     layer = moe.MoeFeedForward(
       args.d_model,
       args.d_ff,
-      args.experts,
-      router="learned",
-      top_k=args.top_k,
-      block_size=args.block_size,
-      grouped_matmul=args.grouped_matmul,
-      expert_parallel=mode,
-      capacity_factor=args.capacity_factor,
+      moe.MoeSettings(
+        num_experts=args.experts,
+        router="learned",
+        top_k=args.top_k,
+        block_size=args.block_size,
+        grouped_matmul=args.grouped_matmul,
+        expert_parallel=mode,
+        capacity_factor=args.capacity_factor,
+      ),
       dtype=dtype,
       rngs=nnx.Rngs(0),
     )
@@ -273,11 +275,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   layer = moe.MoeFeedForward(
     args.d_model,
     args.d_ff,
-    args.experts,
-    router="learned",
-    top_k=args.top_k,
-    block_size=args.block_size,
-    grouped_matmul=args.grouped_matmul,
+    moe.MoeSettings(
+      num_experts=args.experts,
+      router="learned",
+      top_k=args.top_k,
+      block_size=args.block_size,
+      grouped_matmul=args.grouped_matmul,
+    ),
     dtype=dtype,
     rngs=nnx.Rngs(0),
   )

@@ -5,6 +5,7 @@ round-off of reordered sums); identities that involve no arithmetic change are
 exact.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -16,7 +17,7 @@ import pytest
 from flax import nnx
 
 from moe_asr.models import conformer, layers, lid
-from moe_asr.models.moe import MoeAux
+from moe_asr.models.moe import MoeAux, MoeSettings
 
 D, HEADS, FF, MELS, LANGS, EXPERTS = 8, 2, 16, 8, 3, 3
 # Most tests share these shapes so that eagerly compiled ops are reused.
@@ -42,6 +43,8 @@ def _encoder(seed=0, **overrides):
     conditioning="film",
   )
   kwargs.update(overrides)
+  fields = {f.name for f in dataclasses.fields(MoeSettings)}
+  kwargs["moe"] = MoeSettings(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
   enc = conformer.ConformerEncoder(**kwargs, rngs=nnx.Rngs(params=seed, dropout=1, condition=2))
   enc.eval()
   return enc

@@ -11,6 +11,7 @@ from flax import nnx
 
 from moe_asr.models.decoder import TransformerDecoder, attention_loss, shift_right
 from moe_asr.models.layers import MultiHeadAttention
+from moe_asr.models.moe import MoeSettings
 
 VOCAB, D, HEADS, LAYERS, D_FF = 40, 16, 2, 2, 32
 NUM_LANG, NUM_EXPERTS = 3, 4
@@ -29,9 +30,7 @@ def make_decoder(router="language", dtype=jnp.float32, moe_layers=(1,)):
     0.0,
     16,
     moe_layers=moe_layers,
-    num_experts=NUM_EXPERTS,
-    router=router,
-    top_k=2,
+    moe=MoeSettings(num_experts=NUM_EXPERTS, router=router, top_k=2),
     num_languages=NUM_LANG,
     dtype=dtype,
     rngs=nnx.Rngs(0),
@@ -264,6 +263,7 @@ def test_from_config_and_gradients():
       moe_layers=(0,),
       num_experts=NUM_EXPERTS,
       router="hybrid",
+      top_k=1,
       num_languages=NUM_LANG,
       tie_embeddings=False,
       positions="learned",

@@ -9,6 +9,7 @@ tiny model trains expert-parallel, resumes exactly and restores on one device.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -53,8 +54,14 @@ def _inputs(seed: int = 0):
 
 
 def _layer(num_experts=8, **kwargs) -> moe.MoeFeedForward:
+  """A layer; `kwargs` are `MoeSettings` fields and `MoeFeedForward` arguments."""
+  fields = {f.name for f in dataclasses.fields(moe.MoeSettings)}
+  settings = moe.MoeSettings(
+    num_experts=num_experts, **{k: v for k, v in kwargs.items() if k in fields}
+  )
+  rest = {k: v for k, v in kwargs.items() if k not in fields}
   return moe.MoeFeedForward(
-    D_MODEL, D_FF, num_experts, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **kwargs
+    D_MODEL, D_FF, settings, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **rest
   )
 
 

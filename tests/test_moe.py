@@ -1,5 +1,6 @@
 """Tests of the MoE feed-forward block: routers, dispatch, aux losses, padding."""
 
+import dataclasses
 import math
 
 import jax
@@ -31,8 +32,14 @@ def _inputs(seed: int = 0, length: int = LENGTH, lengths=(6, 4)):
 
 
 def _layer(num_experts: int = 4, **kwargs) -> moe.MoeFeedForward:
+  """A layer; `kwargs` are `MoeSettings` fields and `MoeFeedForward` arguments."""
+  fields = {f.name for f in dataclasses.fields(moe.MoeSettings)}
+  settings = moe.MoeSettings(
+    num_experts=num_experts, **{k: v for k, v in kwargs.items() if k in fields}
+  )
+  rest = {k: v for k, v in kwargs.items() if k not in fields}
   return moe.MoeFeedForward(
-    D_MODEL, D_FF, num_experts, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **kwargs
+    D_MODEL, D_FF, settings, num_languages=NUM_LANGUAGES, rngs=nnx.Rngs(0), **rest
   )
 
 
@@ -592,3 +599,19 @@ def test_from_config_and_param_counts():
   # Soft routing runs the experts the map uses: two here.
   soft = _layer(num_experts=4, router="language", language_soft=True, expert_map="0 0 0 1 1 1 1")
   assert soft.param_counts() == (4 * expert, 2 * expert)
+
+
+def test_settings_from_config():
+  # The encoder section's names: moe_block_size is block_size; missing keys take the
+  # defaults; a list map becomes a tuple (the settings are hashable).
+  cfg = ml_collections.ConfigDict(
+    {"num_experts": 4, "router": "language", "moe_block_size": 64, "expert_map": [0, 1, 2, 3]}
+  )
+  settings = moe.MoeSettings.from_config(cfg)
+  assert settings == moe.MoeSettings(
+    num_experts=4, router="language", block_size=64, expert_map=(0, 1, 2, 3)
+  )
+  assert hash(settings) == hash(moe.MoeSettings.from_config(cfg))
+  assert moe.MoeSettings.from_config(ml_collections.ConfigDict()) == moe.MoeSettings()
+  with pytest.raises(ValueError, match="router"):
+    moe.MoeSettings(router="random")

@@ -27,7 +27,7 @@ from flax import nnx
 from moe_asr.data import languages as langs_lib
 from moe_asr.models import layers, partitioning
 from moe_asr.models import lid as lid_lib
-from moe_asr.models.moe import ROUTERS, MoeAux, MoeFeedForward
+from moe_asr.models.moe import MoeAux, MoeFeedForward, MoeSettings
 
 CONDITIONING = ("none", "add", "film")
 _NEG_INF = -1e30  # Finite "minus infinity" for masked attention scores.
@@ -381,7 +381,7 @@ class ConformerBlock(nnx.Module):
   """Macaron Conformer block.
 
   x + 0.5 FFN1(x) -> x + MHSA(x) -> x + Conv(x) -> x + 0.5 FFN2(x) -> LayerNorm,
-  each sub-module pre-normalised. With `use_moe` only FFN2 is routed experts:
+  each sub-module pre-normalised. With `moe` settings only FFN2 is routed experts:
   it sees the context gathered by attention and convolution (a better input
   for a learned router than FFN1's purely local one), one routing per block
   keeps dispatch cost at one MoE layer, and FFN1 stays a dense path shared by
@@ -396,25 +396,18 @@ class ConformerBlock(nnx.Module):
     conv_kernel: int,
     dropout: float = 0.0,
     *,
-    use_moe: bool = False,
-    num_experts: int = 0,
-    router: str = "learned",
-    top_k: int = 2,
-    capacity_factor: float | None = None,
-    shared_expert: bool = False,
-    language_soft: bool = False,
-    grouped_matmul: str = "auto",
-    moe_block_size: int = 256,
-    expert_map: str | Sequence[int] = "modulo",
+    moe: MoeSettings | None = None,
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
+    """Builds the block; `moe` (None = a dense FFN2) are the settings of its routed experts."""
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.d_model = d_model  # The output width (a residual adapter after the block reads it).
-    self.use_moe = use_moe
-    self.num_experts = num_experts
+    self.use_moe = moe is not None
+    # Width of the (all-zero) MoeAux of a dense block.
+    self.num_experts = max(moe.num_experts, 1) if moe is not None else 1
     self.norm_ff1 = layers.layer_norm(d_model, **kw)
     self.ff1 = layers.FeedForward(d_model, d_ff, dropout=dropout, **kw)
     self.norm_mha = layers.layer_norm(d_model, **kw)
@@ -422,22 +415,14 @@ class ConformerBlock(nnx.Module):
     self.norm_conv = layers.layer_norm(d_model, **kw)
     self.conv = ConvolutionModule(d_model, conv_kernel, dropout, **kw)
     self.norm_ff2 = layers.layer_norm(d_model, **kw)
-    if use_moe:
+    if moe is not None:
       self.ff2 = MoeFeedForward(
         d_model,
         d_ff,
-        num_experts,
-        router=router,
-        top_k=top_k,
+        moe,
         num_languages=num_languages,
-        capacity_factor=capacity_factor,
-        shared_expert=shared_expert,
         activation="swish",
         dropout=0.0,  # The block applies its own residual dropout.
-        language_soft=language_soft,
-        grouped_matmul=grouped_matmul,
-        block_size=moe_block_size,
-        expert_map=expert_map,
         **kw,
       )
     else:
@@ -513,6 +498,7 @@ class ConformerEncoder(nnx.Module):
   them. Posteriors are passed with `stop_gradient` by default, so the LID head
   is trained only by its own loss and not pulled towards whatever posterior
   helps the transcript (which would make it a worse language identifier).
+  The experts of the blocks in `moe_layers` have the settings `moe` (`moe.MoeSettings`).
   """
 
   def __init__(
@@ -526,25 +512,18 @@ class ConformerEncoder(nnx.Module):
     num_mel_bins: int = 80,
     lid_layer: int = 0,
     moe_layers: Sequence[int] = (),
-    num_experts: int = 0,
-    router: str = "learned",
-    top_k: int = 2,
-    capacity_factor: float | None = None,
-    shared_expert: bool = False,
+    moe: MoeSettings | None = None,
     num_languages: int = len(langs_lib.LANGUAGE_CODES),
     conditioning: str = "film",
-    language_soft: bool = False,
     subsampling_channels: int = 0,
-    grouped_matmul: str = "auto",
-    moe_block_size: int = 256,
     utt_lid_layer: int | None = None,
-    expert_map: str | Sequence[int] = "modulo",
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     moe_layers = tuple(sorted({int(i) for i in moe_layers}))
+    moe = MoeSettings() if moe is None else moe  # The experts of the blocks in moe_layers.
     if not 0 <= lid_layer < num_layers:
       raise ValueError(f"lid_layer={lid_layer} outside [0, num_layers={num_layers})")
     utt_lid_layer = lid_layer if utt_lid_layer is None else int(utt_lid_layer)
@@ -552,13 +531,11 @@ class ConformerEncoder(nnx.Module):
       raise ValueError(f"utt_lid_layer={utt_lid_layer} outside [-{num_layers}, {num_layers})")
     if any(not 0 <= i < num_layers for i in moe_layers):
       raise ValueError(f"moe_layers {moe_layers} outside [0, num_layers={num_layers})")
-    if moe_layers and num_experts < 1:
+    if moe_layers and moe.num_experts < 1:
       raise ValueError("moe_layers need num_experts >= 1")
-    if router not in ROUTERS:
-      raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
-    if router != "learned" and any(i <= lid_layer for i in moe_layers):
+    if moe.router != "learned" and any(i <= lid_layer for i in moe_layers):
       raise ValueError(
-        f"router={router!r} needs LID posteriors: moe_layers {moe_layers} must be > lid_layer"
+        f"router={moe.router!r} needs LID posteriors: moe_layers {moe_layers} must be > lid_layer"
       )
     if conditioning not in CONDITIONING:
       raise ValueError(f"conditioning must be one of {CONDITIONING}, got {conditioning!r}")
@@ -568,7 +545,7 @@ class ConformerEncoder(nnx.Module):
     self.lid_layer = lid_layer
     self.utt_lid_layer = utt_lid_layer % num_layers
     self.moe_layers = moe_layers
-    self.num_experts = max(num_experts, 1)
+    self.num_experts = max(moe.num_experts, 1)
     self.num_languages = num_languages
     self.conditioning = conditioning
     self.dtype = dtype
@@ -585,16 +562,7 @@ class ConformerEncoder(nnx.Module):
           d_ff,
           conv_kernel,
           dropout,
-          use_moe=i in moe_layers,
-          num_experts=self.num_experts,
-          router=router,
-          top_k=top_k,
-          capacity_factor=capacity_factor,
-          shared_expert=shared_expert,
-          language_soft=language_soft,
-          grouped_matmul=grouped_matmul,
-          moe_block_size=moe_block_size,
-          expert_map=expert_map,
+          moe=moe if i in moe_layers else None,
           num_languages=num_languages,
           **kw,
         )
@@ -621,18 +589,16 @@ class ConformerEncoder(nnx.Module):
     Fields: num_layers, d_model, num_heads, d_ff (also the width of each
     expert), conv_kernel (odd depthwise kernel), dropout, lid_layer (0-based
     block the LID heads read), moe_layers (0-based blocks whose FFN2 is routed
-    experts; must be > lid_layer unless router is "learned"), num_experts,
-    router ("learned" | "language" | "hybrid"), top_k, capacity_factor (None =
-    dropless), shared_expert, conditioning ("none" | "add" | "film"),
-    num_languages, dtype ("float32" | "bfloat16", compute dtype; params stay
-    float32). Optional: num_mel_bins (default 80), language_soft (default False),
-    subsampling_channels (channels of the two subsampling convolutions; default 0 =
-    d_model), grouped_matmul (the experts' grouped matmul, "blocks" | "ragged" |
-    "auto"; default "auto", see `moe`), moe_block_size (most rows per block of the
-    "blocks" grouped matmul; default 256), utt_lid_layer (the block the utterance LID
-    reads, negative from the top; default None = lid_layer), expert_map (the expert of
-    each language for the language and hybrid routers: "modulo" | "pairs" | one id per
-    language; default "modulo", see `moe.resolve_expert_map`).
+    experts; must be > lid_layer unless router is "learned"), conditioning ("none" |
+    "add" | "film"), num_languages, dtype ("float32" | "bfloat16", compute dtype;
+    params stay float32). The experts' settings, read by `moe.MoeSettings.from_config`
+    (defaults there): num_experts, router ("learned" | "language" | "hybrid"), top_k,
+    capacity_factor (None = dropless), shared_expert, language_soft, grouped_matmul
+    ("blocks" | "ragged" | "auto"), moe_block_size (most rows per block of the "blocks"
+    grouped matmul), expert_map ("modulo" | "pairs" | one id per language). Optional:
+    num_mel_bins (default 80), subsampling_channels (channels of the two subsampling
+    convolutions; default 0 = d_model), utt_lid_layer (the block the utterance LID
+    reads, negative from the top; default None = lid_layer).
     """
     dtype = layers.DTYPES[cfg.dtype] if isinstance(cfg.get("dtype"), str) else cfg.get("dtype")
     return cls(
@@ -645,19 +611,11 @@ class ConformerEncoder(nnx.Module):
       num_mel_bins=cfg.get("num_mel_bins", 80),
       lid_layer=cfg.lid_layer,
       moe_layers=tuple(cfg.moe_layers),
-      num_experts=cfg.num_experts,
-      router=cfg.router,
-      top_k=cfg.top_k,
-      capacity_factor=cfg.capacity_factor,
-      shared_expert=cfg.shared_expert,
+      moe=MoeSettings.from_config(cfg),
       num_languages=cfg.get("num_languages", len(langs_lib.LANGUAGE_CODES)),
       conditioning=cfg.conditioning,
-      language_soft=cfg.get("language_soft", False),
       subsampling_channels=cfg.get("subsampling_channels", 0),
-      grouped_matmul=cfg.get("grouped_matmul", "auto"),
-      moe_block_size=cfg.get("moe_block_size", 256),
       utt_lid_layer=cfg.get("utt_lid_layer"),
-      expert_map=cfg.get("expert_map", "modulo"),
       dtype=dtype or jnp.float32,
       rngs=rngs,
     )

@@ -25,7 +25,7 @@ small corpora; `tie_embeddings=False` gives a separate projection.
 Incremental decoding keeps its state in a `DecoderCache`, a plain pytree of
 arrays with an int32 position index, so `decode_step` runs inside
 `jax.lax.while_loop` / `scan` (beam search reorders it with `take`). With a
-dropless MoE (`capacity_factor=None`) step-by-step decoding gives the logits of
+dropless MoE (`MoeSettings.capacity_factor=None`) step-by-step decoding gives the logits of
 the full forward pass. `decode_step(..., context=False)` runs the decoder
 without acoustic context (zero cross-attention output), for internal LM
 estimation.
@@ -45,7 +45,7 @@ from flax import nnx
 from moe_asr.data.languages import LANGUAGE_CODES
 from moe_asr.models import partitioning
 from moe_asr.models.layers import FeedForward, KVCache, MultiHeadAttention, layer_norm
-from moe_asr.models.moe import MoeAux, MoeFeedForward
+from moe_asr.models.moe import MoeAux, MoeFeedForward, MoeSettings
 
 _LANGUAGE_ROUTERS = ("language", "hybrid")
 
@@ -92,7 +92,8 @@ class DecoderCache:
 class DecoderBlock(nnx.Module):
   """Pre-norm block: causal self-attention, cross-attention (optional), FFN or MoE.
 
-  Returns `(x, aux)` where `aux` is the block's `MoeAux`, or None when its FFN
+  The FFN is a `MoeFeedForward` with the settings `moe`, or a plain FFN when `moe` is
+  None. Returns `(x, aux)` where `aux` is the block's `MoeAux`, or None when its FFN
   is plain.
   """
 
@@ -104,25 +105,15 @@ class DecoderBlock(nnx.Module):
     *,
     dropout: float = 0.0,
     cross_attention: bool = True,
-    moe: bool = False,
-    num_experts: int = 8,
-    router: str = "language",
-    top_k: int = 1,
-    capacity_factor: float | None = None,
-    shared_expert: bool = False,
+    moe: MoeSettings | None = None,
     num_languages: int = len(LANGUAGE_CODES),
-    language_soft: bool = False,
     activation: str = "swish",
-    grouped_matmul: str = "auto",
-    moe_block_size: int = 256,
-    expert_map: str | Sequence[int] = "modulo",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.moe = moe
-    self.router = router
+    self.moe = moe  # None: a plain FFN.
     self.self_norm = layer_norm(d_model, **kw)
     self.self_attention = MultiHeadAttention(d_model, num_heads, **kw)
     if cross_attention:
@@ -131,22 +122,14 @@ class DecoderBlock(nnx.Module):
     else:
       self.cross_norm = self.cross_attention = None
     self.ffn_norm = layer_norm(d_model, **kw)
-    if moe:
+    if moe is not None:
       self.ffn = MoeFeedForward(
         d_model,
         d_ff,
-        num_experts,
-        router=router,
-        top_k=top_k,
+        moe,
         num_languages=num_languages,
-        capacity_factor=capacity_factor,
-        shared_expert=shared_expert,
         activation=activation,
         dropout=dropout,
-        language_soft=language_soft,
-        grouped_matmul=grouped_matmul,
-        block_size=moe_block_size,
-        expert_map=expert_map,
         **kw,
       )
     else:
@@ -155,7 +138,7 @@ class DecoderBlock(nnx.Module):
 
   @property
   def needs_lang_probs(self) -> bool:
-    return self.moe and self.router in _LANGUAGE_ROUTERS
+    return self.moe is not None and self.moe.router in _LANGUAGE_ROUTERS
 
   def __call__(
     self,
@@ -241,7 +224,7 @@ class DecoderBlock(nnx.Module):
       x = x + self.dropout(h)
     h = self.ffn_norm(x)
     aux = None
-    if self.moe:
+    if self.moe is not None:
       if self.needs_lang_probs and lang_probs is None:
         if context:
           lang_probs = self._lid_context(cross_probs, enc_lang_probs, enc_mask)
@@ -258,7 +241,7 @@ class DecoderBlock(nnx.Module):
     """Language posteriors of the attended acoustic region [batch, length, num_languages]."""
     if cross_probs is None or enc_lang_probs is None:
       raise ValueError(
-        f"The {self.router!r} router needs token_lang_probs, or enc_lang_probs in a "
+        f"The {self.moe.router!r} router needs token_lang_probs, or enc_lang_probs in a "
         "block with cross-attention."
       )
     enc_lang = jnp.where(enc_mask[..., None], enc_lang_probs.astype(jnp.float32), 0.0)
@@ -350,23 +333,15 @@ class TransformerDecoder(nnx.Module):
     d_ff: int,
     dropout: float = 0.1,
     max_len: int = 256,
+    *,
     moe_layers: Sequence[int] = (),
-    num_experts: int = 8,
-    router: str = "language",
-    top_k: int = 1,
-    capacity_factor: float | None = None,
-    shared_expert: bool = False,
+    moe: MoeSettings | None = None,
     num_languages: int = len(LANGUAGE_CODES),
     dtype=jnp.float32,
     param_dtype=jnp.float32,
-    *,
     positions: str = "sinusoidal",
     tie_embeddings: bool = True,
-    language_soft: bool = False,
     activation: str = "swish",
-    grouped_matmul: str = "auto",
-    moe_block_size: int = 256,
-    expert_map: str | Sequence[int] = "modulo",
     rngs: nnx.Rngs,
   ):
     """Builds the decoder.
@@ -380,33 +355,29 @@ class TransformerDecoder(nnx.Module):
       dropout: residual/FFN dropout rate.
       max_len: longest token sequence (learned positions; cache default).
       moe_layers: indices of the blocks whose FFN is a `MoeFeedForward`.
-      num_experts: experts per MoE block.
-      router: "language" | "learned" | "hybrid".
-      top_k: experts per token (learned/hybrid routers).
-      capacity_factor: expert capacity factor, None = dropless.
-      shared_expert: add an always-on shared expert.
+      moe: the settings of those blocks' experts (`moe.MoeSettings`: num_experts, router,
+        top_k, capacity_factor, shared_expert, language_soft, grouped_matmul, block_size,
+        expert_map, ...; None = the defaults).
       num_languages: language posteriors' width.
       dtype: compute dtype (float32 or bfloat16).
       param_dtype: parameter dtype.
       positions: "sinusoidal" or "learned".
       tie_embeddings: output projection = token embedding transposed.
-      language_soft: language router mixes experts by posterior instead of top-1.
-      activation: FFN activation ("swish", "gelu", "relu").
-      grouped_matmul: the experts' grouped matmul, "blocks" | "ragged" | "auto" (see `moe`).
-      moe_block_size: most rows per block of the "blocks" grouped matmul.
-      expert_map: the expert of each language for the language and hybrid routers,
-        "modulo" | "pairs" | one id per language (see `moe.resolve_expert_map`).
+      activation: FFN activation ("swish", "gelu", "relu"), experts' included.
       rngs: parameter and dropout keys.
     """
     moe_layers = tuple(sorted(set(int(i) for i in moe_layers)))
+    moe = MoeSettings() if moe is None else moe
     if any(not 0 <= i < num_layers for i in moe_layers):
       raise ValueError(f"moe_layers {moe_layers} outside [0, {num_layers})")
+    if moe_layers and moe.num_experts < 1:
+      raise ValueError("moe_layers need num_experts >= 1")
     self.vocab_size = vocab_size
     self.d_model = d_model
     self.num_heads = num_heads
     self.max_len = max_len
     self.moe_layers = moe_layers
-    self.num_experts = num_experts
+    self.num_experts = moe.num_experts
     self.num_languages = num_languages
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -422,18 +393,9 @@ class TransformerDecoder(nnx.Module):
           d_ff,
           dropout=dropout,
           cross_attention=True,
-          moe=i in moe_layers,
-          num_experts=num_experts,
-          router=router,
-          top_k=top_k,
-          capacity_factor=capacity_factor,
-          shared_expert=shared_expert,
+          moe=moe if i in moe_layers else None,
           num_languages=num_languages,
-          language_soft=language_soft,
           activation=activation,
-          grouped_matmul=grouped_matmul,
-          moe_block_size=moe_block_size,
-          expert_map=expert_map,
           **kw,
         )
         for i in range(num_layers)
@@ -449,12 +411,12 @@ class TransformerDecoder(nnx.Module):
 
     Fields (defaults in brackets): vocab_size (unless passed as an
     argument), d_model, num_heads, num_layers, d_ff, dropout [0.1],
-    max_len [256], moe_layers [()], num_experts [8], router ["language"],
-    top_k [1], capacity_factor [None], shared_expert [False],
-    num_languages [7], dtype ["float32" | "bfloat16"], param_dtype
-    ["float32"], positions ["sinusoidal"], tie_embeddings [True],
-    language_soft [False], activation ["swish"], grouped_matmul ["auto"], moe_block_size [256],
-    expert_map ["modulo"].
+    max_len [256], moe_layers [()], num_languages [7], dtype ["float32" |
+    "bfloat16"], param_dtype ["float32"], positions ["sinusoidal"],
+    tie_embeddings [True], activation ["swish"], and the experts' settings, read by
+    `moe.MoeSettings.from_config` with the encoder's defaults: num_experts, router,
+    top_k, capacity_factor, shared_expert, language_soft, grouped_matmul,
+    moe_block_size, expert_map.
     """
     get = cfg.get
     if vocab_size is None:
@@ -467,22 +429,14 @@ class TransformerDecoder(nnx.Module):
       cfg.d_ff,
       get("dropout", 0.1),
       get("max_len", 256),
-      tuple(get("moe_layers", ())),
-      get("num_experts", 8),
-      get("router", "language"),
-      get("top_k", 1),
-      get("capacity_factor", None),
-      get("shared_expert", False),
-      get("num_languages", len(LANGUAGE_CODES)),
-      jnp.dtype(get("dtype", "float32")),
-      jnp.dtype(get("param_dtype", "float32")),
+      moe_layers=tuple(get("moe_layers", ())),
+      moe=MoeSettings.from_config(cfg),
+      num_languages=get("num_languages", len(LANGUAGE_CODES)),
+      dtype=jnp.dtype(get("dtype", "float32")),
+      param_dtype=jnp.dtype(get("param_dtype", "float32")),
       positions=get("positions", "sinusoidal"),
       tie_embeddings=get("tie_embeddings", True),
-      language_soft=get("language_soft", False),
       activation=get("activation", "swish"),
-      grouped_matmul=get("grouped_matmul", "auto"),
-      moe_block_size=get("moe_block_size", 256),
-      expert_map=get("expert_map", "modulo"),
       rngs=rngs,
     )
 

@@ -2,6 +2,10 @@
 
 router -> top-k -> sort by expert -> grouped matmul -> unpermute -> combine.
 
+Its settings are one `MoeSettings` (read from a config section by
+`MoeSettings.from_config`), whose defaults hold for the encoder's and the
+decoder's layers alike; the names below (`router=`, ...) are its fields.
+
 Routers (`router=`):
   learned   top-k softmax router (float32) with the Switch/GShard load-balancing
             loss and the ST-MoE router z-loss.
@@ -120,6 +124,71 @@ def resolve_grouped_matmul(name: str, backend: str | None = None) -> str:
 
 
 _ACTIVATIONS = ACTIVATIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeSettings:
+  """The expert and router settings of a `MoeFeedForward`, encoder's and decoder's alike.
+
+  One definition and one set of defaults for every MoE layer; a config section
+  (`config.model.encoder`, `config.model.decoder`) holds them under the same names.
+
+  Attributes:
+    num_experts: routed experts E (0 = none; a MoE layer needs at least 1).
+    router: "learned" | "language" | "hybrid" (module doc).
+    top_k: experts per token for the learned and hybrid routers (the language router
+      uses 1 when hard, all experts with posterior mass when soft). With top_k > 1 the
+      chosen probabilities are renormalised to sum to 1; with top_k = 1 the gate is the
+      raw probability (Switch), so the router also learns from the task loss.
+    capacity_factor: None = dropless. Otherwise each expert keeps at most
+      `ceil(capacity_factor * n_valid * k / E)` assignments (n_valid = valid tokens in
+      the batch); first choices of all tokens take priority over second choices, then
+      earlier tokens over later ones.
+    shared_expert: add an always-on expert FFN of width d_ff.
+    language_soft: language router: soft posterior mixture instead of argmax.
+    gated: gated (GLU) experts with w_gate, w_up, w_down; else w_up, w_down.
+    grouped_matmul: "blocks" (padded row blocks, hand-written backward), "ragged"
+      (`jax.lax.ragged_dot`, autodiff backward) or "auto" (ragged on GPUs, blocks
+      elsewhere); see the module doc.
+    block_size: most rows per block of the "blocks" grouped matmul (fewer for few
+      tokens); `moe_block_size` in a config section.
+    expert_map: the expert of each language for the language and hybrid routers:
+      "modulo", "pairs" or one expert id per language (`resolve_expert_map`).
+    expert_parallel: "auto" (expert-parallel dispatch wherever the active mesh allows
+      it, see `MoeFeedForward.expert_parallel_plan`), "on" (the same; an error where it
+      does not) or "off" (always the single-device path).
+  """
+
+  num_experts: int = 0
+  router: str = "learned"
+  top_k: int = 2
+  capacity_factor: float | None = None
+  shared_expert: bool = False
+  language_soft: bool = False
+  gated: bool = True
+  grouped_matmul: str = "auto"
+  block_size: int = 256
+  expert_map: str | tuple[int, ...] = "modulo"
+  expert_parallel: str = "auto"
+
+  def __post_init__(self):
+    if self.router not in ROUTERS:
+      raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
+    if not isinstance(self.expert_map, str):  # A list from a config: hashable as a tuple.
+      object.__setattr__(self, "expert_map", tuple(self.expert_map))
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> MoeSettings:
+    """The settings of a config section (`config.model.encoder`, `config.model.decoder`).
+
+    Reads the fields of the same names; the block size is `moe_block_size` (or
+    `block_size`). Missing keys take the defaults above; other keys are ignored.
+    """
+    get = cfg.get
+    kwargs = {f.name: get(f.name) for f in dataclasses.fields(cls) if f.name in cfg}
+    if "moe_block_size" in cfg:
+      kwargs["block_size"] = get("moe_block_size")
+    return cls(**kwargs)
 
 
 @flax.struct.dataclass
@@ -521,21 +590,11 @@ class MoeFeedForward(nnx.Module):
     self,
     d_model: int,
     d_ff: int,
-    num_experts: int,
+    moe: MoeSettings,
     *,
-    router: str = "learned",
-    top_k: int = 2,
     num_languages: int = len(languages.LANGUAGE_CODES),
-    capacity_factor: float | None = None,
-    shared_expert: bool = False,
     activation: str = "swish",
-    gated: bool = True,
     dropout: float = 0.0,
-    language_soft: bool = False,
-    block_size: int = 256,
-    grouped_matmul: str = "auto",
-    expert_map: str | Sequence[int] = "modulo",
-    expert_parallel: str = "auto",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -545,44 +604,23 @@ class MoeFeedForward(nnx.Module):
     Args:
       d_model: model width.
       d_ff: hidden width of each expert (and of the shared expert).
-      num_experts: number of routed experts E.
-      router: "learned" | "language" | "hybrid".
-      top_k: experts per token for the learned and hybrid routers (the
-        language router uses 1 when hard, all experts with posterior mass when
-        soft). With top_k > 1 the chosen probabilities are renormalised to sum
-        to 1; with top_k = 1 the gate is the raw probability (Switch), so the
-        router also learns from the task loss.
+      moe: the expert and router settings (`MoeSettings`); `expert_map` is kept as the
+        static tuple `self.expert_map`.
       num_languages: languages of the LID posterior.
-      capacity_factor: None = dropless. Otherwise each expert keeps at most
-        `ceil(capacity_factor * n_valid * k / E)` assignments (n_valid = valid
-        tokens in the batch); first choices of all tokens take priority over
-        second choices, then earlier tokens over later ones.
-      shared_expert: add an always-on expert FFN of width d_ff.
       activation: "swish" (SwiGLU when gated) | "gelu" | "relu".
-      gated: gated (GLU) experts with w_gate, w_up, w_down; else w_up, w_down.
       dropout: dropout rate on the block output.
-      language_soft: language router: soft posterior mixture instead of argmax.
-      block_size: most rows per grouped-matmul block (fewer for few tokens).
-      grouped_matmul: "blocks" (padded row blocks, hand-written backward),
-        "ragged" (`jax.lax.ragged_dot`, autodiff backward) or "auto" (ragged on
-        GPUs, blocks elsewhere); see the module doc.
-      expert_map: the expert of each language for the language and hybrid routers:
-        "modulo", "pairs" or one expert id per language (`resolve_expert_map`);
-        kept as the static tuple `self.expert_map`.
-      expert_parallel: "auto" (expert-parallel dispatch wherever the active mesh
-        allows it, see `expert_parallel_plan`), "on" (the same; an error where it
-        does not) or "off" (always the single-device path).
       dtype: compute dtype of the expert matmuls (float32 accumulation).
       param_dtype: parameter dtype.
       rngs: random streams.
     """
-    if router not in ROUTERS:
-      raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+    num_experts, router, top_k, gated = moe.num_experts, moe.router, moe.top_k, moe.gated
     if activation not in _ACTIVATIONS:
       raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
-    grouped_matmul = resolve_grouped_matmul(grouped_matmul)
-    if expert_parallel not in EXPERT_PARALLEL:
-      raise ValueError(f"expert_parallel must be one of {EXPERT_PARALLEL}, got {expert_parallel!r}")
+    grouped_matmul = resolve_grouped_matmul(moe.grouped_matmul)
+    if moe.expert_parallel not in EXPERT_PARALLEL:
+      raise ValueError(
+        f"expert_parallel must be one of {EXPERT_PARALLEL}, got {moe.expert_parallel!r}"
+      )
     if router != "language" and not 1 <= top_k <= num_experts:
       raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
     self.d_model = d_model
@@ -591,14 +629,14 @@ class MoeFeedForward(nnx.Module):
     self.router = router
     self.top_k = top_k
     self.num_languages = num_languages
-    self.capacity_factor = capacity_factor
+    self.capacity_factor = moe.capacity_factor
     self.activation = activation
     self.gated = gated
-    self.language_soft = language_soft
-    self.block_size = block_size
+    self.language_soft = moe.language_soft
+    self.block_size = moe.block_size
     self.grouped_matmul = grouped_matmul
-    self.expert_map = resolve_expert_map(expert_map, num_languages, num_experts)
-    self.expert_parallel = expert_parallel
+    self.expert_map = resolve_expert_map(moe.expert_map, num_languages, num_experts)
+    self.expert_parallel = moe.expert_parallel
     self.dtype = dtype
 
     if router != "language":
@@ -618,8 +656,8 @@ class MoeFeedForward(nnx.Module):
     self.w_down = partitioning.param(
       rngs, _expert_init(-2), e_out, ("expert", "mlp", "embed"), param_dtype
     )
-    self.shared_expert = shared_expert
-    if shared_expert:
+    self.shared_expert = moe.shared_expert
+    if moe.shared_expert:
       init = nnx.initializers.lecun_normal()
       if gated:
         self.shared_w_gate = partitioning.param(
@@ -645,31 +683,19 @@ class MoeFeedForward(nnx.Module):
   ) -> MoeFeedForward:
     """Builds the block from a config section.
 
-    Fields of `cfg` (all optional except num_experts): num_experts, router,
-    top_k, num_languages, capacity_factor, shared_expert, activation, gated,
-    dropout, language_soft, block_size, grouped_matmul, expert_map, expert_parallel —
-    as in `__init__`.
+    Fields of `cfg` (all optional): the `MoeSettings` fields (`MoeSettings.from_config`),
+    num_languages, activation, dropout — as in `__init__`.
     """
-    kwargs = {
-      k: cfg[k]
-      for k in (
-        "router",
-        "top_k",
-        "num_languages",
-        "capacity_factor",
-        "shared_expert",
-        "activation",
-        "gated",
-        "dropout",
-        "language_soft",
-        "block_size",
-        "grouped_matmul",
-        "expert_map",
-        "expert_parallel",
-      )
-      if k in cfg
-    }
-    return cls(d_model, d_ff, cfg.num_experts, dtype=dtype, rngs=rngs, **kwargs)
+    return cls(
+      d_model,
+      d_ff,
+      MoeSettings.from_config(cfg),
+      num_languages=cfg.get("num_languages", len(languages.LANGUAGE_CODES)),
+      activation=cfg.get("activation", "swish"),
+      dropout=cfg.get("dropout", 0.0),
+      dtype=dtype,
+      rngs=rngs,
+    )
 
   def param_counts(self) -> tuple[int, int]:
     """(total, active per token) parameter counts of the block.
