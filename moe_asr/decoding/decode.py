@@ -56,8 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
     {"ctc": 1.0, "att": 0.0, "lm": 0.0, "task": 0.0, "length": 0.0}
   )
   c.max_len = 0  # Output tokens (0 = the decoder's max_len - 1, eos included there).
-  # Also run the task heads on the reference transcript (teacher forcing) where the batch
-  # has one: the heads' own accuracy, apart from recognition errors.
+  # Evaluation also runs the task heads on the reference transcript (teacher forcing) where
+  # the batch has one: the heads' own accuracy, apart from recognition errors (decode_stats).
   c.teacher_forced = True
   return c
 
