@@ -17,6 +17,7 @@ from conftest import run_cli
 from moe_asr import config_lib
 from moe_asr.data import languages
 from moe_asr.decoding import confidence, decode
+from moe_asr.evaluation import decode_stats
 
 
 @pytest.fixture(scope="module")
@@ -160,20 +161,20 @@ def test_frame_lid_and_boundary_counts_by_hand():
   # 2 frames from the reference switch (found with tolerance 2, missed with 1).
   pred = np.array([[0, 0, 0, 0, 0, 1, 1, 1]])
   probs = np.eye(len(languages.LANGUAGE_CODES))[pred]
-  counts = decode.lid_counts(probs, ref, mask, tolerance=2)
+  counts = decode_stats.lid_counts(probs, ref, mask, tolerance=2)
   assert {k: int(v[0]) for k, v in counts.items()} == {
     "frame_lid_correct": 4,
     "frame_lid_total": 6,
     "boundary_hit": 1,
     "boundary_total": 1,
   }
-  assert int(decode.lid_counts(probs, ref, mask, tolerance=1)["boundary_hit"][0]) == 0
+  assert int(decode_stats.lid_counts(probs, ref, mask, tolerance=1)["boundary_hit"][0]) == 0
   # A switch at the last frame is not "near" one at the start (no wrap-around).
   ref2 = np.array([[0, 1, 1, 1, 1, 1, 1, 1]])
   pred2 = np.array([[0, 0, 0, 0, 0, 0, 0, 1]])
   probs2 = np.eye(len(languages.LANGUAGE_CODES))[pred2]
   all_valid = np.ones((1, 8), bool)
-  counts2 = decode.lid_counts(probs2, ref2, all_valid, tolerance=2)
+  counts2 = decode_stats.lid_counts(probs2, ref2, all_valid, tolerance=2)
   assert int(counts2["boundary_total"][0]) == 1 and int(counts2["boundary_hit"][0]) == 0
 
 
@@ -182,6 +183,6 @@ def test_expert_language_load_by_hand():
   token_load = np.array([[[[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.3, 0.7]]]])
   frame_lang = np.array([[0, 0, 1, 1]])
   mask = np.array([[1, 1, 1, 0]], bool)
-  load = np.asarray(decode.expert_language_load(token_load, frame_lang, mask, 3))
+  load = np.asarray(decode_stats.expert_language_load(token_load, frame_lang, mask, 3))
   assert load.shape == (1, 1, 3, 2)
   np.testing.assert_allclose(load[0, 0], [[1.5, 0.5], [0.0, 1.0], [0.0, 0.0]], atol=1e-6)

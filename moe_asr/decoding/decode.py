@@ -1,7 +1,10 @@
 """One decoding step for evaluation and `moe-asr transcribe`: search, task heads, confidences.
 
 `make_decode_fn(cfg, ...)` returns `decode(model, batch) -> dict of fixed-shape arrays`, to be
-called inside `jax.jit` (after `nnx.merge`). The method is chosen by `cfg.method`:
+called inside `jax.jit` (after `nnx.merge`). The step composes stages: `encode` (the members'
+posteriors mixed for an ensemble), the search registered for `cfg.method` in `SEARCHES` (every
+search has one signature and returns an `NBest`), the optional second pass, and what is read off
+the winner (confidences, languages, task heads). The searches:
 
 - `greedy`: best-path CTC.
 - `ctc_beam`: CTC prefix beam search (`ctc_beam.py`) with optional shallow fusion of the text LM
@@ -17,7 +20,9 @@ then read the winning hypothesis (the same tokens a deployed model would have).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +32,8 @@ import numpy as np
 from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import biasing, ctc_beam, greedy, joint_beam, rescore
 from moe_asr.decoding import confidence as confidence_lib
+from moe_asr.decoding.nbest import NBest
 from moe_asr.models import task_heads
-
-METHODS = ("greedy", "ctc_beam", "joint")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -52,8 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
     {"ctc": 1.0, "att": 0.0, "lm": 0.0, "task": 0.0, "length": 0.0}
   )
   c.max_len = 0  # Output tokens (0 = the decoder's max_len - 1, eos included there).
-  # Also run the task heads on the reference transcript (teacher forcing) where the batch
-  # has one: the heads' own accuracy, apart from recognition errors.
+  # Evaluation also runs the task heads on the reference transcript (teacher forcing) where
+  # the batch has one: the heads' own accuracy, apart from recognition errors (decode_stats).
   c.teacher_forced = True
   return c
 
@@ -85,60 +89,346 @@ def _emission_frames(log_probs: jax.Array, mask: jax.Array, max_len: int, blank_
   return out.at[rows, position].set(jnp.broadcast_to(frames, best.shape), mode="drop")
 
 
-def lid_counts(
-  lid_probs: jax.Array, frame_lang: jax.Array, mask: jax.Array, tolerance: int = 2
-) -> dict[str, jax.Array]:
-  """Per-utterance frame-LID and code-switch boundary counts against frame targets.
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+  """The models' encoder outputs and the posteriors the searches read.
 
-  Args:
-    lid_probs: [B, T, languages] frame LID posteriors (encoder rate).
-    frame_lang: int [B, T] reference language per encoder frame (-1 unknown).
-    mask: bool [B, T] valid frames.
-    tolerance: a reference switch counts as found when the predicted language also
-      changes within this many frames of it (2 frames = 80 ms).
+  For an ensemble the CTC and LID posteriors are the members' weighted means; for one model
+  (or an ensemble of one) they are the model's own.
 
-  Returns:
-    int32 [B] each: `frame_lid_correct`, `frame_lid_total` (frames with a known
-    language), `boundary_hit`, `boundary_total` (reference switches between two known
-    languages).
+  Attributes:
+    members: the models (one, or an ensemble's members), in eval mode.
+    encodeds: `member.encode(batch)` of each member.
+    log_probs: [B, T', vocab] CTC log-posteriors (`upsample` CTC frames per encoder frame).
+    greedy_logits: what best-path CTC reads: one model's CTC logits, else `log_probs`.
+    lid_probs: [B, T, languages] frame LID posteriors.
+    utt_lid_logits: float32 [B, languages] utterance LID logits (log-posteriors when mixed).
+    log_weights: [members] log ensemble weights, or None for one model.
   """
-  pred = jnp.argmax(lid_probs, axis=-1)
-  known = mask & (frame_lang >= 0)
-  prev = lambda x: jnp.pad(x, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
-  ref_switch = known & (prev(frame_lang) >= 0) & (frame_lang != prev(frame_lang))
-  pred_switch = mask & (prev(jnp.where(mask, pred, -1)) >= 0) & (pred != prev(pred))
-  # near[t]: a predicted switch at some t + d, |d| <= tolerance (no wrap-around).
-  padded = jnp.pad(pred_switch, ((0, 0), (tolerance, tolerance)))
-  frames = pred_switch.shape[1]
-  near = jnp.zeros_like(pred_switch)
-  for d in range(2 * tolerance + 1):
-    near = near | padded[:, d : d + frames]
-  as_int = lambda x: x.sum(-1).astype(jnp.int32)
-  return {
-    "frame_lid_correct": as_int(known & (pred == frame_lang)),
-    "frame_lid_total": as_int(known),
-    "boundary_hit": as_int(ref_switch & near),
-    "boundary_total": as_int(ref_switch),
-  }
+
+  members: tuple
+  encodeds: tuple
+  log_probs: jax.Array
+  greedy_logits: jax.Array
+  lid_probs: jax.Array
+  utt_lid_logits: jax.Array
+  log_weights: jax.Array | None = None
+
+  @property
+  def model(self):
+    """The first member (the joint search and rescoring read it alone)."""
+    return self.members[0]
+
+  @property
+  def encoded(self):
+    """The first member's `encode` output."""
+    return self.encodeds[0]
+
+  @property
+  def ctc_mask(self) -> jax.Array:
+    """bool [B, T'] valid CTC frames."""
+    return self.encoded.ctc_mask
+
+  @property
+  def upsample(self) -> int:
+    """CTC frames per encoder frame (`model.ctc_upsample`)."""
+    return self.encoded.ctc_logits.shape[1] // self.encoded.enc.mask.shape[1]
 
 
-def expert_language_load(
-  token_load: jax.Array, frame_lang: jax.Array, mask: jax.Array, num_languages: int
-) -> jax.Array:
-  """Per utterance, the routing weight each expert got from the frames of each language.
+def _members(model) -> tuple:
+  return tuple(model) if isinstance(model, list | tuple) else (model,)
 
-  Args:
-    token_load: [layers, B, T, E] routing weights per frame (`token_expert_load`).
-    frame_lang: int [B, T] reference language per encoder frame (-1 unknown).
-    mask: bool [B, T] valid frames.
-    num_languages: size of the language axis.
 
-  Returns:
-    float32 [B, layers, languages, E]; summed over E it counts each language's
-    frames (frames of unknown language count nowhere).
+def encode(model, batch: Mapping[str, jax.Array], ensemble_weights=None) -> Encoding:
+  """Encodes `batch` with a model or an ensemble (a sequence of models, see `make_decode_fn`)."""
+  members = _members(model)
+  encodeds = tuple(m.encode(batch) for m in members)
+  if len(members) > 1:
+    return _fuse_ensemble(members, encodeds, ensemble_weights)
+  encoded = encodeds[0]
+  return Encoding(
+    members=members,
+    encodeds=encodeds,
+    log_probs=jax.nn.log_softmax(encoded.ctc_logits, axis=-1),
+    greedy_logits=encoded.ctc_logits,
+    lid_probs=encoded.enc.lid_probs,
+    utt_lid_logits=encoded.enc.utt_lid_logits.astype(jnp.float32),
+  )
+
+
+def _fuse_ensemble(members: tuple, encodeds: tuple, ensemble_weights) -> Encoding:
+  """The members' CTC and LID posteriors mixed with their (normalised) weights."""
+  shapes = {e.ctc_logits.shape for e in encodeds}
+  if len(shapes) > 1:
+    raise ValueError(f"ensemble members give CTC outputs of different shapes: {shapes}")
+  w = np.ones(len(members)) if ensemble_weights is None else np.asarray(ensemble_weights)
+  if w.shape != (len(members),) or not np.all(w >= 0) or not w.sum() > 0:
+    raise ValueError(f"ensemble weights {ensemble_weights} for {len(members)} models")
+  w = (w / w.sum()).astype(np.float32)
+  pairs = list(zip(w, encodeds, strict=True))
+  log_w = jnp.log(jnp.asarray(w))
+  log_probs = jax.nn.log_softmax(
+    sum(float(wi) * jax.nn.log_softmax(e.ctc_logits, axis=-1) for wi, e in pairs), axis=-1
+  )
+  return Encoding(
+    members=members,
+    encodeds=encodeds,
+    log_probs=log_probs,
+    greedy_logits=log_probs,
+    lid_probs=sum(float(wi) * e.enc.lid_probs.astype(jnp.float32) for wi, e in pairs),
+    utt_lid_logits=mix([e.enc.utt_lid_logits.astype(jnp.float32) for e in encodeds], log_w),
+    log_weights=log_w,
+  )
+
+
+# ---------------------------------------------------------------------------
+# The searches: one signature, each returning an `NBest`.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+  """What a search reads besides the encoding (resolved once by `make_decode_fn`).
+
+  Attributes:
+    cfg: the `decode` config section.
+    lm: the text LM fused into the search, or None (no fusion).
+    lang_weights: float32 [languages] LM weight per language (`language_weights`).
+    bias: a context graph over the model's vocabulary, or None.
+    eos_id: the end token.
+    tunable: the LM and ILM weights come from the batch (`decode_lm_weight`,
+      `decode_ilm_weight`).
   """
-  lang = jax.nn.one_hot(jnp.where(mask, frame_lang, -1), num_languages, dtype=jnp.float32)
-  return jnp.einsum("nbte,btl->bnle", token_load.astype(jnp.float32), lang)
+
+  cfg: ml_collections.ConfigDict
+  lm: Any = None
+  lang_weights: jax.Array | None = None
+  bias: biasing.ContextGraph | None = None
+  eos_id: int = 3
+  tunable: bool = False
+
+  @property
+  def beam(self) -> int:
+    return int(self.cfg.beam)
+
+  @property
+  def nbest(self) -> int:
+    return int(self.cfg.get("nbest") or self.cfg.beam)
+
+
+# search(settings, encoding, batch, max_len) -> NBest, hypotheses of at most max_len tokens.
+Search = Callable[[SearchSettings, Encoding, Mapping[str, jax.Array], int], NBest]
+
+
+def greedy_search(s: SearchSettings, e: Encoding, batch, max_len: int) -> NBest:
+  """Best-path CTC: one hypothesis, scored by (and as confident as) its mean token posterior."""
+  del s, batch
+  tokens, lengths, conf = greedy.ctc_greedy(e.greedy_logits, e.ctc_mask)
+  tokens, lengths = tokens[:, :max_len], jnp.minimum(lengths, max_len)
+  frames = _emission_frames(e.log_probs, e.ctc_mask, max_len)
+  return NBest(
+    tokens=tokens[:, None],
+    lengths=lengths[:, None],
+    scores=conf[:, None],
+    parts={},
+    token_frames=frames[:, None],
+    confidence=conf[:, None],
+  )
+
+
+def frame_lm_weights(s: SearchSettings, e: Encoding, batch) -> jax.Array:
+  """float32 [B, T'] fusion weight per CTC frame: the language weights under the frame LID.
+
+  With `tunable`, the batch's `decode_lm_weight` [B] on every frame instead."""
+  weights = jnp.einsum("btl,l->bt", e.lid_probs.astype(jnp.float32), s.lang_weights)
+  weights = jnp.repeat(weights, e.upsample, axis=1)
+  if s.tunable:
+    weights = jnp.broadcast_to(batch["decode_lm_weight"][:, None], weights.shape)
+  return weights
+
+
+def utterance_lm_weights(s: SearchSettings, e: Encoding, batch) -> tuple:
+  """(LM weight [B] under the utterance LID posterior, ILM weight); the batch's when tunable."""
+  if s.tunable:
+    return batch["decode_lm_weight"], batch["decode_ilm_weight"]
+  return e.encoded.utt_probs @ s.lang_weights, float(s.cfg.ilm_weight)
+
+
+def _frames_within_lengths(nbest: NBest) -> NBest:
+  """The n-best with `token_frames` -1 past each hypothesis's length."""
+  if nbest.token_frames is None:
+    return nbest
+  inside = jnp.arange(nbest.token_frames.shape[-1]) < nbest.lengths[..., None]
+  return nbest.replace(token_frames=jnp.where(inside, nbest.token_frames, -1))
+
+
+def ctc_beam_search(s: SearchSettings, e: Encoding, batch, max_len: int) -> NBest:
+  """CTC prefix beam search (`ctc_beam.py`) with per-frame LM fusion and biasing."""
+  cfg = s.cfg
+  nbest = ctc_beam.ctc_prefix_beam_search(
+    e.log_probs,
+    e.ctc_mask,
+    beam=s.beam,
+    max_len=max_len,
+    token_topk=int(cfg.get("token_topk") or 0) or None,
+    prune_threshold=cfg.get("prune_threshold") or None,
+    lm=s.lm,
+    lm_weight=frame_lm_weights(s, e, batch) if s.lm is not None else 0.0,
+    length_bonus=float(cfg.length_bonus),
+    eos_id=s.eos_id,
+    bias=s.bias,
+    nbest=s.nbest,
+  )
+  return _frames_within_lengths(nbest)
+
+
+def joint_search(s: SearchSettings, e: Encoding, batch, max_len: int) -> NBest:
+  """Joint CTC/attention beam search (`joint_beam.py`) with LM fusion, ILM and biasing."""
+  lm_weight, ilm_weight = utterance_lm_weights(s, e, batch)
+  return joint_beam.joint_beam_search(
+    e.model,
+    e.encoded,
+    beam=s.beam,
+    max_len=max_len,
+    ctc_weight=float(s.cfg.ctc_weight),
+    lm=s.lm,
+    lm_weight=lm_weight if s.lm is not None else 0.0,
+    ilm_weight=ilm_weight,
+    length_bonus=float(s.cfg.length_bonus),
+    bias=s.bias,
+    eos_id=s.eos_id,
+    nbest=s.nbest,
+  )
+
+
+SEARCHES: dict[str, Search] = {
+  "greedy": greedy_search,
+  "ctc_beam": ctc_beam_search,
+  "joint": joint_search,
+}
+METHODS = tuple(SEARCHES)
+
+
+def search_for(method: str) -> Search:
+  """The search registered as `method` (`SEARCHES`); ValueError naming the known ones."""
+  if method not in SEARCHES:
+    raise ValueError(f"decode.method={method!r}; expected one of {tuple(SEARCHES)}")
+  return SEARCHES[method]
+
+
+# ---------------------------------------------------------------------------
+# What the decode step reads off the winning hypothesis.
+# ---------------------------------------------------------------------------
+
+
+def _confidences(e: Encoding, nbest: NBest, frames: jax.Array) -> dict[str, jax.Array]:
+  """`confidence` [B] of the winner (its own, else its n-best posterior) and `token_conf`."""
+  tokens, lengths = nbest.best
+  if nbest.confidence is not None:
+    conf = nbest.confidence[:, 0]
+  else:
+    conf = confidence_lib.nbest_posteriors(nbest.scores)[:, 0]
+  known = frames >= 0
+  token_conf = confidence_lib.token_confidence(
+    e.log_probs, e.ctc_mask, tokens, lengths, jnp.where(known, frames, 0)
+  )
+  return {"confidence": conf, "token_conf": jnp.where(known, token_conf, 0.0)}
+
+
+def _token_languages(e: Encoding, frames: jax.Array) -> jax.Array:
+  """int32 [B, L] frame LID at each token's frame (the utterance LID where unknown)."""
+  frame_lang = jnp.argmax(e.lid_probs, axis=-1).astype(jnp.int32)  # [B, T]
+  return jnp.where(
+    frames >= 0,
+    jnp.take_along_axis(frame_lang, jnp.maximum(frames, 0) // e.upsample, axis=1),
+    jnp.argmax(e.encoded.utt_probs, -1)[:, None].astype(jnp.int32),
+  )
+
+
+def _hypothesis_outputs(e: Encoding, nbest: NBest) -> dict[str, jax.Array]:
+  """The winner's tokens, confidences, frames and languages, and the n-best scores."""
+  tokens, lengths = nbest.best
+  frames = nbest.token_frames
+  frames = jnp.full(tokens.shape, -1, jnp.int32) if frames is None else frames[:, 0]
+  mask = greedy.token_mask(lengths, tokens.shape[1])
+  return dict(
+    tokens=jnp.where(mask, tokens, 0),
+    lengths=lengths,
+    **_confidences(e, nbest, frames),
+    token_frames=jnp.where(mask, frames, -1),
+    token_lang=jnp.where(mask, _token_languages(e, frames), -1),
+    utt_lid_logits=e.utt_lid_logits,
+    scores=nbest.scores,
+  )
+
+
+def _word_index(model, tokens: jax.Array, mask: jax.Array, word_table) -> jax.Array | None:
+  heads = model.task_heads
+  if heads is None or heads.word_tagger is None:
+    return None
+  if word_table is None:
+    raise ValueError("The model tags slots per word: make_decode_fn needs the word_table")
+  return task_heads.word_index(tokens, mask, jnp.asarray(word_table, jnp.int8))
+
+
+def task_head_log_probs(e: Encoding, tokens: jax.Array, mask: jax.Array, word_table=None):
+  """(intent log-probs, slot log-probs) of the task heads on `tokens`, or None without heads.
+
+  An ensemble's members each read `tokens`; their posteriors are mixed with its weights."""
+  tasks = [
+    m.decode_tokens(enc, tokens, mask, token_word=_word_index(m, tokens, mask, word_table))[1]
+    for m, enc in zip(e.members, e.encodeds, strict=True)
+  ]
+  if tasks[0] is None:
+    return None
+  if e.log_weights is None:
+    return tasks[0].intent_log_probs, tasks[0].slot_log_probs
+  return (
+    mix([t.intent_log_probs for t in tasks], e.log_weights),
+    mix([t.slot_log_probs for t in tasks], e.log_weights),
+  )
+
+
+def _task_outputs(e: Encoding, nbest: NBest, word_table) -> dict[str, jax.Array]:
+  """`intent_log_probs` and `slot_tags` of the task heads on the winner ({} without heads)."""
+  tokens, lengths = nbest.best
+  task = task_head_log_probs(e, tokens, greedy.token_mask(lengths, tokens.shape[1]), word_table)
+  if task is None:
+    return {}
+  return {"intent_log_probs": task[0], "slot_tags": jnp.argmax(task[1], -1).astype(jnp.int32)}
+
+
+# ---------------------------------------------------------------------------
+# The decode step.
+# ---------------------------------------------------------------------------
+
+
+def _check_settings(cfg: ml_collections.ConfigDict, lm, tunable: bool) -> None:
+  """ValueError for an LM or rescoring setting that cannot decode."""
+  if uses_lm(cfg) and lm is None:
+    raise ValueError(
+      "decode.lm_weight (or a rescore 'lm' weight) needs a text LM: train one with "
+      "`moe-asr train-lm --workdir W` or set the weights to 0"
+    )
+  if tunable and (lm is None or cfg.method == "greedy"):
+    raise ValueError("tunable decoding needs a text LM and a beam method (ctc_beam or joint)")
+  if cfg.get("rescore") and cfg.method == "greedy":
+    raise ValueError("decode.rescore needs an n-best: use decode.method=ctc_beam or joint")
+
+
+def _make_rescorer(cfg: ml_collections.ConfigDict, lm, eos_id: int, table) -> Callable | None:
+  """`rescore(encoding, nbest) -> NBest` (the second pass, `rescore.py`), or None without it."""
+  if not cfg.get("rescore"):
+    return None
+  weights = {k: float(v) for k, v in dict(cfg.get("rescore_weights") or {}).items() if float(v)}
+
+  def rescored(e: Encoding, nbest: NBest) -> NBest:
+    lm_used = lm if weights.get("lm") else None
+    return rescore.rescore_nbest(
+      e.model, e.encoded, nbest, weights=weights, lm=lm_used, eos_id=eos_id, word_table=table
+    )[0]
+
+  return rescored
 
 
 def make_decode_fn(
@@ -152,7 +442,12 @@ def make_decode_fn(
   word_table: np.ndarray | None = None,
   ensemble_weights: Sequence[float] | None = None,
 ) -> Callable[..., dict[str, jax.Array]]:
-  """`decode(model, batch) -> dict` for `cfg` (the `decode` config section).
+  """`decode(model, batch, encoding=None) -> dict` for `cfg` (the `decode` config section).
+
+  The step encodes (`encode`), runs the search registered for `cfg.method` (`SEARCHES`, with
+  LM fusion and biasing), rescores the n-best (`cfg.rescore`), and reads the winner's
+  confidences and task heads. Statistics only evaluation reads (frame-LID counts, expert
+  load, the heads on the reference transcript) are `evaluation.decode_stats`.
 
   `model` may be a sequence of models (an ensemble) with the same tokenizer and frame rate:
   each encodes the batch, the search runs on the weighted mean of their CTC log-posteriors
@@ -178,203 +473,39 @@ def make_decode_fn(
       default: equal).
 
   Returns:
-    A function of (MoeAsr in eval mode, batch) returning: `tokens` int32 [B, L],
+    A function of (MoeAsr in eval mode, batch, and optionally the `encode(model, batch,
+    ensemble_weights)` the caller already has) returning: `tokens` int32 [B, L],
     `lengths` [B], `confidence` [B] (raw utterance confidence: the mean emitted-token
     posterior for greedy, the n-best posterior of the winner for beams), `token_conf`
     [B, L], `token_frames` [B, L] (CTC frame of each token, `model.ctc_upsample` per
     encoder frame; -1 where unknown), `token_lang` [B, L] (frame
     LID at the token's frame), `utt_lid_logits` [B, languages], `scores` [B, n]
     (n-best ranking scores; [B, 1] for greedy) and, with task heads, `intent_log_probs`
-    [B, intents] and `slot_tags` [B, L]; with `teacher_forced` and reference tokens in the
-    batch, also `tf_intent_log_probs` [B, intents] and `tf_slot_tags` [B, L'] of the
-    heads on the reference (`tokens`, L' of them).
+    [B, intents] and `slot_tags` [B, L].
   """
-  method = cfg.method
-  if method not in METHODS:
-    raise ValueError(f"decode.method={method!r}; expected one of {METHODS}")
-  if uses_lm(cfg) and lm is None:
-    raise ValueError(
-      "decode.lm_weight (or a rescore 'lm' weight) needs a text LM: train one with "
-      "`moe-asr train-lm --workdir W` or set the weights to 0"
-    )
-  lang_weights = jnp.asarray(language_weights(cfg))
-  use_lm = lm if uses_lm(cfg) or tunable else None
-  if tunable and (lm is None or method == "greedy"):
-    raise ValueError("tunable decoding needs a text LM and a beam method (ctc_beam or joint)")
-  if cfg.get("rescore") and method == "greedy":
-    raise ValueError("decode.rescore needs an n-best: use decode.method=ctc_beam or joint")
-  weights = {k: float(v) for k, v in dict(cfg.get("rescore_weights") or {}).items() if float(v)}
+  search = search_for(cfg.method)
+  _check_settings(cfg, lm, tunable)
+  settings = SearchSettings(
+    cfg=cfg,
+    lm=lm if uses_lm(cfg) or tunable else None,
+    lang_weights=jnp.asarray(language_weights(cfg)),
+    bias=bias,
+    eos_id=eos_id,
+    tunable=tunable,
+  )
   table = None if word_table is None else jnp.asarray(word_table, jnp.int8)
+  rescorer = _make_rescorer(cfg, lm, eos_id, table)
+  ensemble_ok = cfg.method != "joint" and rescorer is None
 
-  def words_of(model, tokens, mask):
-    heads = model.task_heads
-    if heads is None or heads.word_tagger is None:
-      return None
-    if table is None:
-      raise ValueError("The model tags slots per word: make_decode_fn needs the word_table")
-    return task_heads.word_index(tokens, mask, table)
-
-  def decode(model, batch) -> dict[str, jax.Array]:
-    members = list(model) if isinstance(model, list | tuple) else [model]
-    model = members[0]
-    encodeds = [m.encode(batch) for m in members]
-    encoded = encodeds[0]
-    enc = encoded.enc
-    ctc_mask = encoded.ctc_mask  # CTC frames: `model.ctc_upsample` per encoder frame.
-    upsample = encoded.ctc_logits.shape[1] // enc.mask.shape[1]
-    log_probs = jax.nn.log_softmax(encoded.ctc_logits, axis=-1)
-    greedy_logits, lid_probs = encoded.ctc_logits, enc.lid_probs
-    utt_lid_logits = enc.utt_lid_logits.astype(jnp.float32)
-    log_w = None
-    if len(members) > 1:
-      if method == "joint" or cfg.get("rescore"):
-        raise ValueError("an ensemble decodes with greedy or ctc_beam, without rescoring")
-      shapes = {e.ctc_logits.shape for e in encodeds}
-      if len(shapes) > 1:
-        raise ValueError(f"ensemble members give CTC outputs of different shapes: {shapes}")
-      w = np.ones(len(members)) if ensemble_weights is None else np.asarray(ensemble_weights)
-      if w.shape != (len(members),) or not np.all(w >= 0) or not w.sum() > 0:
-        raise ValueError(f"ensemble weights {ensemble_weights} for {len(members)} models")
-      w = (w / w.sum()).astype(np.float32)
-      log_w = jnp.log(jnp.asarray(w))
-      log_probs = jax.nn.log_softmax(
-        sum(
-          float(wi) * jax.nn.log_softmax(e.ctc_logits, axis=-1)
-          for wi, e in zip(w, encodeds, strict=True)
-        ),
-        axis=-1,
-      )
-      greedy_logits = log_probs
-      lid_probs = sum(
-        float(wi) * e.enc.lid_probs.astype(jnp.float32) for wi, e in zip(w, encodeds, strict=True)
-      )
-      utt_lid_logits = mix([e.enc.utt_lid_logits.astype(jnp.float32) for e in encodeds], log_w)
+  def decode(model, batch, encoding: Encoding | None = None) -> dict[str, jax.Array]:
+    if len(_members(model)) > 1 and not ensemble_ok:
+      raise ValueError("an ensemble decodes with greedy or ctc_beam, without rescoring")
+    e = encoding if encoding is not None else encode(model, batch, ensemble_weights)
     max_len = min(cfg.get("max_len") or decoder_max_len - 1, decoder_max_len - 1)
-    max_len = min(max_len, log_probs.shape[1])
-    out: dict[str, jax.Array] = {}
-    nbest = None
-    if method == "greedy":
-      tokens, lengths, conf = greedy.ctc_greedy(greedy_logits, ctc_mask)
-      tokens, lengths = tokens[:, :max_len], jnp.minimum(lengths, max_len)
-      frames = _emission_frames(log_probs, ctc_mask, max_len)
-      scores = conf[:, None]
-    else:
-      beam = int(cfg.beam)
-      n = int(cfg.get("nbest") or beam)
-      if method == "ctc_beam":
-        frame_weights = jnp.einsum("btl,l->bt", lid_probs.astype(jnp.float32), lang_weights)
-        frame_weights = jnp.repeat(frame_weights, upsample, axis=1)
-        if tunable:
-          frame_weights = jnp.broadcast_to(batch["decode_lm_weight"][:, None], frame_weights.shape)
-        nbest = ctc_beam.ctc_prefix_beam_search(
-          log_probs,
-          ctc_mask,
-          beam=beam,
-          max_len=max_len,
-          token_topk=int(cfg.get("token_topk") or 0) or None,
-          prune_threshold=cfg.get("prune_threshold") or None,
-          lm=use_lm,
-          lm_weight=frame_weights if use_lm is not None else 0.0,
-          length_bonus=float(cfg.length_bonus),
-          eos_id=eos_id,
-          bias=bias,
-          nbest=n,
-        )
-      else:
-        utt_weights = encoded.utt_probs @ lang_weights
-        ilm_weight = float(cfg.ilm_weight)
-        if tunable:
-          utt_weights, ilm_weight = batch["decode_lm_weight"], batch["decode_ilm_weight"]
-        nbest = joint_beam.joint_beam_search(
-          model,
-          encoded,
-          beam=beam,
-          max_len=max_len,
-          ctc_weight=float(cfg.ctc_weight),
-          lm=use_lm,
-          lm_weight=utt_weights if use_lm is not None else 0.0,
-          ilm_weight=ilm_weight,
-          length_bonus=float(cfg.length_bonus),
-          bias=bias,
-          eos_id=eos_id,
-          nbest=n,
-        )
-      if cfg.get("rescore"):
-        nbest, _ = rescore.rescore_nbest(
-          model,
-          encoded,
-          nbest,
-          weights=weights,
-          lm=lm if weights.get("lm") else None,
-          eos_id=eos_id,
-          word_table=table,
-        )
-      tokens, lengths = nbest.best
-      conf = confidence_lib.nbest_posteriors(nbest.scores)[:, 0]
-      frames = nbest.token_frames
-      if frames is None:
-        frames = jnp.full(tokens.shape, -1, jnp.int32)
-      else:
-        frames = jnp.where(jnp.arange(max_len)[None, :] < lengths[:, None], frames[:, 0], -1)
-      scores = nbest.scores
-    mask = greedy.token_mask(lengths, tokens.shape[1])
-    known = frames >= 0
-    token_conf = jnp.where(
-      known,
-      confidence_lib.token_confidence(
-        log_probs, ctc_mask, tokens, lengths, jnp.where(known, frames, 0)
-      ),
-      0.0,
-    )
-    frame_lang = jnp.argmax(lid_probs, axis=-1).astype(jnp.int32)  # [B, T]
-    token_lang = jnp.where(
-      known,
-      jnp.take_along_axis(frame_lang, jnp.maximum(frames, 0) // upsample, axis=1),
-      jnp.argmax(encoded.utt_probs, -1)[:, None].astype(jnp.int32),
-    )
-    out.update(
-      tokens=jnp.where(mask, tokens, 0),
-      lengths=lengths,
-      confidence=conf,
-      token_conf=token_conf,
-      token_frames=jnp.where(mask, frames, -1),
-      token_lang=jnp.where(mask, token_lang, -1),
-      utt_lid_logits=utt_lid_logits,
-      scores=scores,
-      **lid_counts(lid_probs, encoded.frame_lang, enc.mask),
-      expert_language_load=expert_language_load(
-        enc.token_expert_load, encoded.frame_lang, enc.mask, enc.lid_probs.shape[-1]
-      ),
-    )
-
-    def heads(tokens, mask):
-      """(intent log-probs, slot log-probs) of the (mixed) task heads on `tokens`, or None."""
-      tasks = [
-        m.decode_tokens(e, tokens, mask, token_word=words_of(m, tokens, mask))[1]
-        for m, e in zip(members, encodeds, strict=True)
-      ]
-      if tasks[0] is None:
-        return None
-      if log_w is None:
-        return tasks[0].intent_log_probs, tasks[0].slot_log_probs
-      return (
-        mix([t.intent_log_probs for t in tasks], log_w),
-        mix([t.slot_log_probs for t in tasks], log_w),
-      )
-
-    task = heads(tokens, mask)
-    if task is not None:
-      out["intent_log_probs"] = task[0]
-      out["slot_tags"] = jnp.argmax(task[1], -1).astype(jnp.int32)
-    ref_mask = batch.get("token_mask")
-    if task is not None and cfg.get("teacher_forced", True) and ref_mask is not None:
-      ref = batch["tokens"]
-      ref_mask = ref_mask[:, : decoder_max_len - 1]
-      ref = ref[:, : ref_mask.shape[1]]
-      tf_task = heads(ref, ref_mask)
-      out["tf_intent_log_probs"] = tf_task[0]
-      out["tf_slot_tags"] = jnp.argmax(tf_task[1], -1).astype(jnp.int32)
-    return out
+    nbest = search(settings, e, batch, min(max_len, e.log_probs.shape[1]))
+    if rescorer is not None:
+      nbest = rescorer(e, nbest)
+    return _hypothesis_outputs(e, nbest) | _task_outputs(e, nbest, table)
 
   return decode
 

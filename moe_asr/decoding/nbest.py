@@ -23,6 +23,9 @@ class NBest:
     parts: name -> float32 [batch, n], the score's components (see `PARTS`).
     token_frames: int32 [batch, n, max_len], encoder frame at which each token
       was first emitted (CTC searches), or None.
+    confidence: float32 [batch, n], each hypothesis's confidence where the search measures
+      one itself (best-path CTC: the mean posterior of the emitted tokens), or None (the
+      decode step then takes the n-best posterior, `confidence.nbest_posteriors`).
   """
 
   tokens: jax.Array
@@ -30,6 +33,7 @@ class NBest:
   scores: jax.Array
   parts: dict[str, jax.Array]
   token_frames: jax.Array | None = None
+  confidence: jax.Array | None = None
 
   @property
   def best(self) -> tuple[jax.Array, jax.Array]:
@@ -45,4 +49,5 @@ class NBest:
       scores=rows(self.scores),
       parts={k: rows(v) for k, v in self.parts.items()},
       token_frames=None if self.token_frames is None else rows(self.token_frames),
+      confidence=None if self.confidence is None else rows(self.confidence),
     )

@@ -36,6 +36,7 @@ from moe_asr.data import schema
 from moe_asr.data import text as text_lib
 from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding import decode as decode_lib
+from moe_asr.evaluation import decode_stats
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.training import sharding
 
@@ -88,7 +89,13 @@ def make_eval_step(
     else:
       model = nnx.merge(graphdef, rng_state, state).model
       model.eval()
-    out = decode(model, batch)
+    encoding = decode_lib.encode(model, batch, ensemble_weights)
+    out = decode(model, batch, encoding)
+    out.update(
+      decode_stats.step_outputs(
+        encoding, batch, cfg, decoder_max_len=decoder_max_len, word_table=word_table
+      )
+    )
     out["index"] = batch["index"]
     if "tf_slot_tags" in out:
       out["ref_tokens"] = batch["tokens"][:, : out["tf_slot_tags"].shape[1]]
