@@ -40,7 +40,8 @@ import time
 from moe_asr import config_lib, selftrain
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.evaluation import metrics as metrics_lib
-from moe_asr.training import score, train
+from moe_asr.evaluation import score
+from moe_asr.training import train
 
 METRICS = (("wer", "WER"), ("cer", "CER"), ("intent_acc", "intent"), ("slot_f1", "slot F1"))
 

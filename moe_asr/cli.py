@@ -275,7 +275,8 @@ def _transfer(args, overrides) -> int:
 
 def _eval(args, overrides) -> int:
   from moe_asr.evaluation import report as report_lib
-  from moe_asr.training import distributed, score
+  from moe_asr.evaluation import score
+  from moe_asr.training import distributed
 
   _logging(args.verbose)
   distributed.initialize()
@@ -297,7 +298,8 @@ def _eval(args, overrides) -> int:
 
 
 def _train_lm(args, overrides) -> int:
-  from moe_asr.training import score, text_lm
+  from moe_asr.evaluation import score
+  from moe_asr.training import text_lm
 
   _logging(args.verbose)
   cfg = score.workdir_config(args.workdir, [o.removeprefix("--") for o in overrides])
@@ -312,7 +314,7 @@ def _train_lm(args, overrides) -> int:
 
 
 def _tune_decoding(args, overrides) -> int:
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   _logging(args.verbose)
   summary = score.tune_decoding(

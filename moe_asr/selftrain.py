@@ -551,7 +551,7 @@ def pseudo_label(
   from moe_asr import transcribe
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.evaluation import metrics as metrics_lib
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -674,7 +674,7 @@ def student_config(
   the teacher's parameters as the start (`init_from`) unless `init_from_teacher` is False.
   """
   from moe_asr import config_lib
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   if not 0.0 < pseudo_weight < 1.0:
     raise ValueError(f"pseudo_weight must be in (0, 1), got {pseudo_weight}")

@@ -154,7 +154,7 @@ def record_from_row(
   """The JSON record of row `r` of a gathered decode output (see the module docstring)."""
   from moe_asr.data import languages as langs_lib
   from moe_asr.data import text as text_lib
-  from moe_asr.training import evaluate
+  from moe_asr.evaluation import evaluate
 
   tokenizer, vocab = run_data.tokenizer, run_data.vocab
   cal = calibration
@@ -345,12 +345,13 @@ def transcribe_files(
   """
   import jax
 
-  from moe_asr import longform
+  from moe_asr import longform, runtime
   from moe_asr.data import audio_io, schema
   from moe_asr.data import features as features_lib
   from moe_asr.data import pipeline as pipeline_lib
+  from moe_asr.evaluation import evaluate, score
   from moe_asr.models import conformer, partitioning
-  from moe_asr.training import distributed, evaluate, score, sharding, train
+  from moe_asr.training import distributed, sharding
 
   if not min_duration >= 0:
     raise ValueError(f"min_duration must be >= 0 seconds, got {min_duration}")
@@ -421,7 +422,7 @@ def transcribe_files(
   if first is None:  # Nothing to decode: no model is loaded.
     return _finish(names, records)
 
-  run = train.build_run(cfg, workdir, for_training=False, step=step)
+  run = runtime.build_run(cfg, workdir, for_training=False, step=step)
   if average_last:
     from moe_asr.training import averaging
 

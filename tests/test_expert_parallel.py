@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moe_asr import config_lib
+from moe_asr import config_lib, runtime
 from moe_asr.data import features
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.models import info, moe
@@ -247,7 +247,7 @@ def test_a_tiny_model_trains_expert_parallel_resumes_exactly_and_restores_on_one
   cfg = config_lib.load_config("tiny", [*TINY_OVERRIDES, "mesh.shape=(4,1,2,1)"])
   memory = info.train_memory(cfg, "data=4,expert=2", **SIZES)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
-  graphdef, state, rng_state, state_sh = train.init_state(cfg, mesh, rules, **SIZES)
+  graphdef, state, rng_state, state_sh = runtime.init_state(cfg, mesh, rules, **SIZES)
 
   # Parameters per device: the expert weights halved (2 of 4 experts), the rest replicated.
   params = _leaves(state["model"])

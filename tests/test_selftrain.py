@@ -169,7 +169,8 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.data import text as text_lib
   from moe_asr.data.synth import augment
-  from moe_asr.training import inputs, score
+  from moe_asr.evaluation import score
+  from moe_asr.training import inputs
 
   data_dir = score.workdir_config(tiny_workdir).data.data_dir
   planted_dir = _planted_dataset(data_dir, tmp_path)

@@ -17,9 +17,9 @@ from moe_asr.data import pipeline as pl
 from moe_asr.data import text as text_lib
 from moe_asr.data.synth import grammar
 from moe_asr.data.tokenizer import Tokenizer
+from moe_asr.evaluation import evaluate
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.models import task_heads
-from moe_asr.training import evaluate
 
 SR = 16000
 D = 32

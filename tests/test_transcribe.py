@@ -14,7 +14,8 @@ from moe_asr import transcribe
 from moe_asr.data import audio_io, pipeline
 from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import confidence as confidence_lib
-from moe_asr.training import evaluate, inputs, score
+from moe_asr.evaluation import evaluate, score
+from moe_asr.training import inputs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ length, empty audio) are masked out with `example_mask == False` and counted in
 Under `long_policy="window"` an evaluation pipeline (`drop_remainder=False`) leaves the
 utterances longer than the last bucket out of its batches and lists them in
 `Pipeline.long_examples`, for the evaluation to decode in windows
-(`training.evaluate.evaluate_split`); a training pipeline skips them, as under "skip".
+(`evaluation.evaluate.evaluate_split`); a training pipeline skips them, as under "skip".
 """
 
 from __future__ import annotations

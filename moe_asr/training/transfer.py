@@ -116,7 +116,7 @@ def config_section() -> ml_collections.ConfigDict:
 
 
 def _source_config(source: str | pathlib.Path) -> ml_collections.ConfigDict:
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   return score.workdir_config(source)
 
@@ -148,13 +148,14 @@ def nearest_language(
   """
   from flax import nnx
 
+  from moe_asr import runtime
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.models import partitioning
-  from moe_asr.training import inputs, sharding, train
+  from moe_asr.training import inputs, sharding
 
   source = pathlib.Path(source)
   src_cfg = _source_config(source)
-  run = train.build_run(src_cfg, source, for_training=False)
+  run = runtime.build_run(src_cfg, source, for_training=False)
   look = ml_collections.ConfigDict(src_cfg.to_dict())
   look.data.name, look.data.data_dir = cfg.data.name, cfg.data.data_dir
   look.model.phone_ctc.layers = ()  # No phone targets needed here.
@@ -488,14 +489,14 @@ def _remap_classes(name: str, old: np.ndarray, fresh: np.ndarray, cfg, data) -> 
 
 def source_params(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
   """{name: array} of the model parameters of a workdir's newest checkpoint."""
+  from moe_asr import runtime
   from moe_asr.training import checkpoint as checkpoint_lib
-  from moe_asr.training import train
 
   directory = str(pathlib.Path(workdir) / "checkpoints")
   step = checkpoint_lib.Checkpointer(directory, async_save=False).latest_step()
   if step is None:
     raise FileNotFoundError(f"{directory} holds no checkpoint")
-  return train._saved_params(directory, step)
+  return runtime.saved_params(directory, step)
 
 
 def init_from_source(run) -> object:
@@ -615,7 +616,7 @@ def score_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
   Writes `W2/transfer/report.json` and `report.md`; the source's scores are kept in
   `W2/transfer/source/` (computed once).
   """
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   workdir = pathlib.Path(workdir)
   t = cfg.transfer
@@ -700,6 +701,7 @@ def format_markdown(result: Mapping) -> str:
 
 def run_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains a transfer config in `workdir`, then scores it (`score_transfer`)."""
+  from moe_asr import runtime
   from moe_asr.training import train
 
   start = time.perf_counter()
@@ -707,6 +709,6 @@ def run_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   minutes = (time.perf_counter() - start) / 60
   if summary.get("preempted"):
     return summary
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   share = trainable_share(cfg, run.state)
   return score_transfer(cfg, workdir, minutes=minutes, **share)

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from moe_asr import runtime
 from moe_asr.data import features as features_lib
 from moe_asr.data import languages as langs_lib
 from moe_asr.data import pipeline as pipeline_lib
@@ -37,7 +38,7 @@ from moe_asr.data import text as text_lib
 from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding import decode as decode_lib
 from moe_asr.evaluation import metrics as metrics_lib
-from moe_asr.training import sharding
+from moe_asr.training import inputs, sharding
 
 
 def make_eval_step(
@@ -573,3 +574,97 @@ def evaluate_split(
   if keep_outputs:
     info["outputs"] = outputs
   return records, info
+
+
+# ---------------------------------------------------------------------------
+# Validating a run on a split.
+# ---------------------------------------------------------------------------
+
+
+class _UntilStopped:
+  """An evaluation pipeline that ends early once `stop()` is true (`stopped` says so)."""
+
+  def __init__(self, pipeline, stop: Callable[[], bool]):
+    self.pipeline, self.stop, self.stopped = pipeline, stop, False
+    self.source = pipeline.source
+
+  @property
+  def stats(self):
+    return self.pipeline.stats
+
+  def __iter__(self):
+    for batch in self.pipeline:
+      if self.stop():
+        self.stopped = True
+        return
+      yield batch
+
+
+def validate(
+  run: runtime.Run,
+  eval_steps: runtime.CompiledSteps,
+  split: str,
+  max_batches: int = 0,
+  knobs: Mapping[str, float] | None = None,
+  stop: Callable[[], bool] | None = None,
+  **kwargs,
+):
+  """Decodes a split with `eval_steps`; returns (summary dict, records, info).
+
+  `knobs`: per-utterance decoding weights put in every batch (`WithKnobs`);
+  `stop`: polled before each batch, ends the pass early when true (`info["stopped"]`);
+  `kwargs` go to `evaluate_split` (calibration, keep_outputs).
+  """
+  inputs.check_dataset(run.config)
+  pipe = inputs.make_pipeline(
+    run.config,
+    split,
+    run.data,
+    train=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  if knobs:
+    pipe = WithKnobs(pipe, knobs)
+  if stop is not None:
+    pipe = _UntilStopped(pipe, stop)
+  records, info = evaluate_split(
+    pipe,
+    eval_steps,
+    run.state,
+    run.rng_state,
+    run.batch_shardings,
+    run.data,
+    max_batches=max_batches,
+    **kwargs,
+  )
+  info["stopped"] = bool(getattr(pipe, "stopped", False))
+  return metrics_lib.summarize(records), records, info
+
+
+def make_eval_steps(
+  run: runtime.Run,
+  decode_cfg=None,
+  *,
+  lm=None,
+  bias=None,
+  tunable: bool = False,
+  ensemble_weights=None,
+) -> runtime.CompiledSteps:
+  """Compiled eval steps (greedy CTC by default; see `decoding.decode`).
+
+  `run` may be an ensemble (`training.ensemble.combine`), decoded with `ensemble_weights`.
+  """
+  step = make_eval_step(
+    run.graphdef,
+    run.config.model.decoder.max_len,
+    decode_cfg,
+    lm=lm,
+    bias=bias,
+    eos_id=run.data.tokenizer.eos_id,
+    tunable=tunable,
+    word_table=run.data.tokenizer.word_table(),
+    ensemble_weights=ensemble_weights,
+  )
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  return runtime.CompiledSteps(step, run, replicated, donate=False)
