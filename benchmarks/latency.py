@@ -101,7 +101,7 @@ def step_latency(workdir: str, clip: pathlib.Path, decode: dict, repeats: int) -
   wave_ = audio_io.load_audio(str(clip))
   bucket = next(b for b in buckets if len(wave_) <= b.max_samples)
   bucket = dataclasses.replace(bucket, batch_size=1)
-  host = transcribe._host_batch(bucket, [0], {0: wave_})  # noqa: SLF001
+  host = transcribe.host_batch(bucket, [0], {0: wave_})
   times = []
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     steps, _ = score.make_decoder(run, workdir)

@@ -207,7 +207,7 @@ def plot_curve(curve: Sequence[Mapping], threshold: float, path: str | pathlib.P
   ax.set_xlabel("kept fraction (most confident first)")
   ax.set_xlim(0, 1.02)
   ax.legend()
-  plots._save(fig, path)
+  plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -349,9 +349,9 @@ def export_audio(source, directory: pathlib.Path) -> list[dict]:
     soundfile.write(path, audio, schema.SAMPLE_RATE, subtype="PCM_16")
     out.append(
       {
-        "id": pipeline_lib._as_str(ex.get("id", "")) or f"{k:06d}",
+        "id": pipeline_lib.as_str(ex.get("id", "")) or f"{k:06d}",
         "path": str(path),
-        "speaker": pipeline_lib._as_str(ex.get("speaker", "")),
+        "speaker": pipeline_lib.as_str(ex.get("speaker", "")),
         "duration_s": len(audio) / schema.SAMPLE_RATE,
       }
     )
@@ -365,9 +365,9 @@ def references(source) -> dict[str, dict]:
   refs = {}
   for k in range(len(source)):
     ex = source[k]
-    refs[pipeline_lib._as_str(ex.get("id", "")) or f"{k:06d}"] = {
-      "text": pipeline_lib._as_str(ex.get("text", "")),
-      "intent": pipeline_lib._as_str(ex.get("intent", "")),
+    refs[pipeline_lib.as_str(ex.get("id", "")) or f"{k:06d}"] = {
+      "text": pipeline_lib.as_str(ex.get("text", "")),
+      "intent": pipeline_lib.as_str(ex.get("intent", "")),
     }
   return refs
 
@@ -638,17 +638,17 @@ def pseudo_label(
     data_dir=str(tfds_dir.absolute()),
     examples=int(builder.info.splits[split_name].num_examples),
   )
-  (out / "filter.json").write_text(json.dumps(_json_safe(summary), indent=1))
+  (out / "filter.json").write_text(json.dumps(json_safe(summary), indent=1))
   return summary
 
 
-def _json_safe(x):
+def json_safe(x):
   if isinstance(x, float) and not math.isfinite(x):
     return None
   if isinstance(x, Mapping):
-    return {k: _json_safe(v) for k, v in x.items()}
+    return {k: json_safe(v) for k, v in x.items()}
   if isinstance(x, list | tuple):
-    return [_json_safe(v) for v in x]
+    return [json_safe(v) for v in x]
   return x
 
 
@@ -780,5 +780,5 @@ def self_train(
     )
     teacher = student
   out = {"rounds": results}
-  (root / "selftrain.json").write_text(json.dumps(_json_safe(out), indent=1))
+  (root / "selftrain.json").write_text(json.dumps(json_safe(out), indent=1))
   return out

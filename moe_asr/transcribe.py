@@ -174,7 +174,7 @@ def record_from_row(
     i = int(np.argmax(log_probs))
     intent = vocab.intents[i]
     intent_conf = float(evaluate.softmax(log_probs, cal.intent_temperature if cal else 1.0)[i])
-    spans = evaluate._slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
+    spans = evaluate.slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
     slots = [{"type": kind, "value": value} for kind, value in spans]
   return {
     "file": name,
@@ -223,7 +223,7 @@ def _bucket_batches(lengths: Mapping[int, int], buckets) -> list[tuple[object, l
   return batches
 
 
-def _host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray]) -> dict:
+def host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray]) -> dict:
   rows = bucket.batch_size
   batch = {
     "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
@@ -280,26 +280,6 @@ def speech_check(wave: np.ndarray, *, min_duration: float) -> tuple[str | None, 
   return None, mask
 
 
-def _windows(wave: np.ndarray, mask: np.ndarray, max_samples: int):
-  """The windows a file is decoded in: the whole file when it fits, else `plan_windows`."""
-  from moe_asr import longform
-  from moe_asr.data import schema, vad
-
-  if len(wave) <= max_samples:
-    return [longform.Window(0, len(wave), "end")], False
-  rate = schema.SAMPLE_RATE
-  windows = longform.plan_windows(
-    mask,
-    len(wave),
-    max_samples,
-    frame_samples=vad.FRAME_SAMPLES,
-    min_pause=int(0.2 * rate),
-    pad=int(0.2 * rate),
-    overlap=int(1.0 * rate),
-  )
-  return windows, True
-
-
 def transcribe_files(
   workdir: str | pathlib.Path,
   files: Sequence[str | pathlib.Path],
@@ -337,8 +317,8 @@ def transcribe_files(
     docstring, the no-speech record, or `{"file", "error"}` for a file that could not be
     read.
 
-  Files are read one at a time and cut into windows (`_windows`); windows wait in a queue
-  per bucket and are decoded a full batch at a time, so what is held is the file being
+  Files are read one at a time and cut into windows (`longform.file_windows`); windows wait
+  in a queue per bucket and are decoded a full batch at a time, so what is held is the file being
   cut, at most a batch of windows per bucket, and the decoded words. Every process reads
   every file (they must be visible to all processes) and feeds its share of each batch's
   rows.
@@ -350,7 +330,7 @@ def transcribe_files(
   from moe_asr.data import features as features_lib
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.evaluation import evaluate, score
-  from moe_asr.models import conformer, partitioning
+  from moe_asr.models import partitioning
   from moe_asr.training import distributed, sharding
 
   if not min_duration >= 0:
@@ -373,8 +353,7 @@ def transcribe_files(
   max_samples = buckets[-1].max_samples
   rate = schema.SAMPLE_RATE
   # `token_frames` count CTC frames: `ctc_upsample` per encoder frame.
-  ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
-  seconds_per_frame = ctc_frames * feature_cfg.frame_shift_ms / 1000.0
+  seconds_per_frame = evaluate.seconds_per_ctc_frame(cfg)
 
   names = [str(f) for f in files]
   records: list[dict | None] = [None] * len(names)
@@ -400,7 +379,7 @@ def transcribe_files(
       if reason is not None:
         no_speech(i, seconds, reason)
         continue
-      planned, split = _windows(wave, mask, max_samples)
+      planned, split = longform.file_windows(wave, mask, max_samples)
       if not planned:
         no_speech(i, seconds, "the voice-activity detector found no speech")
         continue
@@ -450,11 +429,11 @@ def transcribe_files(
 
   def decode(bucket, queue: list) -> None:
     waves = {k: wave for k, (_, _, wave) in enumerate(queue)}
-    host = _host_batch(bucket, range(len(queue)), waves)
+    host = host_batch(bucket, range(len(queue)), waves)
     rows = bucket.batch_size // processes  # This process's rows of the global batch.
     local = {k: v[process * rows : (process + 1) * rows] for k, v in host.items()}
     batch = sharding.put_batch(local, run.batch_shardings(local))
-    out = evaluate._gather(eval_steps(batch)(run.state, run.rng_state, batch))
+    out = evaluate.gather(eval_steps(batch)(run.state, run.rng_state, batch))
     for r in np.flatnonzero(out["example_mask"]):
       i, w, wave = queue[int(out["index"][r])]
       state = open_files[i]
@@ -507,9 +486,9 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
   """`moe-asr transcribe`: prints a JSON line per file; 0 if all decoded, 1 if any failed."""
   import jax
 
-  from moe_asr import cli
+  from moe_asr import commandline
 
-  cli._logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   records = transcribe_files(
     args.workdir,
     args.files,

@@ -72,7 +72,7 @@ def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tm
   source = inputs.split_source(cfg, "test")
   examples = [source[i] for i in range(len(source))]
   long = {
-    pipeline_lib._as_str(ex["id"]): ex
+    pipeline_lib.as_str(ex["id"]): ex
     for ex in examples
     if len(ex["audio"]) > last * schema.SAMPLE_RATE
   }
@@ -94,7 +94,7 @@ def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tm
   assert len(hyps) == len(examples) - skipped == split["n"]
   for uid, ex in long.items():  # Scored against the full reference.
     h = hyps[uid]
-    assert h["ref_text"] == pipeline_lib._as_str(ex["text"])
+    assert h["ref_text"] == pipeline_lib.as_str(ex["text"])
     assert h["duration_s"] == pytest.approx(len(ex["audio"]) / schema.SAMPLE_RATE, abs=1e-6)
     assert h["duration_s"] > last
     assert h["hyp_text"] == text_lib.normalize(h["hyp_text"])

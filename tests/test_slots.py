@@ -201,7 +201,7 @@ def test_word_tagger_overfits_reference_transcripts(commands, tokenizer, own_emb
     tags = np.asarray(jnp.argmax(infer(model, b).slot_log_probs, -1))
     for r in np.flatnonzero(b["example_mask"]):
       n = int(b["token_mask"][r].sum())
-      hyp = evaluate._slot_spans(b["tokens"][r, :n], tags[r, :n], VOCAB.slot_tags, tokenizer)
+      hyp = evaluate.slot_spans(b["tokens"][r, :n], tags[r, :n], VOCAB.slot_tags, tokenizer)
       ex = source[int(b["index"][r])]
       ref = tuple(
         (t.decode(), text_lib.normalize(v.decode()))

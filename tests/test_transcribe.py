@@ -175,7 +175,7 @@ def test_slot_spans_read_each_words_last_token(run_data):
   ]
   tokens = np.array(sum(pieces, []) + [tok.eos_id])
   tags = np.array(sum(tags, []) + [b_city])  # The eos is no word.
-  spans = evaluate._slot_spans(tokens, tags, names, tok)
+  spans = evaluate.slot_spans(tokens, tags, names, tok)
   assert spans == (("song", "xyzzy pas"),)
 
 

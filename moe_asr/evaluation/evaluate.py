@@ -108,7 +108,7 @@ def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def _slot_spans(
+def slot_spans(
   tokens: np.ndarray, tags: np.ndarray, tag_names: tuple[str, ...], tokenizer
 ) -> tuple[tuple[str, str], ...]:
   """(type, value) pairs from BIO tags over hypothesis tokens, read per word.
@@ -141,7 +141,7 @@ def _slot_spans(
 
 
 def _reference(ex: Mapping) -> dict:
-  as_str = pipeline_lib._as_str
+  as_str = pipeline_lib.as_str
   words_lang = [as_str(w) for w in ex.get("words_lang", [])]
   language = as_str(ex.get("language", ""))
   dominant = pipeline_lib.dominant_language(
@@ -204,12 +204,12 @@ def records_from_outputs(
       if cal is not None:
         rec["intent_confidence_raw"] = rec["intent_confidence"]
         rec["intent_confidence"] = float(softmax(log_probs, cal.intent_temperature)[i])
-      rec["hyp_slots"] = _slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
+      rec["hyp_slots"] = slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
       if "tf_slot_tags" in out and int(out["ref_lengths"][r]) > 0:
         # The heads on the reference transcript (teacher forcing).
         m = int(out["ref_lengths"][r])
         rec["tf_intent"] = vocab.intents[int(np.argmax(out["tf_intent_log_probs"][r]))]
-        rec["tf_slots"] = _slot_spans(
+        rec["tf_slots"] = slot_spans(
           out["ref_tokens"][r, :m], out["tf_slot_tags"][r, :m], vocab.slot_tags, tokenizer
         )
     records.append(metrics_lib.Utterance(**rec))
@@ -221,7 +221,7 @@ def seconds_per_ctc_frame(cfg: ml_collections.ConfigDict) -> float:
   from moe_asr.models import conformer
 
   feature_cfg = features_lib.FeatureConfig.from_config(cfg.model.features)
-  ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
+  ctc_frames = conformer.SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
   return ctc_frames * feature_cfg.frame_shift_ms / 1000.0
 
 
@@ -274,7 +274,7 @@ def decode_long_examples(
 ) -> tuple[list, dict]:
   """Scores the pipeline's `long_examples` (utterances over the last bucket) in windows.
 
-  Each utterance is cut as `moe-asr transcribe` cuts a long file (`transcribe._windows`:
+  Each utterance is cut as `moe-asr transcribe` cuts a long file (`longform.file_windows`:
   windows of at most the last bucket, cut at VAD pauses, overlapping 1 s at hard cuts,
   silence left out); each window goes to the smallest bucket that holds it and is decoded
   with the other windows of that bucket, a full batch at a time, by `run_batch` (the
@@ -376,7 +376,7 @@ def decode_long_examples(
       break
     ex = pipeline.source[index]
     wave = np.asarray(ex["audio"])
-    windows, _ = transcribe._windows(wave, vad.speech_mask(wave), buckets[-1].max_samples)
+    windows, _ = longform.file_windows(wave, vad.speech_mask(wave), buckets[-1].max_samples)
     counts["utterances"] += 1
     if not windows:
       counts["no_speech"] += 1
@@ -384,7 +384,7 @@ def decode_long_examples(
       continue
     counts["windows"] += len(windows)
     open_utts[index] = {
-      "id": pipeline_lib._as_str(ex.get("id", index)),
+      "id": pipeline_lib.as_str(ex.get("id", index)),
       "ref": _reference(ex),  # The references (small): the audio is not kept.
       "seconds": len(wave) / rate,
       "windows": windows,
@@ -466,7 +466,7 @@ class WithKnobs:
       }
 
 
-def _gather(tree) -> dict[str, np.ndarray]:
+def gather(tree) -> dict[str, np.ndarray]:
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
@@ -526,7 +526,7 @@ def evaluate_split(
     global_batch = sharding.put_batch(batch, batch_shardings(batch))
     step = step_for(global_batch)  # Compiles on a new shape (not counted as latency).
     t0 = time.perf_counter()
-    out = _gather(step(state, rng_state, global_batch))
+    out = gather(step(state, rng_state, global_batch))
     latencies.append(time.perf_counter() - t0)
     return out
 

@@ -162,7 +162,7 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     for part, split in training_parts(cfg):
       _LOG.info("Tokenizer text from %s:%s", part.data.name, split)
       source = split_source(part, split)
-      texts += [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
+      texts += [pipeline_lib.as_str(source[i]["text"]) for i in range(len(source))]
     _LOG.info("Training a tokenizer of %d pieces on %d texts", vocab_size, len(texts))
     tokenizer = tokenizer_lib.Tokenizer.train(
       texts, vocab_size=vocab_size, character_coverage=cfg.data.get("character_coverage", 0.9995)
@@ -206,11 +206,11 @@ def scan_task_labels(source) -> dict[str, list[str]]:
   intents, slot_types = set(), set()
   for i in range(len(source)):
     ex = source[i]
-    intent = pipeline_lib._as_str(ex.get("intent", ""))
+    intent = pipeline_lib.as_str(ex.get("intent", ""))
     if intent:
       intents.add(intent)
     slots = ex.get("slots") or {}
-    slot_types.update(pipeline_lib._as_str(t) for t in slots.get("type", ()))
+    slot_types.update(pipeline_lib.as_str(t) for t in slots.get("type", ()))
   slot_types.discard("")
   return {"intents": sorted(intents), "slot_types": sorted(slot_types)}
 

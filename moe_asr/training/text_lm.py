@@ -57,7 +57,7 @@ def _model_config(cfg: ml_collections.ConfigDict, tokenizer) -> ml_collections.C
 def split_texts(cfg: ml_collections.ConfigDict, split: str) -> list[str]:
   """Normalised non-empty transcripts of a split of the run's dataset."""
   source = inputs.split_source(cfg, split)
-  texts = (text_lib.normalize(pipeline_lib._as_str(source[i]["text"])) for i in range(len(source)))
+  texts = (text_lib.normalize(pipeline_lib.as_str(source[i]["text"])) for i in range(len(source)))
   return [t for t in texts if t]
 
 

@@ -187,7 +187,7 @@ def _texts(cfg: ml_collections.ConfigDict, split: str) -> list[str]:
   from moe_asr.training import inputs
 
   source = inputs.split_source(cfg, split)
-  return [t for t in (pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))) if t]
+  return [t for t in (pipeline_lib.as_str(source[i]["text"]) for i in range(len(source))) if t]
 
 
 def extend_tokenizer(
