@@ -413,17 +413,8 @@ def _demo(args, overrides) -> int:
 _STEP_HELP = "checkpoint step to use (default: the newest that reads back)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "-v",
-    "--verbose",
-    dest="traceback",
-    action="store_true",
-    help="show the traceback of an error (each subcommand's -v also logs everything)",
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_data_commands(sub) -> None:
+  """Adds the corpus and data commands (building and importing datasets)."""
   corpus = sub.add_parser("corpus", help="build or inspect the embedded corpus")
   corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
   build = corpus_sub.add_parser("build", help="synthesise a corpus config into a TFDS dataset")
@@ -461,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
   imp.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
   imp.set_defaults(func=_data_import)
 
+
+def _add_training_commands(sub) -> None:
+  """Adds model-info, devices, train and transfer."""
   model_info = sub.add_parser("model-info", help="parameters in total and active per token")
   model_info.add_argument("--config", required=True, help=commandline.preset_help("experiment"))
   model_info.add_argument("--vocab-size", type=int, default=1500, help="tokenizer vocabulary")
@@ -500,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
   tr.add_argument("-v", "--verbose", action="store_true")
   tr.set_defaults(func=_transfer)
 
+
+def _add_scoring_commands(sub) -> None:
+  """Adds eval, train-lm and tune-decoding."""
   ev = sub.add_parser("eval", help="score a workdir's newest checkpoint; writes W/eval/report.*")
   ev.add_argument("--workdir", required=True, help="a training workdir")
   ev.add_argument("--split", action="append", help="split to score (repeatable)")
@@ -552,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("-v", "--verbose", action="store_true")
   tune.set_defaults(func=_tune_decoding)
 
+
+def _add_self_training_commands(sub) -> None:
+  """Adds pseudo-label and self-train."""
   pl = sub.add_parser(
     "pseudo-label", help="label a split with a run's model, filtered, as a TFDS dataset"
   )
@@ -615,6 +615,23 @@ def build_parser() -> argparse.ArgumentParser:
   )
   st.add_argument("-v", "--verbose", action="store_true")
   st.set_defaults(func=_self_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "-v",
+    "--verbose",
+    dest="traceback",
+    action="store_true",
+    help="show the traceback of an error (each subcommand's -v also logs everything)",
+  )
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  _add_data_commands(sub)
+  _add_training_commands(sub)
+  _add_scoring_commands(sub)
+  _add_self_training_commands(sub)
 
   demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
   demo.add_argument("--workdir", default="runs/demo", help="where the run goes")
