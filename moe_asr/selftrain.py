@@ -504,6 +504,41 @@ def checkpoint_step(workdir: str | pathlib.Path, step: int | None = None) -> int
   return None if latest is None else int(latest)
 
 
+def _target_threshold(
+  val: list[dict], sources: dict, split: str, target_cer: float, summary: dict, out
+) -> float:
+  """The confidence threshold whose kept pseudo-labels of `val` reach `target_cer`.
+
+  `val` are the pseudo-labels of the labelled `split` (read from `sources[split]`); the
+  curve goes into `summary` and is plotted to `out/filter_curve.png`.
+  """
+  from moe_asr.evaluation import metrics as metrics_lib
+
+  refs = references(sources[split])
+  counts = [metrics_lib.edit_counts(refs[v["id"]]["text"], v["text"], "char") for v in val]
+  intent = [
+    (float(v["intent"] == refs[v["id"]]["intent"]) if refs[v["id"]]["intent"] else math.nan)
+    for v in val
+  ]
+  curve = threshold_curve(
+    [v["confidence"] for v in val],
+    [c.errors for c in counts],
+    [c.ref_len for c in counts],
+    intent,
+  )
+  threshold = choose_threshold(curve, target_cer)
+  at = [p for p in curve if p["threshold"] == threshold]
+  summary.update(
+    target_cer=target_cer,
+    calibration_split=split,
+    threshold=threshold,
+    curve=curve,
+    validation=at[0] if at else None,
+  )
+  plot_curve(curve, threshold, pathlib.Path(out) / "filter_curve.png")
+  return threshold
+
+
 def pseudo_label(
   workdir: str | pathlib.Path,
   out: str | pathlib.Path,
@@ -550,7 +585,6 @@ def pseudo_label(
   """
   from moe_asr import transcribe
   from moe_asr.data import pipeline as pipeline_lib
-  from moe_asr.evaluation import metrics as metrics_lib
   from moe_asr.evaluation import score
 
   out = pathlib.Path(out)
@@ -588,29 +622,9 @@ def pseudo_label(
   }
   summary: dict[str, Any] = {"split": split, "split_name": split_name, "provenance": provenance}
   if target_cer is not None:
-    refs = references(sources[calibration_split])
-    val = items[calibration_split]
-    counts = [metrics_lib.edit_counts(refs[v["id"]]["text"], v["text"], "char") for v in val]
-    intent = [
-      (float(v["intent"] == refs[v["id"]]["intent"]) if refs[v["id"]]["intent"] else math.nan)
-      for v in val
-    ]
-    curve = threshold_curve(
-      [v["confidence"] for v in val],
-      [c.errors for c in counts],
-      [c.ref_len for c in counts],
-      intent,
+    filter_cfg.threshold = _target_threshold(
+      items[calibration_split], sources, calibration_split, target_cer, summary, out
     )
-    filter_cfg.threshold = choose_threshold(curve, target_cer)
-    at = [p for p in curve if p["threshold"] == filter_cfg.threshold]
-    summary.update(
-      target_cer=target_cer,
-      calibration_split=calibration_split,
-      threshold=filter_cfg.threshold,
-      curve=curve,
-      validation=at[0] if at else None,
-    )
-    plot_curve(curve, filter_cfg.threshold, out / "filter_curve.png")
   flags, counts = filter_items(items[split], filter_cfg)
   summary["filter"] = counts
   provenance["filter"] = dataclasses.asdict(filter_cfg)

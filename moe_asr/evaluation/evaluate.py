@@ -263,6 +263,51 @@ def _windowed_utterance(
   return metrics_lib.Utterance(**rec), heads and len(windows) > 1
 
 
+def _open_utterance(ex: Mapping, index: int, seconds: float, windows) -> dict:
+  """What `decode_long_examples` keeps of an utterance while its windows are decoded."""
+  return {
+    "id": pipeline_lib.as_str(ex.get("id", index)),
+    "ref": _reference(ex),  # The references (small): the audio is not kept.
+    "seconds": seconds,
+    "windows": windows,
+    "records": [None] * len(windows),
+    "lid": [None] * len(windows),
+    "raw": [0.0] * len(windows),
+    "intent_raw": math.nan,  # The (single) window's uncalibrated intent confidence.
+    "left": len(windows),
+  }
+
+
+def _stitched_utterance(st: dict, cal) -> tuple:
+  """(`Utterance`, heads missing) of an `_open_utterance` whose windows are all decoded."""
+  from moe_asr import longform
+
+  stitched = longform.stitch(
+    st["windows"],
+    st["records"],
+    name=st["id"],
+    duration_s=st["seconds"],
+    sample_rate=schema.SAMPLE_RATE,
+    lid_probs=st["lid"],
+  )
+  return _windowed_utterance(
+    st["ref"], st["windows"], st["records"], stitched, st["raw"], cal, st["intent_raw"]
+  )
+
+
+def _window_batch(pipeline, b: int, queue: list, process: int) -> dict:
+  """This process's rows of a batch of bucket `b` holding the queued windows."""
+  host = pipeline.empty_batch(b)
+  rows = host["audio"].shape[0]  # This process's rows of the global batch.
+  for k, q in enumerate(range(process * rows, min((process + 1) * rows, len(queue)))):
+    _, _, wave = queue[q]
+    host["audio"][k, : len(wave)] = wave
+    host["audio_mask"][k, : len(wave)] = True
+    host["example_mask"][k] = True
+    host["index"][k] = q  # Position in the queue.
+  return host
+
+
 def decode_long_examples(
   pipeline,
   run_batch: Callable[[dict], Mapping[str, np.ndarray]],
@@ -324,31 +369,12 @@ def decode_long_examples(
   queues: list[list] = [[] for _ in buckets]
 
   def finish(index: int) -> None:
-    st = open_utts.pop(index)
-    stitched = longform.stitch(
-      st["windows"],
-      st["records"],
-      name=st["id"],
-      duration_s=st["seconds"],
-      sample_rate=rate,
-      lid_probs=st["lid"],
-    )
-    record, missing = _windowed_utterance(
-      st["ref"], st["windows"], st["records"], stitched, st["raw"], calibration, st["intent_raw"]
-    )
+    record, missing = _stitched_utterance(open_utts.pop(index), calibration)
     records.append(record)
     counts["heads_missing"] += int(missing)
 
   def decode(b: int, queue: list) -> None:
-    host = pipeline.empty_batch(b)
-    rows = host["audio"].shape[0]  # This process's rows of the global batch.
-    for k, q in enumerate(range(process * rows, min((process + 1) * rows, len(queue)))):
-      _, _, wave = queue[q]
-      host["audio"][k, : len(wave)] = wave
-      host["audio_mask"][k, : len(wave)] = True
-      host["example_mask"][k] = True
-      host["index"][k] = q  # Position in the queue.
-    out = run_batch(host)
+    out = run_batch(_window_batch(pipeline, b, queue, process))
     counts["batches"] += 1
     for r in np.flatnonzero(out["example_mask"]):
       index, w, wave = queue[int(out["index"][r])]
@@ -383,17 +409,7 @@ def decode_long_examples(
       records.append(_windowed_utterance(_reference(ex), [], [], None, [], calibration)[0])
       continue
     counts["windows"] += len(windows)
-    open_utts[index] = {
-      "id": pipeline_lib.as_str(ex.get("id", index)),
-      "ref": _reference(ex),  # The references (small): the audio is not kept.
-      "seconds": len(wave) / rate,
-      "windows": windows,
-      "records": [None] * len(windows),
-      "lid": [None] * len(windows),
-      "raw": [0.0] * len(windows),
-      "intent_raw": math.nan,  # The (single) window's uncalibrated intent confidence.
-      "left": len(windows),
-    }
+    open_utts[index] = _open_utterance(ex, index, len(wave) / rate, windows)
     for w, window in enumerate(windows):
       piece = np.array(wave[window.start : window.end])  # A copy: `wave` can go.
       b = next(k for k, bucket in enumerate(buckets) if len(piece) <= bucket.max_samples)
