@@ -263,12 +263,9 @@ class StepProfile:
       _LOG.info("Profiled steps %d to %d: %s/plugins/profile", self.first + 1, step, self.workdir)
 
 
-def _train_loop(
-  run: runtime.Run, workdir: pathlib.Path, primary: bool, guard, profile: StepProfile
-) -> dict:
-  cfg, t = run.config, run.config.train
-  if _preempted(guard, 0, t, sync=True):
-    return _stopped_before_training(run, "setting up")
+def _train_pipeline(run: runtime.Run):
+  """The training split's pipeline, once the batch sizes and the dataset are checked."""
+  cfg = run.config
   for n in sorted({b for _, b in cfg.data.buckets}):
     if n % sharding.batch_size_multiple(run.mesh):
       raise ValueError(
@@ -284,12 +281,12 @@ def _train_loop(
     process_count=jax.process_count(),
   )
   inputs.check_dataset(cfg)  # (make_pipeline below reads the dataset, but names it less clearly.)
-  train_iter = iter(train_pipe)
-  if run.data_state is not None:
-    train_iter.set_state(run.data_state)
-  if primary:
-    state_lib.trainable_report(_merged(run), cfg)
-  log = MetricsLog(workdir, primary, run.start_step)
+  return train_pipe
+
+
+def _compiled_train_steps(run: runtime.Run, train_pipe) -> runtime.CompiledSteps:
+  """The train step (flat, donating the state), compiled for every bucket shape up front."""
+  cfg = run.config
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   train_steps = runtime.CompiledSteps(
     make_train_step(cfg, run.graphdef),
@@ -306,6 +303,23 @@ def _train_loop(
       for b in train_pipe.example_batches().values()
     ]
   )
+  return train_steps
+
+
+def _train_loop(
+  run: runtime.Run, workdir: pathlib.Path, primary: bool, guard, profile: StepProfile
+) -> dict:
+  cfg, t = run.config, run.config.train
+  if _preempted(guard, 0, t, sync=True):
+    return _stopped_before_training(run, "setting up")
+  train_pipe = _train_pipeline(run)
+  train_iter = iter(train_pipe)
+  if run.data_state is not None:
+    train_iter.set_state(run.data_state)
+  if primary:
+    state_lib.trainable_report(_merged(run), cfg)
+  log = MetricsLog(workdir, primary, run.start_step)
+  train_steps = _compiled_train_steps(run, train_pipe)
   if _preempted(guard, 0, t, sync=True):
     log.close()
     return _stopped_before_training(run, "compiling")
@@ -384,13 +398,7 @@ def _train_loop(
       values["compiles"] = train_steps.compiles
       log.write(step, {f"train/{k}": v for k, v in values.items()})
       summary.update({f"train/{k}": v for k, v in values.items()})
-      progress.set_postfix(
-        loss=f"{values['loss']:.3f}",
-        ctc=f"{values['ctc']:.3f}",
-        lr=f"{values['learning_rate']:.1e}",
-        x_realtime=f"{audio_seconds / elapsed:.1f}",
-        refresh=False,
-      )
+      progress.set_postfix(_progress_fields(values, audio_seconds / elapsed), refresh=False)
       window_start, window_steps, audio_seconds = time.perf_counter(), 0, 0.0
     progress.update(1)
     if t.eval_every and step % t.eval_every == 0 and step < t.steps:
@@ -415,6 +423,16 @@ def _train_loop(
     _LOG.warning("Termination signal: step %d is saved; stopping", step)
     summary["preempted"] = True
   return summary
+
+
+def _progress_fields(values: Mapping[str, float], x_realtime: float) -> dict[str, str]:
+  """What the progress bar shows of a logged window of steps."""
+  return {
+    "loss": f"{values['loss']:.3f}",
+    "ctc": f"{values['ctc']:.3f}",
+    "lr": f"{values['learning_rate']:.1e}",
+    "x_realtime": f"{x_realtime:.1f}",
+  }
 
 
 def _stopped_before_training(run: runtime.Run, doing: str) -> dict:

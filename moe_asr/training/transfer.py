@@ -212,6 +212,72 @@ def _split_size(cfg: ml_collections.ConfigDict, split: str) -> int:
   return len(inputs.split_source(cfg, split))
 
 
+def _choose_languages(t, source: pathlib.Path, cfg, src_data: Mapping, language: str, split):
+  """Settles `t.new_language` and `t.init_language` where they are "auto".
+
+  The source's corpus config names the languages it was trained on; otherwise the source's
+  LID posteriors on the new data's training split say which language it is nearest.
+  """
+  trained_on = (src_data.get("metadata") or {}).get("corpus_config", {}).get("languages")
+  if t.new_language == "auto" and trained_on:  # The source's corpus names its languages.
+    t.new_language = "no" if language in trained_on else "yes"
+  if t.init_language == "auto" or t.new_language == "auto":
+    split = split.split("+")[0]
+    nearest, posteriors = nearest_language(source, cfg, split)
+    _LOG.info("Source LID posteriors of %s:%s: %s", cfg.data.name, split, posteriors)
+    if t.new_language == "auto":
+      t.new_language = "no" if nearest == language else "yes"
+    if t.init_language == "auto":
+      if nearest == language:  # Known: its own slices are the nearest.
+        old = {c: p for c, p in posteriors.items() if c != language}
+        nearest = max(old, key=old.get)
+      t.init_language = nearest
+
+
+def _expert_slices(cfg, src, t, index: int, new_language: bool) -> list[tuple[str, int, int, int]]:
+  """The expert maps of the transfer (`cfg` and `t` updated) and the expert slices to train.
+
+  A new language gets an expert of its own under the language router (the one expert's
+  slice trains) and `t.init_language`'s expert under the hybrid one.
+  """
+  num_languages = int(src.model.num_languages)
+  slices: list[tuple[str, int, int, int]] = []
+  for name in ("encoder", "decoder"):
+    sec = cfg.model[name]
+    t.old_experts[name] = int(sec.num_experts)
+    if not _routed(sec):
+      continue
+    old_map = list(_expert_map(src.model[name], num_languages))
+    t.old_expert_maps[name] = " ".join(map(str, old_map))
+    if len(old_map) < cfg.model.num_languages:
+      old_map += [0] * (cfg.model.num_languages - len(old_map))
+    if not new_language or sec.router not in ("language", "hybrid"):
+      continue
+    init_expert = old_map[langs_lib.language_index(t.init_language)]
+    if sec.router == "language":
+      old_map[index] = int(sec.num_experts)
+      sec.num_experts = int(sec.num_experts) + 1
+      layer = r"encoder/blocks/\d+/ff2" if name == "encoder" else r"decoder/blocks/\d+/ffn"
+      slices.append((rf"{layer}/w_(gate|up|down)", 0, old_map[index], old_map[index] + 1))
+    else:
+      old_map[index] = init_expert
+    sec.expert_map = " ".join(map(str, old_map))
+  return slices
+
+
+def _trainable(method: str, train_whole: Sequence[str], slices: Sequence[tuple]) -> str:
+  """`config.train.trainable` of a transfer: what trains whole, the sliced parameters and
+  the method's own modules (LoRA, adapters); "" (everything) for the full method."""
+  if method == "full":
+    return ""
+  whole = [*train_whole, *(p for p, *_ in slices)]
+  if method == "lora":
+    whole.append(r".*/lora_(a|b)")
+  elif method == "adapters":
+    whole.append(r".*/adapter/.*")
+  return "|".join(f"(?:{p})" for p in whole) if whole else "$^"
+
+
 def transfer_config(
   source: str | pathlib.Path,
   workdir: str | pathlib.Path,
@@ -291,45 +357,12 @@ def transfer_config(
   num_languages = int(src.model.num_languages)
   t.old_num_languages = num_languages
   index = langs_lib.language_index(language)
-  trained_on = (src_data.get("metadata") or {}).get("corpus_config", {}).get("languages")
-  if t.new_language == "auto" and trained_on:  # The source's corpus names its languages.
-    t.new_language = "no" if language in trained_on else "yes"
-  if t.init_language == "auto" or t.new_language == "auto":
-    split = train_split.split("+")[0]
-    nearest, posteriors = nearest_language(source, cfg, split)
-    _LOG.info("Source LID posteriors of %s:%s: %s", cfg.data.name, split, posteriors)
-    if t.new_language == "auto":
-      t.new_language = "no" if nearest == language else "yes"
-    if t.init_language == "auto":
-      if nearest == language:  # Known: its own slices are the nearest.
-        old = {c: p for c, p in posteriors.items() if c != language}
-        nearest = max(old, key=old.get)
-      t.init_language = nearest
+  _choose_languages(t, source, cfg, src_data, language, train_split)
   new_language = t.new_language == "yes"
   if new_language and index >= num_languages:
     cfg.model.num_languages = index + 1  # Referenced by every section's num_languages.
-  slices: list[tuple[str, int, int, int]] = []
+  slices = _expert_slices(cfg, src, t, index, new_language)
   train_whole: list[str] = []
-  for name in ("encoder", "decoder"):
-    sec = cfg.model[name]
-    t.old_experts[name] = int(sec.num_experts)
-    if not _routed(sec):
-      continue
-    old_map = list(_expert_map(src.model[name], num_languages))
-    t.old_expert_maps[name] = " ".join(map(str, old_map))
-    if len(old_map) < cfg.model.num_languages:
-      old_map += [0] * (cfg.model.num_languages - len(old_map))
-    if not new_language or sec.router not in ("language", "hybrid"):
-      continue
-    init_expert = old_map[langs_lib.language_index(t.init_language)]
-    if sec.router == "language":
-      old_map[index] = int(sec.num_experts)
-      sec.num_experts = int(sec.num_experts) + 1
-      layer = r"encoder/blocks/\d+/ff2" if name == "encoder" else r"decoder/blocks/\d+/ffn"
-      slices.append((rf"{layer}/w_(gate|up|down)", 0, old_map[index], old_map[index] + 1))
-    else:
-      old_map[index] = init_expert
-    sec.expert_map = " ".join(map(str, old_map))
   # Vocabulary rows.
   if tokenizer.vocab_size > old_tok.vocab_size:
     for pattern, axis in VOCAB_AXES.items():
@@ -353,16 +386,9 @@ def transfer_config(
   train_whole = [_tolerant(p) for p in train_whole]
   t.slices = tuple(slices)
   # What trains.
+  cfg.train.trainable = _trainable(method, train_whole, slices)
   if method == "full":
-    cfg.train.trainable = ""
     t.slices = ()
-  else:
-    whole = [*train_whole, *(p for p, *_ in slices)]
-    if method == "lora":
-      whole.append(r".*/lora_(a|b)")
-    elif method == "adapters":
-      whole.append(r".*/adapter/.*")
-    cfg.train.trainable = "|".join(f"(?:{p})" for p in whole) if whole else "$^"
   config_lib.apply_overrides(cfg, overrides)
   return cfg
 
