@@ -16,6 +16,9 @@ decodes a long file: cut into windows at the pauses a voice-activity detector fi
 decoded by the same compiled step in the buckets' batch shapes, a batch at a time, and
 stitched (`longform.stitch`) into one hypothesis scored against the full reference. See
 `decode_long_examples` for what each metric reads.
+
+`make_eval_steps(run)` compiles the eval step for a `runtime.Run` and `validate` decodes a
+split with it (validation during training, `moe-asr eval`, `tune-decoding`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
   -> resume -> compile per bucket -> loop (log, validate, checkpoint, SIGTERM)
   -> final checkpoint and validation
 
+The set-up up to the resume is `moe_asr.runtime.build_run` (evaluation and transcription
+set a run up the same way); validation is `evaluation.evaluate.validate`.
+
 Everything the run writes lives in the workdir: `config.json`, the data side
 (`tokenizer.model`, `run_data.json`: transcribe needs no dataset),
 `metrics.jsonl` (one JSON object per logged step), TensorBoard events and
