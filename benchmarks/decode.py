@@ -277,12 +277,14 @@ def dump_logprobs(
   """
   from flax import nnx
 
+  from moe_asr import runtime
   from moe_asr.data import pipeline as pipeline_lib
+  from moe_asr.evaluation import score
   from moe_asr.models import partitioning
-  from moe_asr.training import inputs, score, sharding, train
+  from moe_asr.training import inputs, sharding
 
   cfg = score.workdir_config(workdir, overrides)
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   tokenizer = run.data.tokenizer
 
   def ctc_step(state, rng_state, batch):
@@ -299,7 +301,7 @@ def dump_logprobs(
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
   rows, ids, refs, values = [], [], [], []
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
-    steps = train.CompiledSteps(ctc_step, run, replicated, donate=False)
+    steps = runtime.CompiledSteps(ctc_step, run, replicated, donate=False)
     pipe = inputs.make_pipeline(cfg, split, run.data, train=False, process_index=0, process_count=1)
     for b, host_batch in enumerate(pipe):
       if max_batches and b >= max_batches:
@@ -578,7 +580,8 @@ def decode_flashlight(
 
 def lm_label_sentences(workdir: str | pathlib.Path, labels: Sequence[str], tokenizer) -> list:
   """The training transcripts the workdir's text LM learnt from, as label sequences."""
-  from moe_asr.training import score, text_lm
+  from moe_asr.evaluation import score
+  from moe_asr.training import text_lm
 
   cfg = score.workdir_config(workdir)
   texts = text_lm.split_texts(cfg, cfg.data.train_split)

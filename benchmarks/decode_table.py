@@ -3,7 +3,7 @@
   python benchmarks/decode_table.py --workdir runs/demo [--beam 8] [--lm-weight 0.3]
       [--splits test test_cs test_bias] [--bias-file corpus]
 
-Each setting is a real `moe-asr eval` pass (`training.score.evaluate_workdir`) with its
+Each setting is a real `moe-asr eval` pass (`evaluation.score.evaluate_workdir`) with its
 report under `W/eval_ladder/<setting>/`; the table (error rates as %, LID / intent
 accuracy as %, B-WER / U-WER against the bias list --bias-file, decode real-time factor)
 is printed and written to `W/eval_ladder/table.json`. The bias boost defaults to the tuned
@@ -22,7 +22,7 @@ from moe_asr.data import text as text_lib
 from moe_asr.decoding import biasing
 from moe_asr.decoding import decode as decode_lib
 from moe_asr.evaluation import metrics as metrics_lib
-from moe_asr.training import score
+from moe_asr.evaluation import score
 
 METRICS = (
   ("cer", "CER"),

@@ -358,7 +358,8 @@ def train_model(plan: Plan, model: str, seed: int) -> None:
 
 
 def train_lm(plan: Plan, model: str, seed: int) -> None:
-  from moe_asr.training import score, text_lm
+  from moe_asr.evaluation import score
+  from moe_asr.training import text_lm
 
   workdir = plan.model_dir(model, seed)
   marker_dir = workdir / "lm"
@@ -424,7 +425,7 @@ def arms_done(plan: Plan) -> list[Arm]:
 
 def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
   """Scores one arm's model with its decode settings; hypotheses under evals/<arm>/seed<k>."""
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   out_dir = plan.eval_dir(arm, seed)
   splits = plan.arm_splits(arm)

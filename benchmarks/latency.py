@@ -48,7 +48,8 @@ SETTINGS = {
 def write_clip(workdir: str, split: str, seconds: float, path: pathlib.Path) -> float:
   """Writes the first utterance of `split` at least `seconds` long, cut to it; its length."""
   from moe_asr.data import schema
-  from moe_asr.training import inputs, score
+  from moe_asr.evaluation import score
+  from moe_asr.training import inputs
 
   cfg = score.workdir_config(workdir)
   data = inputs.load_run_data(cfg, workdir)
@@ -83,15 +84,16 @@ def step_latency(workdir: str, clip: pathlib.Path, decode: dict, repeats: int) -
 
   import jax
 
-  from moe_asr import transcribe
+  from moe_asr import runtime, transcribe
   from moe_asr.data import audio_io, features, pipeline
+  from moe_asr.evaluation import score
   from moe_asr.models import partitioning
-  from moe_asr.training import score, sharding, train
+  from moe_asr.training import sharding
 
   overrides = [f"decode.{k}={v!r}" for k, v in decode.items()]
   cfg = score.workdir_config(workdir, overrides)
   cfg.compilation_cache = ""  # The first call compiles for real.
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   buckets = pipeline.make_buckets(
     pipeline.PipelineConfig.from_config(cfg.data),
     features.FeatureConfig.from_config(cfg.model.features),
@@ -99,7 +101,7 @@ def step_latency(workdir: str, clip: pathlib.Path, decode: dict, repeats: int) -
   wave_ = audio_io.load_audio(str(clip))
   bucket = next(b for b in buckets if len(wave_) <= b.max_samples)
   bucket = dataclasses.replace(bucket, batch_size=1)
-  host = transcribe._host_batch(bucket, [0], {0: wave_})  # noqa: SLF001
+  host = transcribe.host_batch(bucket, [0], {0: wave_})
   times = []
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     steps, _ = score.make_decoder(run, workdir)

@@ -40,7 +40,8 @@ import time
 from moe_asr import config_lib, selftrain
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.evaluation import metrics as metrics_lib
-from moe_asr.training import score, train
+from moe_asr.evaluation import score
+from moe_asr.training import train
 
 METRICS = (("wer", "WER"), ("cer", "CER"), ("intent_acc", "intent"), ("slot_f1", "slot F1"))
 
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.score_pseudo_labels:
     scored = score_pseudo_labels(args.score_pseudo_labels)
-    print(json.dumps(selftrain._json_safe(scored), indent=1))
+    print(json.dumps(selftrain.json_safe(scored), indent=1))
     return 0
   if args.root is None or args.data_dir is None:
     parser.error("--root and --data-dir are required (or --score-pseudo-labels)")
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
     "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}",
     "seconds": time.time() - start,
   }
-  (root / "results.json").write_text(json.dumps(selftrain._json_safe(results), indent=1))
+  (root / "results.json").write_text(json.dumps(selftrain.json_safe(results), indent=1))
   table = format_markdown(results)
   print(table)
   if args.out:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moe_asr import config_lib
+from moe_asr import config_lib, runtime
 from moe_asr.data import features
 from moe_asr.training import sharding, train
 
@@ -229,7 +229,7 @@ def measure(
 ) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   kwargs = dict(vocab_size=VOCAB, num_intents=INTENTS, num_slot_tags=SLOT_TAGS)
-  graphdef, state, rng_state, state_sh = train.init_state(
+  graphdef, state, rng_state, state_sh = runtime.init_state(
     cfg, mesh, sharding.rules(cfg.mesh), **kwargs
   )
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -30,15 +30,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
-
-def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """Separates `--config.a.b=v` overrides (and the `--decode.x=v` shorthand) from the rest."""
-  rest, overrides = [], []
-  for arg in argv:
-    if arg.startswith("--decode."):
-      arg = "--config." + arg.removeprefix("--")
-    (overrides if arg.startswith("--config.") else rest).append(arg)
-  return rest, overrides
+from moe_asr import commandline
 
 
 def _corpus_build(args, overrides) -> int:
@@ -148,10 +140,11 @@ def _expert_maps(model_cfg) -> dict[str, dict[str, int]]:
 def _model_info(args, overrides) -> int:
   from moe_asr import config_lib
   from moe_asr.models import info
+  from moe_asr.training import memory
 
   cfg = config_lib.load_config(args.config, overrides)
   if args.mesh:  # Before JAX starts: a CPU fakes the mesh's devices.
-    info.fake_cpu_devices(math.prod(info.parse_mesh(args.mesh, tuple(cfg.mesh.axes))))
+    memory.fake_cpu_devices(math.prod(memory.parse_mesh(args.mesh, tuple(cfg.mesh.axes))))
   sizes = info.model_info(
     cfg, vocab_size=args.vocab_size, num_intents=args.num_intents, num_slot_tags=args.num_slot_tags
   )
@@ -164,14 +157,14 @@ def _model_info(args, overrides) -> int:
     items = ", ".join(f"{code} {e}" for code, e in expert_map.items())
     print(f"{name} expert of each language ({spec}): {items}")
   if args.mesh:
-    sizes["memory"] = info.train_memory(
+    sizes["memory"] = memory.train_memory(
       cfg,
       args.mesh,
       vocab_size=args.vocab_size,
       num_intents=args.num_intents,
       num_slot_tags=args.num_slot_tags,
     )
-    print(info.format_memory(sizes["memory"]))
+    print(memory.format_memory(sizes["memory"]))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(sizes, indent=2))
   return 0
@@ -199,23 +192,11 @@ def _devices(args, overrides) -> int:
   return 0
 
 
-def _logging(verbose: bool = False) -> None:
-  import logging
-
-  # force: absl (imported by TensorFlow and clu) may already have configured the root logger.
-  logging.basicConfig(
-    level=logging.INFO if verbose else logging.WARNING,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    force=True,
-  )
-  logging.getLogger("moe_asr").setLevel(logging.INFO)
-
-
 def _train(args, overrides) -> int:
   from moe_asr import config_lib
   from moe_asr.training import distributed, train
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   cfg = config_lib.load_config(args.config, overrides)  # Touches no device: before joining.
   distributed.initialize(timeouts=cfg.get("distributed"))
   if cfg.get("transfer") and cfg.transfer.get("source"):  # A transfer config (transfer.py).
@@ -255,7 +236,7 @@ def _train(args, overrides) -> int:
 def _transfer(args, overrides) -> int:
   from moe_asr.training import distributed, transfer
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   distributed.initialize()
   cfg = transfer.transfer_config(
     args.source,
@@ -275,9 +256,10 @@ def _transfer(args, overrides) -> int:
 
 def _eval(args, overrides) -> int:
   from moe_asr.evaluation import report as report_lib
-  from moe_asr.training import distributed, score
+  from moe_asr.evaluation import score
+  from moe_asr.training import distributed
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   distributed.initialize()
   out_dir = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval"
   report = score.evaluate_workdir(
@@ -297,9 +279,10 @@ def _eval(args, overrides) -> int:
 
 
 def _train_lm(args, overrides) -> int:
-  from moe_asr.training import score, text_lm
+  from moe_asr.evaluation import score
+  from moe_asr.training import text_lm
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   cfg = score.workdir_config(args.workdir, [o.removeprefix("--") for o in overrides])
   summary = text_lm.train_workdir_lm(cfg, args.workdir, text_files=args.text, steps=args.steps)
   ppl = summary.get("val_perplexity")
@@ -312,9 +295,9 @@ def _train_lm(args, overrides) -> int:
 
 
 def _tune_decoding(args, overrides) -> int:
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   summary = score.tune_decoding(
     args.workdir,
     split=args.split,
@@ -341,7 +324,7 @@ def _tune_decoding(args, overrides) -> int:
 def _pseudo_label(args, overrides) -> int:
   from moe_asr import selftrain
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   summary = selftrain.pseudo_label(
     args.workdir,
     args.out,
@@ -388,7 +371,7 @@ def _pseudo_label(args, overrides) -> int:
 def _self_train(args, overrides) -> int:
   from moe_asr import selftrain
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   result = selftrain.self_train(
     args.workdir,
     args.out,
@@ -422,7 +405,7 @@ def _self_train(args, overrides) -> int:
 def _demo(args, overrides) -> int:
   from moe_asr import demo
 
-  _logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   demo.run_demo(args.workdir, data_dir=args.data_dir, config=args.config, overrides=overrides)
   return 0
 
@@ -430,27 +413,14 @@ def _demo(args, overrides) -> int:
 _STEP_HELP = "checkpoint step to use (default: the newest that reads back)"
 
 
-def _preset_help(kind: str, what: str = "an experiment config file") -> str:
-  from moe_asr import config_lib
-
-  return f"a preset ({', '.join(config_lib.presets(kind))}) or {what}"
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "-v",
-    "--verbose",
-    dest="traceback",
-    action="store_true",
-    help="show the traceback of an error (each subcommand's -v also logs everything)",
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_data_commands(sub) -> None:
+  """Adds the corpus and data commands (building and importing datasets)."""
   corpus = sub.add_parser("corpus", help="build or inspect the embedded corpus")
   corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
   build = corpus_sub.add_parser("build", help="synthesise a corpus config into a TFDS dataset")
-  build.add_argument("--config", required=True, help=_preset_help("corpus", "a corpus config file"))
+  build.add_argument(
+    "--config", required=True, help=commandline.preset_help("corpus", "a corpus config file")
+  )
   build.add_argument("--data-dir", required=True, type=pathlib.Path, help="TFDS data directory")
   build.set_defaults(func=_corpus_build)
   stats = corpus_sub.add_parser(
@@ -482,8 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
   imp.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
   imp.set_defaults(func=_data_import)
 
+
+def _add_training_commands(sub) -> None:
+  """Adds model-info, devices, train and transfer."""
   model_info = sub.add_parser("model-info", help="parameters in total and active per token")
-  model_info.add_argument("--config", required=True, help=_preset_help("experiment"))
+  model_info.add_argument("--config", required=True, help=commandline.preset_help("experiment"))
   model_info.add_argument("--vocab-size", type=int, default=1500, help="tokenizer vocabulary")
   model_info.add_argument("--num-intents", type=int, default=24)
   model_info.add_argument("--num-slot-tags", type=int, default=39, help="BIO tags (2 x types + 1)")
@@ -504,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
   devices.set_defaults(func=_devices)
 
   train = sub.add_parser("train", help="train a config in a workdir (resumes what is there)")
-  train.add_argument("--config", required=True, help=_preset_help("experiment"))
+  train.add_argument("--config", required=True, help=commandline.preset_help("experiment"))
   train.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, config.json")
   train.add_argument("-v", "--verbose", action="store_true", help="log everything (INFO)")
   train.set_defaults(func=_train)
@@ -521,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
   tr.add_argument("-v", "--verbose", action="store_true")
   tr.set_defaults(func=_transfer)
 
+
+def _add_scoring_commands(sub) -> None:
+  """Adds eval, train-lm and tune-decoding."""
   ev = sub.add_parser("eval", help="score a workdir's newest checkpoint; writes W/eval/report.*")
   ev.add_argument("--workdir", required=True, help="a training workdir")
   ev.add_argument("--split", action="append", help="split to score (repeatable)")
@@ -573,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
   tune.add_argument("-v", "--verbose", action="store_true")
   tune.set_defaults(func=_tune_decoding)
 
+
+def _add_self_training_commands(sub) -> None:
+  """Adds pseudo-label and self-train."""
   pl = sub.add_parser(
     "pseudo-label", help="label a split with a run's model, filtered, as a TFDS dataset"
   )
@@ -637,10 +616,29 @@ def build_parser() -> argparse.ArgumentParser:
   st.add_argument("-v", "--verbose", action="store_true")
   st.set_defaults(func=_self_train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="moe-asr", description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "-v",
+    "--verbose",
+    dest="traceback",
+    action="store_true",
+    help="show the traceback of an error (each subcommand's -v also logs everything)",
+  )
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  _add_data_commands(sub)
+  _add_training_commands(sub)
+  _add_scoring_commands(sub)
+  _add_self_training_commands(sub)
+
   demo = sub.add_parser("demo", help="the main job: build the demo corpus, train, score, print")
   demo.add_argument("--workdir", default="runs/demo", help="where the run goes")
   demo.add_argument("--data-dir", default="data", help="TFDS data directory of the corpus")
-  demo.add_argument("--config", default=None, help=_preset_help("experiment") + " (default: demo)")
+  demo.add_argument(
+    "--config", default=None, help=commandline.preset_help("experiment") + " (default: demo)"
+  )
   demo.add_argument("-v", "--verbose", action="store_true")
   demo.set_defaults(func=_demo)
 
@@ -679,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs a subcommand; a known error prints one line (`-v`: its traceback) and exits 2."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (dataset builds) is quiet.
   argv = sys.argv[1:] if argv is None else list(argv)
-  rest, overrides = _split_overrides(argv)
+  rest, overrides = commandline.split_overrides(argv)
   args = build_parser().parse_args(rest)
   try:
     code = args.func(args, overrides)

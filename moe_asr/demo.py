@@ -30,7 +30,8 @@ def run_demo(
   """Builds the corpus if needed, trains, evaluates; returns the report."""
   from moe_asr.data.builders import synth
   from moe_asr.evaluation import report as report_lib
-  from moe_asr.training import distributed, score, train
+  from moe_asr.evaluation import score
+  from moe_asr.training import distributed, train
 
   distributed.initialize()
   start = time.time()

@@ -253,3 +253,22 @@ def stitch(
     "segments": segments,
     "language_segments": language_segments,
   }
+
+
+def file_windows(wave: np.ndarray, mask: np.ndarray, max_samples: int):
+  """The windows a file is decoded in: the whole file when it fits, else `plan_windows`."""
+  from moe_asr.data import schema, vad
+
+  if len(wave) <= max_samples:
+    return [Window(0, len(wave), "end")], False
+  rate = schema.SAMPLE_RATE
+  windows = plan_windows(
+    mask,
+    len(wave),
+    max_samples,
+    frame_samples=vad.FRAME_SAMPLES,
+    min_pause=int(0.2 * rate),
+    pad=int(0.2 * rate),
+    overlap=int(1.0 * rate),
+  )
+  return windows, True

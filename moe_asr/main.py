@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from moe_asr import cli, config_lib
+  from moe_asr import commandline, config_lib
   from moe_asr.training import distributed, train
 
-  rest, overrides = cli._split_overrides(sys.argv[1:] if argv is None else argv)
+  rest, overrides = commandline.split_overrides(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="python -m moe_asr.main", description=__doc__)
-  parser.add_argument("--config", required=True, help=cli._preset_help("experiment"))
+  parser.add_argument("--config", required=True, help=commandline.preset_help("experiment"))
   parser.add_argument("--workdir", required=True, help="where checkpoints and metrics go")
   args = parser.parse_args(rest)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

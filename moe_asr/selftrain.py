@@ -207,7 +207,7 @@ def plot_curve(curve: Sequence[Mapping], threshold: float, path: str | pathlib.P
   ax.set_xlabel("kept fraction (most confident first)")
   ax.set_xlim(0, 1.02)
   ax.legend()
-  plots._save(fig, path)
+  plots.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -349,9 +349,9 @@ def export_audio(source, directory: pathlib.Path) -> list[dict]:
     soundfile.write(path, audio, schema.SAMPLE_RATE, subtype="PCM_16")
     out.append(
       {
-        "id": pipeline_lib._as_str(ex.get("id", "")) or f"{k:06d}",
+        "id": pipeline_lib.as_str(ex.get("id", "")) or f"{k:06d}",
         "path": str(path),
-        "speaker": pipeline_lib._as_str(ex.get("speaker", "")),
+        "speaker": pipeline_lib.as_str(ex.get("speaker", "")),
         "duration_s": len(audio) / schema.SAMPLE_RATE,
       }
     )
@@ -365,9 +365,9 @@ def references(source) -> dict[str, dict]:
   refs = {}
   for k in range(len(source)):
     ex = source[k]
-    refs[pipeline_lib._as_str(ex.get("id", "")) or f"{k:06d}"] = {
-      "text": pipeline_lib._as_str(ex.get("text", "")),
-      "intent": pipeline_lib._as_str(ex.get("intent", "")),
+    refs[pipeline_lib.as_str(ex.get("id", "")) or f"{k:06d}"] = {
+      "text": pipeline_lib.as_str(ex.get("text", "")),
+      "intent": pipeline_lib.as_str(ex.get("intent", "")),
     }
   return refs
 
@@ -504,6 +504,41 @@ def checkpoint_step(workdir: str | pathlib.Path, step: int | None = None) -> int
   return None if latest is None else int(latest)
 
 
+def _target_threshold(
+  val: list[dict], sources: dict, split: str, target_cer: float, summary: dict, out
+) -> float:
+  """The confidence threshold whose kept pseudo-labels of `val` reach `target_cer`.
+
+  `val` are the pseudo-labels of the labelled `split` (read from `sources[split]`); the
+  curve goes into `summary` and is plotted to `out/filter_curve.png`.
+  """
+  from moe_asr.evaluation import metrics as metrics_lib
+
+  refs = references(sources[split])
+  counts = [metrics_lib.edit_counts(refs[v["id"]]["text"], v["text"], "char") for v in val]
+  intent = [
+    (float(v["intent"] == refs[v["id"]]["intent"]) if refs[v["id"]]["intent"] else math.nan)
+    for v in val
+  ]
+  curve = threshold_curve(
+    [v["confidence"] for v in val],
+    [c.errors for c in counts],
+    [c.ref_len for c in counts],
+    intent,
+  )
+  threshold = choose_threshold(curve, target_cer)
+  at = [p for p in curve if p["threshold"] == threshold]
+  summary.update(
+    target_cer=target_cer,
+    calibration_split=split,
+    threshold=threshold,
+    curve=curve,
+    validation=at[0] if at else None,
+  )
+  plot_curve(curve, threshold, pathlib.Path(out) / "filter_curve.png")
+  return threshold
+
+
 def pseudo_label(
   workdir: str | pathlib.Path,
   out: str | pathlib.Path,
@@ -550,8 +585,7 @@ def pseudo_label(
   """
   from moe_asr import transcribe
   from moe_asr.data import pipeline as pipeline_lib
-  from moe_asr.evaluation import metrics as metrics_lib
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -588,29 +622,9 @@ def pseudo_label(
   }
   summary: dict[str, Any] = {"split": split, "split_name": split_name, "provenance": provenance}
   if target_cer is not None:
-    refs = references(sources[calibration_split])
-    val = items[calibration_split]
-    counts = [metrics_lib.edit_counts(refs[v["id"]]["text"], v["text"], "char") for v in val]
-    intent = [
-      (float(v["intent"] == refs[v["id"]]["intent"]) if refs[v["id"]]["intent"] else math.nan)
-      for v in val
-    ]
-    curve = threshold_curve(
-      [v["confidence"] for v in val],
-      [c.errors for c in counts],
-      [c.ref_len for c in counts],
-      intent,
+    filter_cfg.threshold = _target_threshold(
+      items[calibration_split], sources, calibration_split, target_cer, summary, out
     )
-    filter_cfg.threshold = choose_threshold(curve, target_cer)
-    at = [p for p in curve if p["threshold"] == filter_cfg.threshold]
-    summary.update(
-      target_cer=target_cer,
-      calibration_split=calibration_split,
-      threshold=filter_cfg.threshold,
-      curve=curve,
-      validation=at[0] if at else None,
-    )
-    plot_curve(curve, filter_cfg.threshold, out / "filter_curve.png")
   flags, counts = filter_items(items[split], filter_cfg)
   summary["filter"] = counts
   provenance["filter"] = dataclasses.asdict(filter_cfg)
@@ -638,17 +652,17 @@ def pseudo_label(
     data_dir=str(tfds_dir.absolute()),
     examples=int(builder.info.splits[split_name].num_examples),
   )
-  (out / "filter.json").write_text(json.dumps(_json_safe(summary), indent=1))
+  (out / "filter.json").write_text(json.dumps(json_safe(summary), indent=1))
   return summary
 
 
-def _json_safe(x):
+def json_safe(x):
   if isinstance(x, float) and not math.isfinite(x):
     return None
   if isinstance(x, Mapping):
-    return {k: _json_safe(v) for k, v in x.items()}
+    return {k: json_safe(v) for k, v in x.items()}
   if isinstance(x, list | tuple):
-    return [_json_safe(v) for v in x]
+    return [json_safe(v) for v in x]
   return x
 
 
@@ -674,7 +688,7 @@ def student_config(
   the teacher's parameters as the start (`init_from`) unless `init_from_teacher` is False.
   """
   from moe_asr import config_lib
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   if not 0.0 < pseudo_weight < 1.0:
     raise ValueError(f"pseudo_weight must be in (0, 1), got {pseudo_weight}")
@@ -780,5 +794,5 @@ def self_train(
     )
     teacher = student
   out = {"rounds": results}
-  (root / "selftrain.json").write_text(json.dumps(_json_safe(out), indent=1))
+  (root / "selftrain.json").write_text(json.dumps(json_safe(out), indent=1))
   return out

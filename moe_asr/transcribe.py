@@ -154,7 +154,7 @@ def record_from_row(
   """The JSON record of row `r` of a gathered decode output (see the module docstring)."""
   from moe_asr.data import languages as langs_lib
   from moe_asr.data import text as text_lib
-  from moe_asr.training import evaluate
+  from moe_asr.evaluation import evaluate
 
   tokenizer, vocab = run_data.tokenizer, run_data.vocab
   cal = calibration
@@ -174,7 +174,7 @@ def record_from_row(
     i = int(np.argmax(log_probs))
     intent = vocab.intents[i]
     intent_conf = float(evaluate.softmax(log_probs, cal.intent_temperature if cal else 1.0)[i])
-    spans = evaluate._slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
+    spans = evaluate.slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
     slots = [{"type": kind, "value": value} for kind, value in spans]
   return {
     "file": name,
@@ -223,7 +223,7 @@ def _bucket_batches(lengths: Mapping[int, int], buckets) -> list[tuple[object, l
   return batches
 
 
-def _host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray]) -> dict:
+def host_batch(bucket, members: Sequence[int], audio: Mapping[int, np.ndarray]) -> dict:
   rows = bucket.batch_size
   batch = {
     "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
@@ -280,26 +280,6 @@ def speech_check(wave: np.ndarray, *, min_duration: float) -> tuple[str | None, 
   return None, mask
 
 
-def _windows(wave: np.ndarray, mask: np.ndarray, max_samples: int):
-  """The windows a file is decoded in: the whole file when it fits, else `plan_windows`."""
-  from moe_asr import longform
-  from moe_asr.data import schema, vad
-
-  if len(wave) <= max_samples:
-    return [longform.Window(0, len(wave), "end")], False
-  rate = schema.SAMPLE_RATE
-  windows = longform.plan_windows(
-    mask,
-    len(wave),
-    max_samples,
-    frame_samples=vad.FRAME_SAMPLES,
-    min_pause=int(0.2 * rate),
-    pad=int(0.2 * rate),
-    overlap=int(1.0 * rate),
-  )
-  return windows, True
-
-
 def transcribe_files(
   workdir: str | pathlib.Path,
   files: Sequence[str | pathlib.Path],
@@ -337,139 +317,69 @@ def transcribe_files(
     docstring, the no-speech record, or `{"file", "error"}` for a file that could not be
     read.
 
-  Files are read one at a time and cut into windows (`_windows`); windows wait in a queue
-  per bucket and are decoded a full batch at a time, so what is held is the file being
+  Files are read one at a time and cut into windows (`longform.file_windows`); windows wait
+  in a queue per bucket and are decoded a full batch at a time, so what is held is the file being
   cut, at most a batch of windows per bucket, and the decoded words. Every process reads
   every file (they must be visible to all processes) and feeds its share of each batch's
   rows.
   """
   import jax
 
-  from moe_asr import longform
-  from moe_asr.data import audio_io, schema
   from moe_asr.data import features as features_lib
   from moe_asr.data import pipeline as pipeline_lib
-  from moe_asr.models import conformer, partitioning
-  from moe_asr.training import distributed, evaluate, score, sharding, train
+  from moe_asr.evaluation import evaluate, score
+  from moe_asr.models import partitioning
+  from moe_asr.training import distributed, sharding
 
   if not min_duration >= 0:
     raise ValueError(f"min_duration must be >= 0 seconds, got {min_duration}")
   distributed.initialize()
   workdir = pathlib.Path(workdir)
-  cfg = score.workdir_config(workdir, overrides, step=step)
-  for key, value in (
-    ("method", method),
-    ("beam", None if beam is None else int(beam)),
-    ("lm_weight", None if lm_weight is None else float(lm_weight)),
-    ("bias_file", None if bias_file is None else str(bias_file)),
-  ):
-    if value is not None:
-      cfg.decode[key] = value
-  feature_cfg = features_lib.FeatureConfig.from_config(cfg.model.features)
+  cfg = _decode_config(workdir, overrides, step, method, beam, lm_weight, bias_file)
   buckets = pipeline_lib.make_buckets(
-    pipeline_lib.PipelineConfig.from_config(cfg.data), feature_cfg
+    pipeline_lib.PipelineConfig.from_config(cfg.data),
+    features_lib.FeatureConfig.from_config(cfg.model.features),
   )
-  max_samples = buckets[-1].max_samples
-  rate = schema.SAMPLE_RATE
   # `token_frames` count CTC frames: `ctc_upsample` per encoder frame.
-  ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
-  seconds_per_frame = ctc_frames * feature_cfg.frame_shift_ms / 1000.0
+  seconds_per_frame = evaluate.seconds_per_ctc_frame(cfg)
 
-  names = [str(f) for f in files]
-  records: list[dict | None] = [None] * len(names)
-  # Files being decoded: their windows, and the windows' records and language probabilities.
-  open_files: dict[int, dict] = {}
-
-  def no_speech(i: int, seconds: float, reason: str) -> None:
-    if no_speech_error:
-      records[i] = {"file": names[i], "error": f"{names[i]}: no speech ({reason})"}
-    else:
-      records[i] = no_speech_record(names[i], seconds, reason)
-
-  def windows():
-    """(file, window) pairs to decode with the window's samples, file by file."""
-    for i, name in enumerate(names):
-      try:
-        wave = audio_io.load_audio(name)
-      except audio_io.AudioError as e:
-        records[i] = {"file": name, "error": str(e)}
-        continue
-      seconds = len(wave) / rate
-      reason, mask = speech_check(wave, min_duration=min_duration)
-      if reason is not None:
-        no_speech(i, seconds, reason)
-        continue
-      planned, split = _windows(wave, mask, max_samples)
-      if not planned:
-        no_speech(i, seconds, "the voice-activity detector found no speech")
-        continue
-      if split:
-        _LOG.info("%s: %.1f s in %d windows", name, seconds, len(planned))
-      open_files[i] = {
-        "windows": planned,
-        "split": split,
-        "seconds": seconds,
-        "records": [None] * len(planned),
-        "lid": [None] * len(planned),
-        "left": len(planned),
-      }
-      for w, window in enumerate(planned):
-        yield i, w, np.array(wave[window.start : window.end])  # A copy: `wave` can go.
-
-  items = windows()
+  files = _Files(
+    [str(f) for f in files],
+    min_duration=min_duration,
+    no_speech_error=no_speech_error,
+    max_samples=buckets[-1].max_samples,
+  )
+  items = files.windows()
   first = next(items, None)
   if first is None:  # Nothing to decode: no model is loaded.
-    return _finish(names, records)
+    return _finish(files.names, files.records)
 
-  run = train.build_run(cfg, workdir, for_training=False, step=step)
-  if average_last:
-    from moe_asr.training import averaging
-
-    averaging.average_last(run, average_last, step)
-  run, _, weights = score.with_ensemble(
-    run, workdir, ensemble, ensemble_weights, overrides=overrides, average_last=average_last
+  run, weights = _load_model(
+    cfg, workdir, step, average_last, ensemble, ensemble_weights, overrides
   )
   calibration = score.load_calibration(workdir)
   lid_temperature = calibration.lid_temperature if calibration else 1.0
   process, processes = jax.process_index(), jax.process_count()
 
-  def finish(i: int) -> None:
-    state = open_files.pop(i)
-    if not state["split"]:
-      records[i] = {**state["records"][0], "speech": True}
-      return
-    records[i] = longform.stitch(
-      state["windows"],
-      state["records"],
-      name=names[i],
-      duration_s=state["seconds"],
-      sample_rate=rate,
-      lid_probs=state["lid"],
-    )
-
   def decode(bucket, queue: list) -> None:
     waves = {k: wave for k, (_, _, wave) in enumerate(queue)}
-    host = _host_batch(bucket, range(len(queue)), waves)
+    host = host_batch(bucket, range(len(queue)), waves)
     rows = bucket.batch_size // processes  # This process's rows of the global batch.
     local = {k: v[process * rows : (process + 1) * rows] for k, v in host.items()}
     batch = sharding.put_batch(local, run.batch_shardings(local))
-    out = evaluate._gather(eval_steps(batch)(run.state, run.rng_state, batch))
+    out = evaluate.gather(eval_steps(batch)(run.state, run.rng_state, batch))
     for r in np.flatnonzero(out["example_mask"]):
       i, w, wave = queue[int(out["index"][r])]
-      state = open_files[i]
-      state["records"][w] = record_from_row(
+      record = record_from_row(
         out,
         int(r),
-        name=names[i],
-        duration_s=len(wave) / rate,
+        name=files.names[i],
+        duration_s=len(wave) / files.rate,
         run_data=run.data,
         seconds_per_frame=seconds_per_frame,
         calibration=calibration,
       )
-      state["lid"][w] = evaluate.softmax(out["utt_lid_logits"][r], lid_temperature)
-      state["left"] -= 1
-      if state["left"] == 0:
-        finish(i)
+      files.add(i, w, record, evaluate.softmax(out["utt_lid_logits"][r], lid_temperature))
     queue.clear()
 
   try:
@@ -487,7 +397,122 @@ def transcribe_files(
           decode(bucket, queue)
   finally:
     run.checkpointer.close()
-  return _finish(names, records)
+  return _finish(files.names, files.records)
+
+
+def _decode_config(workdir, overrides, step, method, beam, lm_weight, bias_file):
+  """The workdir's config with the overrides, then the decoding flags, applied."""
+  from moe_asr.evaluation import score
+
+  cfg = score.workdir_config(workdir, overrides, step=step)
+  for key, value in (
+    ("method", method),
+    ("beam", None if beam is None else int(beam)),
+    ("lm_weight", None if lm_weight is None else float(lm_weight)),
+    ("bias_file", None if bias_file is None else str(bias_file)),
+  ):
+    if value is not None:
+      cfg.decode[key] = value
+  return cfg
+
+
+def _load_model(cfg, workdir, step, average_last, ensemble, ensemble_weights, overrides):
+  """The run to decode with (averaged, an ensemble as asked) and its members' weights."""
+  from moe_asr import runtime
+  from moe_asr.evaluation import score
+
+  run = runtime.build_run(cfg, workdir, for_training=False, step=step)
+  if average_last:
+    from moe_asr.training import averaging
+
+    averaging.average_last(run, average_last, step)
+  run, _, weights = score.with_ensemble(
+    run, workdir, ensemble, ensemble_weights, overrides=overrides, average_last=average_last
+  )
+  return run, weights
+
+
+class _Files:
+  """The files of a transcription: a record each, and the windows of those being decoded.
+
+  `windows()` reads the files one at a time and yields their windows; `add` takes a
+  window's record and, once a file's windows are all decoded, makes the file's record.
+  """
+
+  def __init__(self, names, *, min_duration: float, no_speech_error: bool, max_samples: int):
+    from moe_asr.data import schema
+
+    self.names = names
+    self.records: list[dict | None] = [None] * len(names)
+    # Files being decoded: their windows, and the windows' records and language probabilities.
+    self.open: dict[int, dict] = {}
+    self.min_duration, self.no_speech_error = min_duration, no_speech_error
+    self.max_samples = max_samples
+    self.rate = schema.SAMPLE_RATE
+
+  def no_speech(self, i: int, seconds: float, reason: str) -> None:
+    if self.no_speech_error:
+      self.records[i] = {"file": self.names[i], "error": f"{self.names[i]}: no speech ({reason})"}
+    else:
+      self.records[i] = no_speech_record(self.names[i], seconds, reason)
+
+  def windows(self):
+    """(file, window, the window's samples) to decode, file by file."""
+    from moe_asr import longform
+    from moe_asr.data import audio_io
+
+    for i, name in enumerate(self.names):
+      try:
+        wave = audio_io.load_audio(name)
+      except audio_io.AudioError as e:
+        self.records[i] = {"file": name, "error": str(e)}
+        continue
+      seconds = len(wave) / self.rate
+      reason, mask = speech_check(wave, min_duration=self.min_duration)
+      if reason is not None:
+        self.no_speech(i, seconds, reason)
+        continue
+      planned, split = longform.file_windows(wave, mask, self.max_samples)
+      if not planned:
+        self.no_speech(i, seconds, "the voice-activity detector found no speech")
+        continue
+      if split:
+        _LOG.info("%s: %.1f s in %d windows", name, seconds, len(planned))
+      self.open[i] = {
+        "windows": planned,
+        "split": split,
+        "seconds": seconds,
+        "records": [None] * len(planned),
+        "lid": [None] * len(planned),
+        "left": len(planned),
+      }
+      for w, window in enumerate(planned):
+        yield i, w, np.array(wave[window.start : window.end])  # A copy: `wave` can go.
+
+  def add(self, i: int, w: int, record: dict, lid_probs: np.ndarray) -> None:
+    """Window `w` of file `i` decoded: its record and language probabilities."""
+    state = self.open[i]
+    state["records"][w] = record
+    state["lid"][w] = lid_probs
+    state["left"] -= 1
+    if state["left"] == 0:
+      self._finish_file(i)
+
+  def _finish_file(self, i: int) -> None:
+    from moe_asr import longform
+
+    state = self.open.pop(i)
+    if not state["split"]:
+      self.records[i] = {**state["records"][0], "speech": True}
+      return
+    self.records[i] = longform.stitch(
+      state["windows"],
+      state["records"],
+      name=self.names[i],
+      duration_s=state["seconds"],
+      sample_rate=self.rate,
+      lid_probs=state["lid"],
+    )
 
 
 def _finish(names: Sequence[str], records: Sequence[dict | None]) -> list[dict]:
@@ -506,9 +531,9 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
   """`moe-asr transcribe`: prints a JSON line per file; 0 if all decoded, 1 if any failed."""
   import jax
 
-  from moe_asr import cli
+  from moe_asr import commandline
 
-  cli._logging(args.verbose)
+  commandline.configure_logging(args.verbose)
   records = transcribe_files(
     args.workdir,
     args.files,

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from moe_asr.training import averaging, score, train
+from moe_asr import runtime
+from moe_asr.evaluation import score
+from moe_asr.training import averaging
 from moe_asr.training import checkpoint as checkpoint_lib
 from moe_asr.training import state as state_lib
 
@@ -40,7 +42,7 @@ def two_step_workdir(tiny_workdir, tmp_path_factory):
   shutil.copytree(tiny_workdir, work, ignore=shutil.ignore_patterns("eval", ".moe_asr.lock"))
   ckpt = work / "checkpoints"
   cfg = score.workdir_config(work)
-  run = train.build_run(cfg, work, for_training=False)
+  run = runtime.build_run(cfg, work, for_training=False)
   assert run.start_step == 4
   state = run.state
   state["model"] = jax.tree.map(
@@ -60,7 +62,7 @@ def two_step_workdir(tiny_workdir, tmp_path_factory):
 
 def test_average_last_one_is_the_checkpoint_and_two_the_mean(two_step_workdir):
   cfg = score.workdir_config(two_step_workdir)
-  plain = train.build_run(cfg, two_step_workdir, for_training=False)
+  plain = runtime.build_run(cfg, two_step_workdir, for_training=False)
   assert plain.start_step == 5
   p5 = _params(plain)
   assert averaging.average_last(plain, 1) == [5]
@@ -68,12 +70,12 @@ def test_average_last_one_is_the_checkpoint_and_two_the_mean(two_step_workdir):
     np.testing.assert_array_equal(value, p5[name], err_msg=name)
   plain.checkpointer.close()
 
-  at4 = train.build_run(cfg, two_step_workdir, for_training=False, step=4)
+  at4 = runtime.build_run(cfg, two_step_workdir, for_training=False, step=4)
   p4 = _params(at4)
   assert averaging.average_last(at4, 1, step=4) == [4]  # Up to --step.
   at4.checkpointer.close()
 
-  run = train.build_run(cfg, two_step_workdir, for_training=False)
+  run = runtime.build_run(cfg, two_step_workdir, for_training=False)
   assert averaging.average_last(run, 2) == [4, 5]
   averaged = _params(run)
   floats = 0

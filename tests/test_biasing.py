@@ -464,7 +464,7 @@ def test_biased_and_unbiased_error_rates():
 
 
 def test_tuning_respects_the_u_wer_constraint():
-  from moe_asr.training.score import choose_bias_boost
+  from moe_asr.evaluation.score import choose_bias_boost
 
   def point(boost, u_wer, b_wer, b_units=200):
     return {"bias_boost": boost, "u_wer": u_wer, "b_wer": b_wer, "b_units": b_units}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from moe_asr.decoding import decode
-from moe_asr.training import ensemble, score
+from moe_asr.evaluation import score
+from moe_asr.training import ensemble
 
 
 def test_member_weights(tmp_path):

@@ -63,7 +63,8 @@ def test_window_policy_lists_long_utterances_for_evaluation_and_skips_them_in_tr
 @pytest.mark.slow
 def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tmp_path):
   from moe_asr.data import text as text_lib
-  from moe_asr.training import inputs, score
+  from moe_asr.evaluation import score
+  from moe_asr.training import inputs
 
   cfg = score.workdir_config(tiny_workdir)
   assert cfg.eval.long_policy == "window"  # The default of `moe-asr eval`.
@@ -71,7 +72,7 @@ def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tm
   source = inputs.split_source(cfg, "test")
   examples = [source[i] for i in range(len(source))]
   long = {
-    pipeline_lib._as_str(ex["id"]): ex
+    pipeline_lib.as_str(ex["id"]): ex
     for ex in examples
     if len(ex["audio"]) > last * schema.SAMPLE_RATE
   }
@@ -93,7 +94,7 @@ def test_eval_scores_utterances_over_the_last_bucket_in_windows(tiny_workdir, tm
   assert len(hyps) == len(examples) - skipped == split["n"]
   for uid, ex in long.items():  # Scored against the full reference.
     h = hyps[uid]
-    assert h["ref_text"] == pipeline_lib._as_str(ex["text"])
+    assert h["ref_text"] == pipeline_lib.as_str(ex["text"])
     assert h["duration_s"] == pytest.approx(len(ex["audio"]) / schema.SAMPLE_RATE, abs=1e-6)
     assert h["duration_s"] > last
     assert h["hyp_text"] == text_lib.normalize(h["hyp_text"])
@@ -166,8 +167,8 @@ def _recognize(batch, seen: list) -> dict:
 def test_windowed_utterances_are_stitched_and_scored_against_the_full_reference(monkeypatch):
   from moe_asr.data import vad
   from moe_asr.decoding import confidence as confidence_lib
+  from moe_asr.evaluation import evaluate
   from moe_asr.evaluation import metrics as metrics_lib
-  from moe_asr.training import evaluate
 
   # The stand-in VAD: a frame is speech where any sample is not zero.
   monkeypatch.setattr(

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moe_asr import config_lib
+from moe_asr import config_lib, runtime
 from moe_asr.data import features
 from moe_asr.data import pipeline as pipeline_lib
-from moe_asr.models import info, moe
+from moe_asr.models import moe
 from moe_asr.models import partitioning as pt
 from moe_asr.training import checkpoint as ckpt
+from moe_asr.training import memory as memory_lib
 from moe_asr.training import sharding, train
 from moe_asr.training import state as state_lib
 
@@ -218,7 +219,7 @@ def _batch(cfg) -> dict[str, np.ndarray]:
     pcfg, features.FeatureConfig.from_config(cfg.model.features)
   )
   batch = pipeline_lib.device_arrays(
-    pipeline_lib._empty_batch(bucket, bucket.batch_size, pcfg.max_lang_runs)
+    pipeline_lib.empty_batch(bucket, bucket.batch_size, pcfg.max_lang_runs)
   )
   rng = np.random.default_rng(0)
   rows, samples = batch["audio"].shape
@@ -252,9 +253,9 @@ def test_a_tiny_model_trains_expert_parallel_resumes_exactly_and_restores_on_one
   """model-info's memory per device (its compile also serves the training below, through
   the compilation cache: the same program), then 4 steps, a resume, a restore on one device."""
   cfg = config_lib.load_config("tiny", [*TINY_OVERRIDES, "mesh.shape=(4,1,2,1)"])
-  memory = info.train_memory(cfg, "data=4,expert=2", **SIZES)
+  memory = memory_lib.train_memory(cfg, "data=4,expert=2", **SIZES)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules(cfg.mesh)
-  graphdef, state, rng_state, state_sh = train.init_state(cfg, mesh, rules, **SIZES)
+  graphdef, state, rng_state, state_sh = runtime.init_state(cfg, mesh, rules, **SIZES)
 
   # Parameters per device: the expert weights halved (2 of 4 experts), the rest replicated.
   params = _leaves(state["model"])

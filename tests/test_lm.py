@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from moe_asr.data.tokenizer import Tokenizer
-from moe_asr.models.lm import TransformerLM, encode_texts, lm_loss, read_text_file, train_lm
+from moe_asr.models.lm import TransformerLM, lm_loss
+from moe_asr.training.text_lm import encode_texts, read_text_file, train_lm
 
 VOCAB, D, HEADS, LAYERS, D_FF = 50, 16, 2, 2, 32
 B, L = 2, 7

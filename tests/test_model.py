@@ -13,8 +13,7 @@ from flax import nnx
 from moe_asr import config_lib
 from moe_asr.data import features
 from moe_asr.decoding import decode as decode_lib
-from moe_asr.decoding import greedy
-from moe_asr.models import info, moe, task_heads
+from moe_asr.models import greedy, info, moe, task_heads
 from moe_asr.models import model as model_lib
 from moe_asr.training import losses, train
 from moe_asr.training import state as state_lib

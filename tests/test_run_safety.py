@@ -25,9 +25,10 @@ import soundfile as sf
 from conftest import REPO, TEST_XLA_FLAGS, run_cli
 from sentencepiece import sentencepiece_model_pb2
 
-from moe_asr import cli, config_lib
+from moe_asr import cli, config_lib, runtime
+from moe_asr.evaluation import score
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import inputs, run_lock, score, train
+from moe_asr.training import inputs, run_lock, train
 
 TIMEOUT = 900  # Seconds a subprocess may take on a busy 2-core machine.
 
@@ -454,7 +455,7 @@ def test_init_from_refuses_a_source_trained_with_another_tokenizer_of_the_same_s
   other = model.replace(b"a t", b"t a", 1)  # Same size, other pieces.
   run = types.SimpleNamespace(tokenizer_id=checkpoint_lib.tokenizer_id(other, "/new/tok.model"))
   with pytest.raises(checkpoint_lib.TokenizerMismatchError) as e:
-    train._init_from(run, str(tmp_path))
+    runtime._init_from(run, str(tmp_path))
   message = str(e.value)
   assert f"config.init_from={str(tmp_path)!r} (step 3) was trained with" in message, message
   assert "from /src/tokenizer.model" in message and "from /new/tok.model" in message, message

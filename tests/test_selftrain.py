@@ -169,7 +169,8 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.data import text as text_lib
   from moe_asr.data.synth import augment
-  from moe_asr.training import inputs, score
+  from moe_asr.evaluation import score
+  from moe_asr.training import inputs
 
   data_dir = score.workdir_config(tiny_workdir).data.data_dir
   planted_dir = _planted_dataset(data_dir, tmp_path)
@@ -219,10 +220,10 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
   assert len(source) == len(kept)
   for k in range(len(source)):
     ex = source[k]
-    item = kept[pipeline_lib._as_str(ex["id"])]
-    assert pipeline_lib._as_str(ex["text"]) == text_lib.normalize(item["text"])
-    assert pipeline_lib._as_str(ex["text"]) != PLANTED
-    assert pipeline_lib._as_str(ex["intent"]) in ("", item["intent"])
+    item = kept[pipeline_lib.as_str(ex["id"])]
+    assert pipeline_lib.as_str(ex["text"]) == text_lib.normalize(item["text"])
+    assert pipeline_lib.as_str(ex["text"]) != PLANTED
+    assert pipeline_lib.as_str(ex["intent"]) in ("", item["intent"])
     # The student's audio: a noisy copy (5 to 15 dB SNR) of what the teacher decoded clean.
     clean, _ = soundfile.read(item["path"], dtype="float32")
     noisy = np.asarray(ex["audio"], np.float32) / 32768.0
@@ -250,7 +251,7 @@ def test_pseudo_label_dataset_holds_hypotheses_not_references(tiny_workdir, tmp_
   ids = []
   for batch in pipe:
     mask = batch["example_mask"]
-    ids += [pipeline_lib._as_str(i) for i, m in zip(batch["id"], mask, strict=True) if m]
+    ids += [pipeline_lib.as_str(i) for i, m in zip(batch["id"], mask, strict=True) if m]
   # Every kept utterance is in a batch, unless its (poor, long) hypothesis is longer than
   # the bucket's label length, which the pipeline counts.
   assert set(ids) <= set(kept) and len(set(ids)) == len(ids)
@@ -287,7 +288,7 @@ def _batch_source(batch) -> str:
   """The split a batch came from: every example id starts with its split's name."""
   from moe_asr.data import pipeline as pipeline_lib
 
-  ids = [pipeline_lib._as_str(i) for i, m in zip(batch["id"], batch["example_mask"], strict=True)]
+  ids = [pipeline_lib.as_str(i) for i, m in zip(batch["id"], batch["example_mask"], strict=True)]
   splits = {i.rsplit("-", 1)[0] for i in ids if i}
   assert len(splits) == 1, splits
   return splits.pop()

@@ -17,9 +17,9 @@ from moe_asr.data import pipeline as pl
 from moe_asr.data import text as text_lib
 from moe_asr.data.synth import grammar
 from moe_asr.data.tokenizer import Tokenizer
+from moe_asr.evaluation import evaluate
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.models import task_heads
-from moe_asr.training import evaluate
 
 SR = 16000
 D = 32
@@ -201,7 +201,7 @@ def test_word_tagger_overfits_reference_transcripts(commands, tokenizer, own_emb
     tags = np.asarray(jnp.argmax(infer(model, b).slot_log_probs, -1))
     for r in np.flatnonzero(b["example_mask"]):
       n = int(b["token_mask"][r].sum())
-      hyp = evaluate._slot_spans(b["tokens"][r, :n], tags[r, :n], VOCAB.slot_tags, tokenizer)
+      hyp = evaluate.slot_spans(b["tokens"][r, :n], tags[r, :n], VOCAB.slot_tags, tokenizer)
       ex = source[int(b["index"][r])]
       ref = tuple(
         (t.decode(), text_lib.normalize(v.decode()))

@@ -28,9 +28,10 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, TEST_XLA_FLAGS
 
+from moe_asr import runtime
 from moe_asr.data import pipeline as pipeline_lib
+from moe_asr.evaluation import score
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import score, train
 from moe_asr.training import state as state_lib
 
 pytestmark = pytest.mark.slow
@@ -58,11 +59,12 @@ import sys
 import jax
 import numpy as np
 from moe_asr import cli
-from moe_asr.training import score, train
+from moe_asr.training import train
+from moe_asr.evaluation import score
 from moe_asr.training import state as state_lib
 
 workdir, arrays_path, *overrides = sys.argv[1:]
-run = train.build_run(score.workdir_config(workdir, overrides), workdir, for_training=False)
+run = runtime.build_run(score.workdir_config(workdir, overrides), workdir, for_training=False)
 leaves = jax.tree_util.tree_leaves_with_path(run.state)
 np.savez(arrays_path, **{state_lib.path_name(p): np.asarray(x) for p, x in leaves})
 run.checkpointer.close()
@@ -500,7 +502,7 @@ def test_a_nonfinite_step_stops_the_run_when_configured(nan_stop):
   assert latest < _NAN_STEP
   # No compilation cache here: it is a process-wide setting and this is the test process.
   cfg = score.workdir_config(workdir, ["compilation_cache="])
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   try:
     assert run.start_step == latest
     assert checkpoint_lib.nonfinite_leaves(run.state) == []

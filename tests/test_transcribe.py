@@ -14,7 +14,8 @@ from moe_asr import transcribe
 from moe_asr.data import audio_io, pipeline
 from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import confidence as confidence_lib
-from moe_asr.training import evaluate, inputs, score
+from moe_asr.evaluation import evaluate, score
+from moe_asr.training import inputs
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +175,7 @@ def test_slot_spans_read_each_words_last_token(run_data):
   ]
   tokens = np.array(sum(pieces, []) + [tok.eos_id])
   tags = np.array(sum(tags, []) + [b_city])  # The eos is no word.
-  spans = evaluate._slot_spans(tokens, tags, names, tok)
+  spans = evaluate.slot_spans(tokens, tags, names, tok)
   assert spans == (("song", "xyzzy pas"),)
 
 

@@ -17,11 +17,14 @@ import pytest
 from conftest import REPO, run_cli
 from flax import nnx
 
+from moe_asr import runtime
 from moe_asr.data import languages
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import tokenizer as tokenizer_lib
+from moe_asr.evaluation import score
 from moe_asr.models import partitioning
-from moe_asr.training import inputs, score, sharding, train, transfer
+from moe_asr.training import inputs, sharding, transfer
+from moe_asr.training import state as state_lib
 
 RU = languages.language_index("ru")
 
@@ -111,10 +114,10 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
     assert cfg.model[name].num_experts == t.old_experts[name] + 1
     assert str(cfg.model[name].expert_map).split()[RU] == str(t.old_experts[name])
 
-  run = train.build_run(cfg, workdir)
+  run = runtime.build_run(cfg, workdir)
   saved = transfer.source_params(source)
   grown = {
-    transfer._source_name(train.state_lib.path_name(p)): np.asarray(v)
+    transfer._source_name(state_lib.path_name(p)): np.asarray(v)
     for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(run.state["model"]))
   }
   assert set(saved) <= set(grown)
@@ -176,7 +179,7 @@ def test_expert_transfer_from_8_devices_on_1(source, tiny_corpus, tmp_path):
   # The language router sends exactly the frames whose language is Russian to the new
   # expert: by the label where the language is known, by the frame LID's argmax otherwise;
   # frames of the old languages, their language known, never reach it.
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   new_expert = cfg.model.encoder.num_experts - 1
   old_map = [int(e) for e in str(cfg.transfer.old_expert_maps.encoder).split()]
   known = _routing(run, "heldout_test", oracle_mix=1.0)

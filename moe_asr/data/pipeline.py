@@ -18,7 +18,7 @@ length, empty audio) are masked out with `example_mask == False` and counted in
 Under `long_policy="window"` an evaluation pipeline (`drop_remainder=False`) leaves the
 utterances longer than the last bucket out of its batches and lists them in
 `Pipeline.long_examples`, for the evaluation to decode in windows
-(`training.evaluate.evaluate_split`); a training pipeline skips them, as under "skip".
+(`evaluation.evaluate.evaluate_split`); a training pipeline skips them, as under "skip".
 """
 
 from __future__ import annotations
@@ -202,11 +202,11 @@ def _round_up(x: int, m: int) -> int:
   return (x + m - 1) // m * m
 
 
-def _as_str(x: Any) -> str:
+def as_str(x: Any) -> str:
   if isinstance(x, bytes):
     return x.decode("utf-8")
   if isinstance(x, np.ndarray) and x.shape == ():
-    return _as_str(x.item())
+    return as_str(x.item())
   return str(x)
 
 
@@ -583,7 +583,7 @@ class _LoadBatch:
     """This process's rows of a batch of the bucket, all padding."""
     bucket = self.buckets[bucket_index]
     per_process = bucket.batch_size // self.process_count
-    batch = _empty_batch(bucket, per_process, self.cfg.max_lang_runs)
+    batch = empty_batch(bucket, per_process, self.cfg.max_lang_runs)
     batch["bucket"] = np.full((per_process,), bucket_index, np.int32)
     return batch
 
@@ -611,14 +611,14 @@ class _LoadBatch:
         return
       self._count("cut_too_long")
       audio = audio[: bucket.max_samples]
-    text = _as_str(ex.get("text", ""))
+    text = as_str(ex.get("text", ""))
     words = text.split()
     if not words:  # Task labels only: no token, so no CTC or attention target.
       self._count("no_text")
-    words_lang = [_as_str(w) for w in ex.get("words_lang", [])]
+    words_lang = [as_str(w) for w in ex.get("words_lang", [])]
     if words_lang and len(words_lang) != len(words):
       raise ValueError(
-        f"Example {_as_str(ex.get('id', index))}: {len(words_lang)} word languages for "
+        f"Example {as_str(ex.get('id', index))}: {len(words_lang)} word languages for "
         f"{len(words)} words"
       )
     # Token ids per word, so that every token knows its word (slot tags, languages).
@@ -639,16 +639,16 @@ class _LoadBatch:
     batch["index"][r] = index
     batch["audio"][r, : len(audio)] = audio
     batch["audio_mask"][r, : len(audio)] = True
-    batch["id"][r] = _as_str(ex.get("id", index))
+    batch["id"][r] = as_str(ex.get("id", index))
     batch["text"][r] = text
-    batch["speaker"][r] = _as_str(ex.get("speaker", ""))
+    batch["speaker"][r] = as_str(ex.get("speaker", ""))
     batch["snr_db"][r] = float(ex.get("snr_db", schema.CLEAN_SNR_DB))
 
     word_lang_ids = [langs_lib.language_index(code) for code in words_lang]
     batch["words_lang"][r, : len(word_lang_ids)] = word_lang_ids
     runs = [lang for i, lang in enumerate(word_lang_ids) if i == 0 or lang != word_lang_ids[i - 1]]
     batch["lang_runs"][r, : min(len(runs), self.cfg.max_lang_runs)] = runs[: self.cfg.max_lang_runs]
-    language = _as_str(ex.get("language", ""))
+    language = as_str(ex.get("language", ""))
     utt_lang = dominant_language(
       words_lang, fallback=language if language != langs_lib.MIXED else ""
     )
@@ -659,7 +659,7 @@ class _LoadBatch:
     valid_frames = int(features_lib.num_frames(len(audio), self.feature_cfg))
     batch["frame_lang"][r, valid_frames:] = NO_LABEL
 
-    intent = _as_str(ex.get("intent", ""))
+    intent = as_str(ex.get("intent", ""))
     batch["intent"][r] = self.intent_ids.get(intent, NO_LABEL)
     if intent and intent not in self.intent_ids:
       self._count("unknown_intent")
@@ -673,18 +673,18 @@ class _LoadBatch:
       batch["token_word"][r, :n] = token_word
       slots = ex.get("slots", {"type": [], "value": []})
       pairs = list(
-        zip([_as_str(t) for t in slots["type"]], [_as_str(v) for v in slots["value"]], strict=True)
+        zip([as_str(t) for t in slots["type"]], [as_str(v) for v in slots["value"]], strict=True)
       )
       if pairs or intent:
         # One target a word, on its last piece: the piece inference reads
-        # (`evaluate._slot_spans`), and with the word tagger every piece of a word
+        # (`evaluate.slot_spans`), and with the word tagger every piece of a word
         # carries the word's distribution, so the loss counts each word once.
         word_tags = slot_word_tags(words, pairs)
         for p, w in enumerate(token_word):
           if p + 1 == n or token_word[p + 1] != w:
             batch["slot_tags"][r, p] = self.slot_ids.get(word_tags[w], NO_LABEL)
     if self.phones is not None:
-      phone_ids = self.phones.encode(_as_str(ex.get("phonemes", "")))
+      phone_ids = self.phones.encode(as_str(ex.get("phonemes", "")))
       if not phone_ids:
         self._count("no_phonemes")
       elif len(phone_ids) > batch["phones"].shape[1]:
@@ -698,7 +698,7 @@ def _phone_width(bucket: Bucket) -> int:
   return -(-(bucket.num_frames // 4 + 1) // 8) * 8
 
 
-def _empty_batch(bucket: Bucket, rows: int, max_lang_runs: int) -> dict[str, np.ndarray]:
+def empty_batch(bucket: Bucket, rows: int, max_lang_runs: int) -> dict[str, np.ndarray]:
   return {
     "audio": np.zeros((rows, bucket.max_samples), np.int16),  # [batch, samples]
     "audio_mask": np.zeros((rows, bucket.max_samples), bool),

@@ -154,6 +154,56 @@ def _phrase_boosts(boost: float | Sequence[float], count: int) -> list[float]:
   return boosts
 
 
+def _checked_inputs(phrases, vocab_size: int, boost, token_weight, word_start) -> tuple:
+  """`build_context_graph`'s inputs checked: (phrases, boosts, token weights, word starts)."""
+  if vocab_size <= NUM_SPECIAL_TOKENS:
+    raise ValueError(f"vocab_size={vocab_size} leaves no ids for phrases.")
+  weights = np.ones(vocab_size) if token_weight is None else np.asarray(token_weight, np.float64)
+  starts = np.ones(vocab_size, bool) if word_start is None else np.asarray(word_start, bool)
+  for name, table in (("token_weight", weights), ("word_start", starts)):
+    if table.shape != (vocab_size,):
+      raise ValueError(f"{name} has shape {table.shape}; expected ({vocab_size},).")
+  if not np.all(np.isfinite(weights) & (weights >= 0)):
+    raise ValueError("token_weight must be finite and >= 0.")
+  starts = starts.copy()
+  starts[:NUM_SPECIAL_TOKENS] = True
+  phrases = [[int(t) for t in np.asarray(p, dtype=np.int64).reshape(-1)] for p in phrases]
+  boosts = _phrase_boosts(boost, len(phrases))
+  for i, phrase in enumerate(phrases):
+    if not phrase:
+      raise ValueError(f"Phrase {i} is empty.")
+    bad = [t for t in phrase if not NUM_SPECIAL_TOKENS <= t < vocab_size]
+    if bad:
+      raise ValueError(
+        f"Phrase {i} has token ids {bad[:5]} outside [{NUM_SPECIAL_TOKENS}, {vocab_size}) "
+        "(ids 0-3 are pad/blank, unk, bos and eos)."
+      )
+  return phrases, boosts, weights, starts
+
+
+def _trie(phrases: list[list[int]], boosts, weights: np.ndarray) -> tuple[list, list, list]:
+  """The phrases' trie: (children, edge_boost, is_end) of each node, in insertion order."""
+  # Trie, nodes in insertion order; `edge_boost[n]` is the boost of the edge into n.
+  children: list[dict[int, int]] = [{}]
+  edge_boost = [0.0]
+  is_end = [False]
+  for phrase, b in zip(phrases, boosts, strict=True):
+    node = ROOT
+    for token in phrase:
+      child = children[node].get(token)
+      if child is None:
+        child = len(children)
+        children[node][token] = child
+        children.append({})
+        edge_boost.append(b * weights[token])
+        is_end.append(False)
+      else:
+        edge_boost[child] = max(edge_boost[child], b * weights[token])
+      node = child
+    is_end[node] = True
+  return children, edge_boost, is_end
+
+
 def build_context_graph(
   phrases: Sequence[Sequence[int]],
   vocab_size: int,
@@ -188,47 +238,10 @@ def build_context_graph(
       of the wrong size (or a negative or non-finite weight), or a `pad_to` that
       is too small.
   """
-  if vocab_size <= NUM_SPECIAL_TOKENS:
-    raise ValueError(f"vocab_size={vocab_size} leaves no ids for phrases.")
-  weights = np.ones(vocab_size) if token_weight is None else np.asarray(token_weight, np.float64)
-  starts = np.ones(vocab_size, bool) if word_start is None else np.asarray(word_start, bool)
-  for name, table in (("token_weight", weights), ("word_start", starts)):
-    if table.shape != (vocab_size,):
-      raise ValueError(f"{name} has shape {table.shape}; expected ({vocab_size},).")
-  if not np.all(np.isfinite(weights) & (weights >= 0)):
-    raise ValueError("token_weight must be finite and >= 0.")
-  starts = starts.copy()
-  starts[:NUM_SPECIAL_TOKENS] = True
-  phrases = [[int(t) for t in np.asarray(p, dtype=np.int64).reshape(-1)] for p in phrases]
-  boosts = _phrase_boosts(boost, len(phrases))
-  for i, phrase in enumerate(phrases):
-    if not phrase:
-      raise ValueError(f"Phrase {i} is empty.")
-    bad = [t for t in phrase if not NUM_SPECIAL_TOKENS <= t < vocab_size]
-    if bad:
-      raise ValueError(
-        f"Phrase {i} has token ids {bad[:5]} outside [{NUM_SPECIAL_TOKENS}, {vocab_size}) "
-        "(ids 0-3 are pad/blank, unk, bos and eos)."
-      )
-
-  # Trie, nodes in insertion order; `edge_boost[n]` is the boost of the edge into n.
-  children: list[dict[int, int]] = [{}]
-  edge_boost = [0.0]
-  is_end = [False]
-  for phrase, b in zip(phrases, boosts, strict=True):
-    node = ROOT
-    for token in phrase:
-      child = children[node].get(token)
-      if child is None:
-        child = len(children)
-        children[node][token] = child
-        children.append({})
-        edge_boost.append(b * weights[token])
-        is_end.append(False)
-      else:
-        edge_boost[child] = max(edge_boost[child], b * weights[token])
-      node = child
-    is_end[node] = True
+  phrases, boosts, weights, starts = _checked_inputs(
+    phrases, vocab_size, boost, token_weight, word_start
+  )
+  children, edge_boost, is_end = _trie(phrases, boosts, weights)
   num_phrases = sum(is_end)
 
   # Renumber in breadth-first order: parents and failure targets come first.

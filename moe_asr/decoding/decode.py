@@ -30,10 +30,10 @@ import ml_collections
 import numpy as np
 
 from moe_asr.data import languages as langs_lib
-from moe_asr.decoding import biasing, ctc_beam, greedy, joint_beam, rescore
+from moe_asr.decoding import biasing, ctc_beam, joint_beam, rescore
 from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding.nbest import NBest
-from moe_asr.models import task_heads
+from moe_asr.models import greedy, task_heads
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -24,7 +24,7 @@ from moe_asr.evaluation import metrics as metrics_lib
 _DPI = 120
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()
@@ -76,7 +76,7 @@ def per_language_bars(
     ax.legend(fontsize="small")
     ax.grid(axis="y", alpha=0.3)
   ax.set_title(f"{metric} per language")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def reliability_diagram(
@@ -97,7 +97,7 @@ def reliability_diagram(
   if not scored:
     _no_data(ax, "intent confidences")
     ax.set_title("intent reliability")
-    _save(fig, path)
+    save_figure(fig, path)
     return
   rel = metrics_lib.reliability(conf, correct, num_bins)
   ece = metrics_lib.expected_calibration_error(conf, correct, num_bins)
@@ -114,7 +114,7 @@ def reliability_diagram(
   ax_count.bar(centers, rel["count"], width, color="gray")
   ax_count.set_xlabel("confidence")
   ax_count.set_ylabel("count")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def coverage_accuracy(records: Sequence[metrics_lib.Utterance], path: str | os.PathLike) -> None:
@@ -134,7 +134,7 @@ def coverage_accuracy(records: Sequence[metrics_lib.Utterance], path: str | os.P
   ax.set_title("defer: accuracy vs coverage")
   if not scored:
     _no_data(ax, "confidences")
-    _save(fig, path)
+    save_figure(fig, path)
     return
   order = np.argsort([-r.confidence for r in scored], kind="stable")
   correct = np.array([scored[i].hyp_intent == scored[i].ref_intent for i in order], float)
@@ -148,7 +148,7 @@ def coverage_accuracy(records: Sequence[metrics_lib.Utterance], path: str | os.P
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1.02)
   ax.legend(fontsize="small", loc="lower left")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def expert_utilisation(
@@ -182,7 +182,7 @@ def expert_utilisation(
       color = "black" if value > threshold else "white"
       ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
   ax.set_title(title or "expert load by language")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def training_curves(
@@ -224,4 +224,4 @@ def training_curves(
     ax.set_xlabel("step")
     ax.set_title(key)
     ax.grid(alpha=0.3)
-  _save(fig, path)
+  save_figure(fig, path)

@@ -33,7 +33,7 @@ CONDITIONING = ("none", "add", "film")
 _NEG_INF = -1e30  # Finite "minus infinity" for masked attention scores.
 # The two stride-2, kernel-3 convolutions: output frame t reads input frames
 # [4t, 4t + 6], whose centre is 4t + 3.
-_SUBSAMPLING = 4
+SUBSAMPLING = 4
 _RECEPTIVE_FIELD = 7
 
 
@@ -71,7 +71,7 @@ def subsample_frame_targets(targets: jax.Array, out_len: int) -> jax.Array:
     int32 [batch, out_len]: `targets[:, 4t + 3]`, -1 where that frame is beyond
     `targets`.
   """
-  centres = np.arange(out_len) * _SUBSAMPLING + _RECEPTIVE_FIELD // 2
+  centres = np.arange(out_len) * SUBSAMPLING + _RECEPTIVE_FIELD // 2
   inside = centres < targets.shape[1]
   picked = jnp.take(targets, np.minimum(centres, targets.shape[1] - 1), axis=1)
   return jnp.where(inside[None, :], picked, lid_lib.NO_LABEL).astype(jnp.int32)

@@ -24,8 +24,7 @@ import numpy as np
 from flax import nnx
 
 from moe_asr.data import features as features_lib
-from moe_asr.decoding import greedy
-from moe_asr.models import conformer, layers, lid, partitioning, task_heads
+from moe_asr.models import conformer, greedy, layers, lid, partitioning, task_heads
 from moe_asr.models import decoder as decoder_lib
 from moe_asr.models.moe import MoeAux
 
@@ -75,7 +74,7 @@ class Encoded:
   phone_ctc_logits: tuple = ()  # Phone CTC logits per `phone_ctc.layers` (encoder rate).
 
 
-def _section(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
+def module_config(cfg: ml_collections.ConfigDict, **extra) -> ml_collections.ConfigDict:
   out = ml_collections.ConfigDict(cfg.to_dict())
   for k, v in extra.items():
     out[k] = v
@@ -136,7 +135,8 @@ class MoeAsr(nnx.Module):
     # runs only in training.
     self.deterministic = False
     self.encoder = conformer.ConformerEncoder.from_config(
-      _section(cfg.encoder, dtype=cfg.dtype, num_mel_bins=self.feature_cfg.num_mel_bins), rngs=rngs
+      module_config(cfg.encoder, dtype=cfg.dtype, num_mel_bins=self.feature_cfg.num_mel_bins),
+      rngs=rngs,
     )
     d_model = cfg.encoder.d_model
     # CTC frames per encoder frame. Above 1, a Linear maps each encoder frame to that many
@@ -197,13 +197,13 @@ class MoeAsr(nnx.Module):
     decoder = None
     if cfg.decoder.num_layers > 0:
       decoder = decoder_lib.TransformerDecoder.from_config(
-        _section(cfg.decoder, dtype=cfg.dtype, vocab_size=vocab_size), rngs=rngs
+        module_config(cfg.decoder, dtype=cfg.dtype, vocab_size=vocab_size), rngs=rngs
       )
     self.decoder = nnx.data(decoder)  # None for a CTC-only model.
     heads = None
     if num_intents > 0 and decoder is not None:
       heads = task_heads.TaskHeads.from_config(
-        _section(
+        module_config(
           cfg.task,
           dtype=cfg.dtype,
           num_intents=num_intents,

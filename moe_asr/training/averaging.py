@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from moe_asr import runtime
 from moe_asr.training import state as state_lib
-from moe_asr.training import train
 
 _LOG = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ def average_params(param_sets: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
   return out
 
 
-def average_last(run: train.Run, n: int, step: int | None = None) -> list[int]:
+def average_last(run: runtime.Run, n: int, step: int | None = None) -> list[int]:
   """Replaces `run.state`'s model parameters by the mean of the last `n` saved steps.
 
   Args:
-    run: a run built by `train.build_run` (its checkpointer names the saved steps).
+    run: a run built by `runtime.build_run` (its checkpointer names the saved steps).
     n: how many saved steps to average (1: the newest alone, read back as saved).
     step: average the last n steps up to this one (default: the newest saved).
 
@@ -75,7 +75,7 @@ def average_last(run: train.Run, n: int, step: int | None = None) -> list[int]:
   """
   steps = steps_to_average(run.checkpointer.all_steps(), n, step)
   directory = str(run.checkpointer.directory)
-  mean = average_params([train._saved_params(directory, s) for s in steps])
+  mean = average_params([runtime.saved_params(directory, s) for s in steps])
   placed = 0
 
   def put(path, leaf):

@@ -17,13 +17,13 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from moe_asr import runtime
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import train
 
 WEIGHT_MODES = ("equal", "validation")
 
 
-def combine(runs: Sequence[train.Run]) -> train.Run:
+def combine(runs: Sequence[runtime.Run]) -> runtime.Run:
   """One run whose graphdef, state, RNG state and shardings are tuples over `runs`.
 
   The first run gives the config, data side, mesh and checkpointer.

@@ -10,9 +10,11 @@ is trained on the train split's text and kept in the workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
 import pathlib
 from collections.abc import Mapping
 
@@ -160,7 +162,7 @@ def load_run_data(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     for part, split in training_parts(cfg):
       _LOG.info("Tokenizer text from %s:%s", part.data.name, split)
       source = split_source(part, split)
-      texts += [pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))]
+      texts += [pipeline_lib.as_str(source[i]["text"]) for i in range(len(source))]
     _LOG.info("Training a tokenizer of %d pieces on %d texts", vocab_size, len(texts))
     tokenizer = tokenizer_lib.Tokenizer.train(
       texts, vocab_size=vocab_size, character_coverage=cfg.data.get("character_coverage", 0.9995)
@@ -204,11 +206,11 @@ def scan_task_labels(source) -> dict[str, list[str]]:
   intents, slot_types = set(), set()
   for i in range(len(source)):
     ex = source[i]
-    intent = pipeline_lib._as_str(ex.get("intent", ""))
+    intent = pipeline_lib.as_str(ex.get("intent", ""))
     if intent:
       intents.add(intent)
     slots = ex.get("slots") or {}
-    slot_types.update(pipeline_lib._as_str(t) for t in slots.get("type", ()))
+    slot_types.update(pipeline_lib.as_str(t) for t in slots.get("type", ()))
   slot_types.discard("")
   return {"intents": sorted(intents), "slot_types": sorted(slot_types)}
 
@@ -427,3 +429,34 @@ def make_mixture(
     weights.append(weight)
     names.append(f"{part.data.name}:{split}")
   return MixturePipeline(pipelines, weights, names)
+
+
+@functools.cache
+def _dataset_prepared(name: str, data_dir: str) -> bool | None:
+  """Whether TFDS dataset `name` is built in `data_dir` (None: not a TFDS name it knows)."""
+  import tensorflow_datasets as tfds
+
+  import moe_asr.data.builders  # noqa: F401  (registers the project's builders)
+
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # An unregistered name or config: the pipeline's own error says more.
+    return None
+
+
+def check_dataset(cfg: ml_collections.ConfigDict) -> None:
+  """Raises FileNotFoundError naming the dataset and folder when it is not built there.
+
+  (TFDS's own error for a missing dataset blames the file format.)
+  """
+  from moe_asr.data import catalog
+
+  name, data_dir = cfg.data.name, str(cfg.data.data_dir)
+  if name.split("/")[0] in catalog.ADAPTERS or "://" in data_dir:
+    return
+  if _dataset_prepared(name, os.path.abspath(data_dir)) is False:
+    raise FileNotFoundError(
+      f"Dataset {name} is missing: it is not built in data_dir {os.path.abspath(data_dir)!r}. "
+      "Build it there (moe-asr corpus build, moe-asr data import) or point "
+      "--config.data.data_dir at the folder that holds it."
+    )

@@ -128,6 +128,40 @@ def moe_aux_loss(aux: MoeAux, cfg: Mapping) -> jax.Array:
 
 
 @jax.named_scope("losses")
+def _task_terms(
+  out: MoeAsrOutput,
+  batch: Mapping[str, jax.Array],
+  example_mask: jax.Array,
+  token_mask: jax.Array,
+  metrics: dict[str, jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+  """The task heads' terms of `joint_loss`: (task, task_hyp); their metrics go into `metrics`."""
+  if out.intent_log_probs is not None:
+    intent_labels = jnp.where(example_mask, batch["intent"], -1)
+    intent, _ = task_heads.intent_loss(out.intent_log_probs, intent_labels)
+    slots, _ = task_heads.slot_loss(out.slot_log_probs, batch["slot_tags"], token_mask)
+    labelled = intent_labels >= 0
+    hit = (out.intent_log_probs.argmax(-1) == intent_labels) & labelled
+    metrics.update(
+      intent=intent,
+      slots=slots,
+      intent_acc=_safe_mean(hit.sum(), labelled.sum()),
+    )
+    task = intent + slots
+  else:
+    task = jnp.zeros((), jnp.float32)
+  metrics["task"] = task
+  task_hyp = jnp.zeros((), jnp.float32)
+  if out.hyp_intent_log_probs is not None:
+    intent_labels = jnp.where(example_mask, batch["intent"], -1)
+    task_hyp, _ = task_heads.intent_loss(out.hyp_intent_log_probs, intent_labels)
+    labelled = intent_labels >= 0
+    hit = (out.hyp_intent_log_probs.argmax(-1) == intent_labels) & labelled
+    metrics["hyp_intent_acc"] = _safe_mean(hit.sum(), labelled.sum())
+  metrics["task_hyp"] = task_hyp
+  return task, task_hyp
+
+
 def joint_loss(
   out: MoeAsrOutput,
   batch: Mapping[str, jax.Array],
@@ -203,29 +237,7 @@ def joint_loss(
   known = utt_labels >= 0
   metrics["lid_acc"] = _safe_mean(((utt_pred == utt_labels) & known).sum(), known.sum())
 
-  if out.intent_log_probs is not None:
-    intent_labels = jnp.where(example_mask, batch["intent"], -1)
-    intent, _ = task_heads.intent_loss(out.intent_log_probs, intent_labels)
-    slots, _ = task_heads.slot_loss(out.slot_log_probs, batch["slot_tags"], token_mask)
-    labelled = intent_labels >= 0
-    hit = (out.intent_log_probs.argmax(-1) == intent_labels) & labelled
-    metrics.update(
-      intent=intent,
-      slots=slots,
-      intent_acc=_safe_mean(hit.sum(), labelled.sum()),
-    )
-    task = intent + slots
-  else:
-    task = jnp.zeros((), jnp.float32)
-  metrics["task"] = task
-  task_hyp = jnp.zeros((), jnp.float32)
-  if out.hyp_intent_log_probs is not None:
-    intent_labels = jnp.where(example_mask, batch["intent"], -1)
-    task_hyp, _ = task_heads.intent_loss(out.hyp_intent_log_probs, intent_labels)
-    labelled = intent_labels >= 0
-    hit = (out.hyp_intent_log_probs.argmax(-1) == intent_labels) & labelled
-    metrics["hyp_intent_acc"] = _safe_mean(hit.sum(), labelled.sum())
-  metrics["task_hyp"] = task_hyp
+  task, task_hyp = _task_terms(out, batch, example_mask, token_mask, metrics)
 
   aux = moe_aux_loss(out.encoder_moe, cfg) + moe_aux_loss(out.decoder_moe, cfg)
   metrics.update(

@@ -4,6 +4,9 @@
   -> resume -> compile per bucket -> loop (log, validate, checkpoint, SIGTERM)
   -> final checkpoint and validation
 
+The set-up up to the resume is `moe_asr.runtime.build_run` (evaluation and transcription
+set a run up the same way); validation is `evaluation.evaluate.validate`.
+
 Everything the run writes lives in the workdir: `config.json`, the data side
 (`tokenizer.model`, `run_data.json`: transcribe needs no dataset),
 `metrics.jsonl` (one JSON object per logged step), TensorBoard events and
@@ -13,11 +16,8 @@ takes part in checkpoints.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import copy
-import dataclasses
-import functools
 import json
 import logging
 import math
@@ -25,7 +25,7 @@ import os
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +35,13 @@ import optax
 import tqdm
 from flax import nnx
 
+from moe_asr import runtime
 from moe_asr.data import pipeline as pipeline_lib
 from moe_asr.data import schema
-from moe_asr.evaluation import metrics as metrics_lib
+from moe_asr.evaluation import evaluate
 from moe_asr.models import partitioning
 from moe_asr.training import checkpoint as checkpoint_lib
-from moe_asr.training import distributed, evaluate, inputs, losses, run_lock, sharding
+from moe_asr.training import distributed, inputs, losses, run_lock, sharding
 from moe_asr.training import state as state_lib
 
 _LOG = logging.getLogger(__name__)
@@ -48,27 +49,6 @@ _LOG = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
   """The loss or the gradients stopped being finite and the config says stop."""
-
-
-@dataclasses.dataclass
-class Run:
-  """What `build_run` sets up: enough to train, evaluate or transcribe."""
-
-  config: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  rules: tuple
-  data: inputs.RunData
-  graphdef: nnx.GraphDef
-  state: object  # nnx.State: parameters, optimizer state, counters (sharded)
-  rng_state: object  # nnx.State: RNG keys (replicated; reseeded every step)
-  state_shardings: object
-  checkpointer: checkpoint_lib.Checkpointer | None
-  start_step: int = 0
-  data_state: dict | None = None
-  tokenizer_id: dict | None = None  # The run's tokenizer (`checkpoint.tokenizer_id`).
-
-  def batch_shardings(self, batch: Mapping[str, np.ndarray]):
-    return sharding.batch_shardings(self.mesh, batch)
 
 
 # ---------------------------------------------------------------------------
@@ -183,427 +163,6 @@ def make_train_step(cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef) -> C
   return train_step
 
 
-class CompiledSteps:
-  """`fn(state, rng_state, batch)` compiled ahead of time once per batch shape, counted.
-
-  With `flat=True` the compiled step takes and returns the state and RNG state as
-  flat lists of arrays (`flatten` / `unflatten` convert): a loop that keeps the
-  leaves between steps skips flattening the nnx `State` pytree (about a thousand
-  leaves) on every call, host time that on a CPU competes with the step itself.
-  """
-
-  def __init__(self, fn: Callable, run: Run, out_shardings, donate: bool, flat: bool = False):
-    self.run, self.donate, self.flat = run, donate, flat
-    replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-    self.rng_shardings = jax.tree.map(lambda _: replicated, run.rng_state)
-    self.state_shardings = run.state_shardings
-    self.fn, self.out_shardings = fn, out_shardings
-    # What later shapes compile against: the state's buffers may have been donated by then.
-    self.example_state = _abstract(run.state, run.state_shardings)
-    self.example_rng = run.rng_state
-    if flat:
-      self.state_def = jax.tree.structure(run.state)
-      self.rng_def = jax.tree.structure(run.rng_state)
-      self.state_shardings = self.state_def.flatten_up_to(run.state_shardings)
-      self.rng_shardings = self.rng_def.flatten_up_to(self.rng_shardings)
-      self.out_shardings = (self.state_def.flatten_up_to(out_shardings[0]), *out_shardings[1:])
-      self.example_state = self.flatten(self.example_state)
-      self.example_rng = jax.tree.leaves(self.example_rng)
-      self.fn = self._flat_fn(fn)
-    self.cache: dict = {}
-    self.compiles = 0
-
-  def _flat_fn(self, fn: Callable) -> Callable:
-    def flat_step(state_leaves, rng_leaves, batch):
-      state, *rest = fn(self.unflatten(state_leaves), self.rng_def.unflatten(rng_leaves), batch)
-      if jax.tree.structure(state) != self.state_def:
-        raise ValueError(f"{fn.__name__} returned a state of another structure than it took")
-      return (jax.tree.leaves(state), *rest)
-
-    flat_step.__name__ = getattr(fn, "__name__", "step")
-    return flat_step
-
-  def flatten(self, state) -> list:
-    """The state's leaves in the order the flat step takes them."""
-    return self.state_def.flatten_up_to(state)
-
-  def unflatten(self, leaves: list):
-    """The nnx `State` of `flatten`ed (or returned) leaves."""
-    return self.state_def.unflatten(leaves)
-
-  @staticmethod
-  def _key(batch: Mapping[str, jax.Array]) -> tuple:
-    return tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
-
-  def _lower(self, batch: Mapping[str, jax.Array]):
-    jitted = jax.jit(
-      self.fn,
-      in_shardings=(self.state_shardings, self.rng_shardings, self.run.batch_shardings(batch)),
-      out_shardings=self.out_shardings,
-      donate_argnums=(0,) if self.donate else (),
-    )
-    return jitted.lower(self.example_state, self.example_rng, batch)
-
-  def _add(self, key: tuple, compiled, shape: tuple, seconds: float) -> None:
-    self.cache[key] = compiled
-    self.compiles += 1
-    memory = compiled.memory_analysis() if self.compiles == 1 else None
-    if memory is not None:
-      _LOG.info(
-        "Step memory (first shape): arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB",
-        getattr(memory, "argument_size_in_bytes", 0) / 2**20,
-        getattr(memory, "output_size_in_bytes", 0) / 2**20,
-        getattr(memory, "temp_size_in_bytes", 0) / 2**20,
-      )
-    _LOG.info(
-      "Compiled %s for batch %s in %.1f s (%d compiles)",
-      getattr(self.fn, "__name__", "step"),
-      shape,
-      seconds,
-      self.compiles,
-    )
-
-  def precompile(self, batches: Sequence[Mapping[str, jax.Array]]) -> None:
-    """Compiles the steps of several batch shapes at once (those not compiled yet).
-
-    Tracing and lowering run here one shape after another; the XLA compilations
-    (C++, the GIL released, each mostly on one core) run in parallel threads. On
-    the 2-core CPU the demo's two bucket shapes took 54 + 60 s one after another, 97 s
-    together.
-    """
-    todo = {}
-    for batch in batches:
-      key = self._key(batch)
-      if key not in self.cache:
-        todo.setdefault(key, batch)
-    if not todo:
-      return
-    start = time.perf_counter()
-    lowered = {key: self._lower(batch) for key, batch in todo.items()}
-    with concurrent.futures.ThreadPoolExecutor(min(len(lowered), os.cpu_count() or 1)) as pool:
-      futures = {key: pool.submit(low.compile) for key, low in lowered.items()}
-      for key, future in futures.items():
-        compiled = future.result()
-        self._add(key, compiled, todo[key]["audio"].shape, time.perf_counter() - start)
-
-  def __call__(self, batch: Mapping[str, jax.Array]) -> Callable:
-    key = self._key(batch)
-    if key not in self.cache:
-      self.precompile([batch])
-    return self.cache[key]
-
-
-# ---------------------------------------------------------------------------
-# Setting up a run (shared by train, eval and transcribe).
-# ---------------------------------------------------------------------------
-
-
-def _abstract(state, shardings):
-  return jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
-  )
-
-
-def init_state(cfg: ml_collections.ConfigDict, mesh, rules, **model_kwargs):
-  """A fresh sharded train state: eval_shape -> shardings -> jit(init, out_shardings).
-
-  Returns:
-    (graphdef, state, rng_state, state_shardings); the RNG state is replicated.
-  """
-
-  def init():
-    ts = state_lib.make_train_state(cfg, **model_kwargs)
-    _, rng_state, state = nnx.split(ts, nnx.RngState, ...)
-    return state, rng_state
-
-  abstract_ts = nnx.eval_shape(lambda: state_lib.make_train_state(cfg, **model_kwargs))
-  graphdef, abstract_rng, abstract_state = nnx.split(abstract_ts, nnx.RngState, ...)
-  state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  rng_shardings = jax.tree.map(lambda _: replicated, abstract_rng)
-  with mesh:
-    state, rng_state = jax.jit(init, out_shardings=(state_shardings, rng_shardings))()
-  return graphdef, state, rng_state, state_shardings
-
-
-def tokenizer_identity(
-  cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: inputs.RunData
-) -> dict:
-  """The identity of the run's tokenizer (`checkpoint.tokenizer_id`), naming its file."""
-  model = data.tokenizer.to_bytes()
-  candidates = [cfg.data.get("tokenizer"), pathlib.Path(workdir) / "tokenizer.model"]
-  source = f"the tokenizer of dataset {cfg.data.name} in {cfg.data.data_dir}"
-  for path in candidates:
-    if path and os.path.isfile(path) and pathlib.Path(path).read_bytes() == model:
-      source = os.path.abspath(path)
-      break
-  return checkpoint_lib.tokenizer_id(model, source)
-
-
-def build_run(
-  cfg: ml_collections.ConfigDict,
-  workdir: str | pathlib.Path,
-  *,
-  for_training: bool = True,
-  step: int | None = None,
-) -> Run:
-  """Mesh, data side, sharded state and its restoration (resume order).
-
-  Resume order: the workdir's own checkpoints -> `config.resume` (another run's
-  checkpoints: state and data position) -> `config.init_from` (parameters of
-  matching names only) -> scratch. Each refuses a checkpoint trained with another
-  tokenizer. Without `step`, the newest intact checkpoint step is restored (damaged newer
-  ones are named in a warning; a training run moves them aside, `<step>.damaged`, so it
-  can save those steps again). Not for training, only the state is read.
-  """
-  workdir = pathlib.Path(workdir)
-  if cfg.get("compilation_cache"):
-    cache = os.path.expanduser(cfg.compilation_cache)
-    jax.config.update("jax_compilation_cache_dir", cache)
-  mesh = sharding.make_mesh(cfg.mesh)
-  rules = sharding.rules(cfg.mesh)
-  data = inputs.load_run_data(cfg, workdir)
-  model_kwargs = dict(
-    vocab_size=data.tokenizer.vocab_size,
-    num_intents=data.num_intents,
-    num_slot_tags=data.num_slot_tags,
-    bos_id=data.tokenizer.bos_id,
-    eos_id=data.tokenizer.eos_id,
-  )
-
-  graphdef, state, rng_state, state_shardings = init_state(cfg, mesh, rules, **model_kwargs)
-
-  ckpt_dir = workdir / "checkpoints"
-  checkpointer = checkpoint_lib.Checkpointer(
-    ckpt_dir,
-    max_to_keep=cfg.train.keep_checkpoints,
-    save_interval_steps=max(1, cfg.train.checkpoint_every),
-    async_save=cfg.train.async_checkpoints,
-  )
-  run = Run(cfg, mesh, rules, data, graphdef, state, rng_state, state_shardings, checkpointer)
-  run.tokenizer_id = tokenizer_identity(cfg, workdir, data)
-  target = _abstract(state, state_shardings)
-  source = None
-  if checkpointer.latest_step() is not None:
-    source = checkpointer
-  elif cfg.get("resume"):
-    source = checkpoint_lib.Checkpointer(cfg.resume, async_save=False)
-    if source.latest_step() is None:
-      raise FileNotFoundError(f"config.resume={cfg.resume!r} holds no checkpoint")
-  if step is not None and source is not checkpointer:
-    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}, so none of step {step}")
-  if source is not None:
-    restored = source.restore(
-      target,
-      step,
-      items=checkpoint_lib.ALL_ITEMS if for_training else (checkpoint_lib.STATE,),
-      tokenizer=run.tokenizer_id,
-      set_aside_damaged=for_training and source is checkpointer,
-    )
-    run.state, run.start_step, run.data_state = restored.state, restored.step, restored.data_state
-    _LOG.info("Resumed from %s at step %d", source.directory, restored.step)
-  elif for_training and cfg.get("transfer") and cfg.transfer.get("source"):
-    from moe_asr.training import transfer
-
-    run.state = transfer.init_from_source(run)  # The source's parameters, grown.
-  elif cfg.get("init_from"):
-    run.state = _init_from(run, cfg.init_from)
-  elif not for_training:
-    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}; train first (moe-asr train).")
-  return run
-
-
-def _saved_params(directory: str, step: int) -> dict[str, np.ndarray]:
-  """{'encoder/blocks/0/...': array} of the model parameters of a checkpoint step."""
-  import orbax.checkpoint as ocp
-
-  path = checkpoint_lib.absolute(directory) / str(step) / "state"
-  # As host numpy arrays: the source run's mesh (8 devices, 2 processes) need not exist here.
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path)
-  metadata = getattr(metadata, "item_metadata", metadata)
-  metadata = getattr(metadata, "tree", metadata)
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-  tree = checkpointer.restore(path, restore_args=as_numpy)
-  flat = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree.get("model", {})):
-    flat[state_lib.path_name(path)] = np.asarray(leaf)
-  return flat
-
-
-def _init_from(run: Run, directory: str):
-  """Copies parameters of matching path and shape from another run's checkpoint.
-
-  Parameters the source lacks (a new language's expert, adapters) keep their
-  fresh initialisation; the optimizer state starts fresh. A source trained with another
-  tokenizer of the same size is refused (its token rows would be copied to other tokens);
-  with another size the token-indexed parameters differ in shape and start fresh.
-  """
-  with checkpoint_lib.Checkpointer(directory, async_save=False) as source:
-    step = source.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"config.init_from={directory!r} holds no checkpoint")
-  saved_tokenizer = checkpoint_lib.saved_tokenizer_id(directory, step)
-  run_tokenizer = run.tokenizer_id
-  if saved_tokenizer is not None and saved_tokenizer["sha256"] != run_tokenizer["sha256"]:
-    where = f"config.init_from={directory!r} (step {step})"
-    if saved_tokenizer.get("vocab_size") == run_tokenizer.get("vocab_size"):
-      raise checkpoint_lib.tokenizer_mismatch(where, saved_tokenizer, run_tokenizer)
-    _LOG.warning(
-      "%s was trained with another tokenizer (%s; this run: %s): its token-indexed "
-      "parameters differ in shape and start fresh",
-      where,
-      checkpoint_lib.describe_tokenizer(saved_tokenizer),
-      checkpoint_lib.describe_tokenizer(run_tokenizer),
-    )
-  saved = _saved_params(directory, step)
-  copied, fresh = 0, []
-
-  def take(path, leaf):
-    nonlocal copied
-    name = state_lib.path_name(path)
-    value = saved.get(name)
-    if value is not None and tuple(value.shape) == tuple(leaf.shape):
-      copied += 1
-      return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
-    fresh.append(name)
-    return leaf
-
-  state = run.state
-  state["model"] = jax.tree_util.tree_map_with_path(take, state["model"])
-  _LOG.info(
-    "init_from %s: %d parameters copied, %d kept fresh %s", directory, copied, len(fresh), fresh[:8]
-  )
-  if not copied:
-    raise ValueError(f"config.init_from={directory!r}: no parameter matches this model")
-  return state
-
-
-# ---------------------------------------------------------------------------
-# Validation.
-# ---------------------------------------------------------------------------
-
-
-class _UntilStopped:
-  """An evaluation pipeline that ends early once `stop()` is true (`stopped` says so)."""
-
-  def __init__(self, pipeline, stop: Callable[[], bool]):
-    self.pipeline, self.stop, self.stopped = pipeline, stop, False
-    self.source = pipeline.source
-
-  @property
-  def stats(self):
-    return self.pipeline.stats
-
-  def __iter__(self):
-    for batch in self.pipeline:
-      if self.stop():
-        self.stopped = True
-        return
-      yield batch
-
-
-@functools.cache
-def _dataset_prepared(name: str, data_dir: str) -> bool | None:
-  """Whether TFDS dataset `name` is built in `data_dir` (None: not a TFDS name it knows)."""
-  import tensorflow_datasets as tfds
-
-  import moe_asr.data.builders  # noqa: F401  (registers the project's builders)
-
-  try:
-    return tfds.builder(name, data_dir=data_dir).is_prepared()
-  except Exception:  # An unregistered name or config: the pipeline's own error says more.
-    return None
-
-
-def check_dataset(cfg: ml_collections.ConfigDict) -> None:
-  """Raises FileNotFoundError naming the dataset and folder when it is not built there.
-
-  (TFDS's own error for a missing dataset blames the file format.)
-  """
-  from moe_asr.data import catalog
-
-  name, data_dir = cfg.data.name, str(cfg.data.data_dir)
-  if name.split("/")[0] in catalog.ADAPTERS or "://" in data_dir:
-    return
-  if _dataset_prepared(name, os.path.abspath(data_dir)) is False:
-    raise FileNotFoundError(
-      f"Dataset {name} is missing: it is not built in data_dir {os.path.abspath(data_dir)!r}. "
-      "Build it there (moe-asr corpus build, moe-asr data import) or point "
-      "--config.data.data_dir at the folder that holds it."
-    )
-
-
-def validate(
-  run: Run,
-  eval_steps: CompiledSteps,
-  split: str,
-  max_batches: int = 0,
-  knobs: Mapping[str, float] | None = None,
-  stop: Callable[[], bool] | None = None,
-  **kwargs,
-):
-  """Decodes a split with `eval_steps`; returns (summary dict, records, info).
-
-  `knobs`: per-utterance decoding weights put in every batch (`evaluate.WithKnobs`);
-  `stop`: polled before each batch, ends the pass early when true (`info["stopped"]`);
-  `kwargs` go to `evaluate.evaluate_split` (calibration, keep_outputs).
-  """
-  check_dataset(run.config)
-  pipe = inputs.make_pipeline(
-    run.config,
-    split,
-    run.data,
-    train=False,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  if knobs:
-    pipe = evaluate.WithKnobs(pipe, knobs)
-  if stop is not None:
-    pipe = _UntilStopped(pipe, stop)
-  records, info = evaluate.evaluate_split(
-    pipe,
-    eval_steps,
-    run.state,
-    run.rng_state,
-    run.batch_shardings,
-    run.data,
-    max_batches=max_batches,
-    **kwargs,
-  )
-  info["stopped"] = bool(getattr(pipe, "stopped", False))
-  return metrics_lib.summarize(records), records, info
-
-
-def make_eval_steps(
-  run: Run,
-  decode_cfg=None,
-  *,
-  lm=None,
-  bias=None,
-  tunable: bool = False,
-  ensemble_weights=None,
-) -> CompiledSteps:
-  """Compiled eval steps (greedy CTC by default; see `decoding.decode`).
-
-  `run` may be an ensemble (`training.ensemble.combine`), decoded with `ensemble_weights`.
-  """
-  step = evaluate.make_eval_step(
-    run.graphdef,
-    run.config.model.decoder.max_len,
-    decode_cfg,
-    lm=lm,
-    bias=bias,
-    eos_id=run.data.tokenizer.eos_id,
-    tunable=tunable,
-    word_table=run.data.tokenizer.word_table(),
-    ensemble_weights=ensemble_weights,
-  )
-  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-  return CompiledSteps(step, run, replicated, donate=False)
-
-
 # ---------------------------------------------------------------------------
 # The run.
 # ---------------------------------------------------------------------------
@@ -654,7 +213,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
     # --- Mesh, data side, state, resume.
-    run = build_run(cfg, workdir)
+    run = runtime.build_run(cfg, workdir)
     if primary:
       inputs.save_run_data(run.data, workdir)  # Transcribe without the dataset.
     with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
@@ -707,12 +266,9 @@ class StepProfile:
       _LOG.info("Profiled steps %d to %d: %s/plugins/profile", self.first + 1, step, self.workdir)
 
 
-def _train_loop(
-  run: Run, workdir: pathlib.Path, primary: bool, guard, profile: StepProfile
-) -> dict:
-  cfg, t = run.config, run.config.train
-  if _preempted(guard, 0, t, sync=True):
-    return _stopped_before_training(run, "setting up")
+def _train_pipeline(run: runtime.Run):
+  """The training split's pipeline, once the batch sizes and the dataset are checked."""
+  cfg = run.config
   for n in sorted({b for _, b in cfg.data.buckets}):
     if n % sharding.batch_size_multiple(run.mesh):
       raise ValueError(
@@ -727,15 +283,15 @@ def _train_loop(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  check_dataset(cfg)  # (make_pipeline below reads the dataset, but names it less clearly.)
-  train_iter = iter(train_pipe)
-  if run.data_state is not None:
-    train_iter.set_state(run.data_state)
-  if primary:
-    state_lib.trainable_report(_merged(run), cfg)
-  log = MetricsLog(workdir, primary, run.start_step)
+  inputs.check_dataset(cfg)  # (make_pipeline below reads the dataset, but names it less clearly.)
+  return train_pipe
+
+
+def _compiled_train_steps(run: runtime.Run, train_pipe) -> runtime.CompiledSteps:
+  """The train step (flat, donating the state), compiled for every bucket shape up front."""
+  cfg = run.config
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-  train_steps = CompiledSteps(
+  train_steps = runtime.CompiledSteps(
     make_train_step(cfg, run.graphdef),
     run,
     (run.state_shardings, replicated),
@@ -750,12 +306,29 @@ def _train_loop(
       for b in train_pipe.example_batches().values()
     ]
   )
+  return train_steps
+
+
+def _train_loop(
+  run: runtime.Run, workdir: pathlib.Path, primary: bool, guard, profile: StepProfile
+) -> dict:
+  cfg, t = run.config, run.config.train
+  if _preempted(guard, 0, t, sync=True):
+    return _stopped_before_training(run, "setting up")
+  train_pipe = _train_pipeline(run)
+  train_iter = iter(train_pipe)
+  if run.data_state is not None:
+    train_iter.set_state(run.data_state)
+  if primary:
+    state_lib.trainable_report(_merged(run), cfg)
+  log = MetricsLog(workdir, primary, run.start_step)
+  train_steps = _compiled_train_steps(run, train_pipe)
   if _preempted(guard, 0, t, sync=True):
     log.close()
     return _stopped_before_training(run, "compiling")
   # Between steps the state lives as `leaves`; `run.state` is rebuilt where it is read.
   leaves, rng_leaves = train_steps.flatten(run.state), jax.tree.leaves(run.rng_state)
-  eval_steps = make_eval_steps(run)
+  eval_steps = evaluate.make_eval_steps(run)
   tokenizer_bytes = run.data.tokenizer.to_bytes()
   summary: dict = {}
 
@@ -785,7 +358,7 @@ def _train_loop(
     for split in cfg.data.eval_splits:
       if _preempted(guard, 0, t, sync=True):
         return
-      val, _, info = validate(run, eval_steps, split, t.eval_max_batches, stop=stop)
+      val, _, info = evaluate.validate(run, eval_steps, split, t.eval_max_batches, stop=stop)
       if info["stopped"]:
         _LOG.warning("Termination signal: validation of %s at step %d stopped", split, step)
         return  # A partial pass is not logged.
@@ -828,13 +401,7 @@ def _train_loop(
       values["compiles"] = train_steps.compiles
       log.write(step, {f"train/{k}": v for k, v in values.items()})
       summary.update({f"train/{k}": v for k, v in values.items()})
-      progress.set_postfix(
-        loss=f"{values['loss']:.3f}",
-        ctc=f"{values['ctc']:.3f}",
-        lr=f"{values['learning_rate']:.1e}",
-        x_realtime=f"{audio_seconds / elapsed:.1f}",
-        refresh=False,
-      )
+      progress.set_postfix(_progress_fields(values, audio_seconds / elapsed), refresh=False)
       window_start, window_steps, audio_seconds = time.perf_counter(), 0, 0.0
     progress.update(1)
     if t.eval_every and step % t.eval_every == 0 and step < t.steps:
@@ -861,7 +428,17 @@ def _train_loop(
   return summary
 
 
-def _stopped_before_training(run: Run, doing: str) -> dict:
+def _progress_fields(values: Mapping[str, float], x_realtime: float) -> dict[str, str]:
+  """What the progress bar shows of a logged window of steps."""
+  return {
+    "loss": f"{values['loss']:.3f}",
+    "ctc": f"{values['ctc']:.3f}",
+    "lr": f"{values['learning_rate']:.1e}",
+    "x_realtime": f"{x_realtime:.1f}",
+  }
+
+
+def _stopped_before_training(run: runtime.Run, doing: str) -> dict:
   _LOG.warning(
     "Termination signal while %s: stopping at step %d without a save (nothing new to save)",
     doing,
@@ -870,7 +447,7 @@ def _stopped_before_training(run: Run, doing: str) -> dict:
   return {"preempted": True, "step": run.start_step}
 
 
-def _merged(run: Run):
+def _merged(run: runtime.Run):
   return nnx.merge(run.graphdef, run.rng_state, run.state)
 
 

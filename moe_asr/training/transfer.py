@@ -116,7 +116,7 @@ def config_section() -> ml_collections.ConfigDict:
 
 
 def _source_config(source: str | pathlib.Path) -> ml_collections.ConfigDict:
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   return score.workdir_config(source)
 
@@ -148,13 +148,14 @@ def nearest_language(
   """
   from flax import nnx
 
+  from moe_asr import runtime
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.models import partitioning
-  from moe_asr.training import inputs, sharding, train
+  from moe_asr.training import inputs, sharding
 
   source = pathlib.Path(source)
   src_cfg = _source_config(source)
-  run = train.build_run(src_cfg, source, for_training=False)
+  run = runtime.build_run(src_cfg, source, for_training=False)
   look = ml_collections.ConfigDict(src_cfg.to_dict())
   look.data.name, look.data.data_dir = cfg.data.name, cfg.data.data_dir
   look.model.phone_ctc.layers = ()  # No phone targets needed here.
@@ -186,7 +187,7 @@ def _texts(cfg: ml_collections.ConfigDict, split: str) -> list[str]:
   from moe_asr.training import inputs
 
   source = inputs.split_source(cfg, split)
-  return [t for t in (pipeline_lib._as_str(source[i]["text"]) for i in range(len(source))) if t]
+  return [t for t in (pipeline_lib.as_str(source[i]["text"]) for i in range(len(source))) if t]
 
 
 def extend_tokenizer(
@@ -209,6 +210,72 @@ def _split_size(cfg: ml_collections.ConfigDict, split: str) -> int:
   from moe_asr.training import inputs
 
   return len(inputs.split_source(cfg, split))
+
+
+def _choose_languages(t, source: pathlib.Path, cfg, src_data: Mapping, language: str, split):
+  """Settles `t.new_language` and `t.init_language` where they are "auto".
+
+  The source's corpus config names the languages it was trained on; otherwise the source's
+  LID posteriors on the new data's training split say which language it is nearest.
+  """
+  trained_on = (src_data.get("metadata") or {}).get("corpus_config", {}).get("languages")
+  if t.new_language == "auto" and trained_on:  # The source's corpus names its languages.
+    t.new_language = "no" if language in trained_on else "yes"
+  if t.init_language == "auto" or t.new_language == "auto":
+    split = split.split("+")[0]
+    nearest, posteriors = nearest_language(source, cfg, split)
+    _LOG.info("Source LID posteriors of %s:%s: %s", cfg.data.name, split, posteriors)
+    if t.new_language == "auto":
+      t.new_language = "no" if nearest == language else "yes"
+    if t.init_language == "auto":
+      if nearest == language:  # Known: its own slices are the nearest.
+        old = {c: p for c, p in posteriors.items() if c != language}
+        nearest = max(old, key=old.get)
+      t.init_language = nearest
+
+
+def _expert_slices(cfg, src, t, index: int, new_language: bool) -> list[tuple[str, int, int, int]]:
+  """The expert maps of the transfer (`cfg` and `t` updated) and the expert slices to train.
+
+  A new language gets an expert of its own under the language router (the one expert's
+  slice trains) and `t.init_language`'s expert under the hybrid one.
+  """
+  num_languages = int(src.model.num_languages)
+  slices: list[tuple[str, int, int, int]] = []
+  for name in ("encoder", "decoder"):
+    sec = cfg.model[name]
+    t.old_experts[name] = int(sec.num_experts)
+    if not _routed(sec):
+      continue
+    old_map = list(_expert_map(src.model[name], num_languages))
+    t.old_expert_maps[name] = " ".join(map(str, old_map))
+    if len(old_map) < cfg.model.num_languages:
+      old_map += [0] * (cfg.model.num_languages - len(old_map))
+    if not new_language or sec.router not in ("language", "hybrid"):
+      continue
+    init_expert = old_map[langs_lib.language_index(t.init_language)]
+    if sec.router == "language":
+      old_map[index] = int(sec.num_experts)
+      sec.num_experts = int(sec.num_experts) + 1
+      layer = r"encoder/blocks/\d+/ff2" if name == "encoder" else r"decoder/blocks/\d+/ffn"
+      slices.append((rf"{layer}/w_(gate|up|down)", 0, old_map[index], old_map[index] + 1))
+    else:
+      old_map[index] = init_expert
+    sec.expert_map = " ".join(map(str, old_map))
+  return slices
+
+
+def _trainable(method: str, train_whole: Sequence[str], slices: Sequence[tuple]) -> str:
+  """`config.train.trainable` of a transfer: what trains whole, the sliced parameters and
+  the method's own modules (LoRA, adapters); "" (everything) for the full method."""
+  if method == "full":
+    return ""
+  whole = [*train_whole, *(p for p, *_ in slices)]
+  if method == "lora":
+    whole.append(r".*/lora_(a|b)")
+  elif method == "adapters":
+    whole.append(r".*/adapter/.*")
+  return "|".join(f"(?:{p})" for p in whole) if whole else "$^"
 
 
 def transfer_config(
@@ -290,45 +357,12 @@ def transfer_config(
   num_languages = int(src.model.num_languages)
   t.old_num_languages = num_languages
   index = langs_lib.language_index(language)
-  trained_on = (src_data.get("metadata") or {}).get("corpus_config", {}).get("languages")
-  if t.new_language == "auto" and trained_on:  # The source's corpus names its languages.
-    t.new_language = "no" if language in trained_on else "yes"
-  if t.init_language == "auto" or t.new_language == "auto":
-    split = train_split.split("+")[0]
-    nearest, posteriors = nearest_language(source, cfg, split)
-    _LOG.info("Source LID posteriors of %s:%s: %s", cfg.data.name, split, posteriors)
-    if t.new_language == "auto":
-      t.new_language = "no" if nearest == language else "yes"
-    if t.init_language == "auto":
-      if nearest == language:  # Known: its own slices are the nearest.
-        old = {c: p for c, p in posteriors.items() if c != language}
-        nearest = max(old, key=old.get)
-      t.init_language = nearest
+  _choose_languages(t, source, cfg, src_data, language, train_split)
   new_language = t.new_language == "yes"
   if new_language and index >= num_languages:
     cfg.model.num_languages = index + 1  # Referenced by every section's num_languages.
-  slices: list[tuple[str, int, int, int]] = []
+  slices = _expert_slices(cfg, src, t, index, new_language)
   train_whole: list[str] = []
-  for name in ("encoder", "decoder"):
-    sec = cfg.model[name]
-    t.old_experts[name] = int(sec.num_experts)
-    if not _routed(sec):
-      continue
-    old_map = list(_expert_map(src.model[name], num_languages))
-    t.old_expert_maps[name] = " ".join(map(str, old_map))
-    if len(old_map) < cfg.model.num_languages:
-      old_map += [0] * (cfg.model.num_languages - len(old_map))
-    if not new_language or sec.router not in ("language", "hybrid"):
-      continue
-    init_expert = old_map[langs_lib.language_index(t.init_language)]
-    if sec.router == "language":
-      old_map[index] = int(sec.num_experts)
-      sec.num_experts = int(sec.num_experts) + 1
-      layer = r"encoder/blocks/\d+/ff2" if name == "encoder" else r"decoder/blocks/\d+/ffn"
-      slices.append((rf"{layer}/w_(gate|up|down)", 0, old_map[index], old_map[index] + 1))
-    else:
-      old_map[index] = init_expert
-    sec.expert_map = " ".join(map(str, old_map))
   # Vocabulary rows.
   if tokenizer.vocab_size > old_tok.vocab_size:
     for pattern, axis in VOCAB_AXES.items():
@@ -352,16 +386,9 @@ def transfer_config(
   train_whole = [_tolerant(p) for p in train_whole]
   t.slices = tuple(slices)
   # What trains.
+  cfg.train.trainable = _trainable(method, train_whole, slices)
   if method == "full":
-    cfg.train.trainable = ""
     t.slices = ()
-  else:
-    whole = [*train_whole, *(p for p, *_ in slices)]
-    if method == "lora":
-      whole.append(r".*/lora_(a|b)")
-    elif method == "adapters":
-      whole.append(r".*/adapter/.*")
-    cfg.train.trainable = "|".join(f"(?:{p})" for p in whole) if whole else "$^"
   config_lib.apply_overrides(cfg, overrides)
   return cfg
 
@@ -488,14 +515,14 @@ def _remap_classes(name: str, old: np.ndarray, fresh: np.ndarray, cfg, data) -> 
 
 def source_params(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
   """{name: array} of the model parameters of a workdir's newest checkpoint."""
+  from moe_asr import runtime
   from moe_asr.training import checkpoint as checkpoint_lib
-  from moe_asr.training import train
 
   directory = str(pathlib.Path(workdir) / "checkpoints")
   step = checkpoint_lib.Checkpointer(directory, async_save=False).latest_step()
   if step is None:
     raise FileNotFoundError(f"{directory} holds no checkpoint")
-  return train._saved_params(directory, step)
+  return runtime.saved_params(directory, step)
 
 
 def init_from_source(run) -> object:
@@ -615,7 +642,7 @@ def score_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
   Writes `W2/transfer/report.json` and `report.md`; the source's scores are kept in
   `W2/transfer/source/` (computed once).
   """
-  from moe_asr.training import score
+  from moe_asr.evaluation import score
 
   workdir = pathlib.Path(workdir)
   t = cfg.transfer
@@ -700,6 +727,7 @@ def format_markdown(result: Mapping) -> str:
 
 def run_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Trains a transfer config in `workdir`, then scores it (`score_transfer`)."""
+  from moe_asr import runtime
   from moe_asr.training import train
 
   start = time.perf_counter()
@@ -707,6 +735,6 @@ def run_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   minutes = (time.perf_counter() - start) / 60
   if summary.get("preempted"):
     return summary
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   share = trainable_share(cfg, run.state)
   return score_transfer(cfg, workdir, minutes=minutes, **share)

@@ -108,7 +108,21 @@ def model_config(
   d.moe_block_size = m.encoder.get_ref("moe_block_size")
   d.num_languages = m.get_ref("num_languages")
 
-  t = m.task = ml_collections.ConfigDict()
+  m.task = _task_config(d_model, num_heads, d_ff, dropout, m.get_ref("num_languages"))
+
+  lm = m.lm = ml_collections.ConfigDict()  # Text LM for fusion and rescoring.
+  lm.d_model = d_model
+  lm.num_heads = num_heads
+  lm.d_ff = d_ff
+  lm.num_layers = lm_layers
+  lm.dropout = dropout
+  lm.max_len = 128
+  return m
+
+
+def _task_config(d_model, num_heads, d_ff, dropout, num_languages) -> ml_collections.ConfigDict:
+  """The task heads' section (intent, slots) of `model_config`."""
+  t = ml_collections.ConfigDict()
   t.d_model = d_model
   t.num_heads = num_heads
   t.num_queries = 2  # Learned queries of the attention-pooling bridge.
@@ -123,13 +137,5 @@ def model_config(
   t.word_token_embedding = True  # The word tagger also embeds the tokens (word identity).
   t.word_hash_buckets = 0  # > 0: the word tagger also embeds whole words by hash.
   t.stop_gradient = False  # True: the cascade baseline (task loss does not train the ASR).
-  t.num_languages = m.get_ref("num_languages")
-
-  lm = m.lm = ml_collections.ConfigDict()  # Text LM for fusion and rescoring.
-  lm.d_model = d_model
-  lm.num_heads = num_heads
-  lm.d_ff = d_ff
-  lm.num_layers = lm_layers
-  lm.dropout = dropout
-  lm.max_len = 128
-  return m
+  t.num_languages = num_languages
+  return t

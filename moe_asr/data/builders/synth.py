@@ -33,7 +33,7 @@ class MoeAsrSynthConfig(tfds.core.BuilderConfig):
   """A builder config wrapping a corpus config (`moe_asr/configs/corpus/*.py`)."""
 
   def __init__(self, *, corpus_config: ml_collections.ConfigDict, **kwargs):
-    plain = corpus._to_plain(corpus_config)
+    plain = corpus.to_plain(corpus_config)
     digest = hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
     super().__init__(
       name=corpus_config.name,
@@ -70,7 +70,7 @@ class MoeAsrSynth(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config.corpus_config
     metadata = tfds.core.MetadataDict(
-      corpus_config=corpus._to_plain(cfg),
+      corpus_config=corpus.to_plain(cfg),
       corpus_config_digest=self.builder_config.digest,
       language_codes=list(langs_lib.LANGUAGE_CODES),
       languages=list(cfg.languages),

@@ -129,19 +129,19 @@ _CONFIGS: dict[str, dict[str, Any]] = {}
 def _register(cfg: Mapping[str, Any]) -> str:
   import json
 
-  plain = json.loads(json.dumps(_to_plain(cfg)))
+  plain = json.loads(json.dumps(to_plain(cfg)))
   key = json.dumps(plain, sort_keys=True)
   _CONFIGS.setdefault(key, plain)
   return key
 
 
-def _to_plain(cfg: Any) -> Any:
+def to_plain(cfg: Any) -> Any:
   if hasattr(cfg, "to_dict"):
     cfg = cfg.to_dict()
   if isinstance(cfg, Mapping):
-    return {k: _to_plain(v) for k, v in cfg.items()}
+    return {k: to_plain(v) for k, v in cfg.items()}
   if isinstance(cfg, list | tuple):
-    return [_to_plain(v) for v in cfg]
+    return [to_plain(v) for v in cfg]
   return cfg
 
 

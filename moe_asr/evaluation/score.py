@@ -23,15 +23,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from moe_asr import config_lib
+from moe_asr import config_lib, runtime
 from moe_asr.data import languages as langs_lib
 from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding import decode as decode_lib
+from moe_asr.evaluation import evaluate
 from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
-from moe_asr.training import averaging, distributed, evaluate, inputs, text_lm, train
+from moe_asr.training import averaging, distributed, inputs, text_lm
 from moe_asr.training import checkpoint as checkpoint_lib
 from moe_asr.training import ensemble as ensemble_lib
 
@@ -106,7 +107,7 @@ def load_calibration(workdir: str | pathlib.Path) -> confidence_lib.Calibration 
 
 
 def make_decoder(
-  run: train.Run, workdir: str | pathlib.Path, *, tunable: bool = False, ensemble_weights=None
+  run: runtime.Run, workdir: str | pathlib.Path, *, tunable: bool = False, ensemble_weights=None
 ):
   """(compiled eval steps, description) for the run's `decode` settings.
 
@@ -128,21 +129,21 @@ def make_decoder(
   extra = {"lm": str(text_lm.lm_dir(workdir)) if lm is not None else None}
   if bias is not None:
     extra["bias_phrases"] = int(bias.num_phrases)
-  steps = train.make_eval_steps(
+  steps = evaluate.make_eval_steps(
     run, dcfg, lm=lm, bias=bias, tunable=tunable, ensemble_weights=ensemble_weights
   )
   return steps, decode_lib.describe(dcfg, extra)
 
 
 def with_ensemble(
-  run: train.Run,
+  run: runtime.Run,
   workdir: str | pathlib.Path,
   ensemble: Sequence[str | pathlib.Path],
   ensemble_weights: str | Sequence[float] = "equal",
   *,
   overrides: Sequence[str] = (),
   average_last: int = 0,
-) -> tuple[train.Run, list[pathlib.Path], list[float] | None]:
+) -> tuple[runtime.Run, list[pathlib.Path], list[float] | None]:
   """(run, member workdirs, weights): `run` with the `ensemble` workdirs' models added.
 
   Each member restores its newest checkpoint (the mean of its last `average_last` with
@@ -155,7 +156,7 @@ def with_ensemble(
   weights = ensemble_lib.member_weights(members, ensemble_weights)
   runs = [run]
   for member in members[1:]:
-    member_run = train.build_run(workdir_config(member, overrides), member, for_training=False)
+    member_run = runtime.build_run(workdir_config(member, overrides), member, for_training=False)
     if average_last:
       averaging.average_last(member_run, average_last)
     member_run.checkpointer.close()
@@ -164,7 +165,7 @@ def with_ensemble(
 
 
 def decode_split(
-  run: train.Run,
+  run: runtime.Run,
   eval_steps,
   split: str,
   *,
@@ -174,7 +175,7 @@ def decode_split(
   """(records, info) of `split` decoded by `moe-asr eval` (see the module docstring).
 
   With `eval.long_policy="window"` the pipeline keeps the training buckets and lists the
-  longer utterances for windowed decoding; with "bucket", `train.validate`'s pipeline.
+  longer utterances for windowed decoding; with "bucket", `evaluate.validate`'s pipeline.
   """
   policy = run.config.eval.get("long_policy", "window")
   if policy not in EVAL_LONG_POLICIES:
@@ -183,9 +184,9 @@ def decode_split(
       + ", ".join(map(repr, EVAL_LONG_POLICIES))
     )
   if policy == "bucket":
-    _, recs, info = train.validate(run, eval_steps, split, max_batches, calibration=calibration)
+    _, recs, info = evaluate.validate(run, eval_steps, split, max_batches, calibration=calibration)
     return recs, info
-  train.check_dataset(run.config)
+  inputs.check_dataset(run.config)
   pipe = inputs.make_pipeline(
     run.config,
     split,
@@ -246,7 +247,7 @@ def evaluate_workdir(
   workdir = pathlib.Path(workdir)
   cfg = cfg if cfg is not None else workdir_config(workdir, overrides, step=step)
   splits = tuple(splits or cfg.eval.splits)
-  run = train.build_run(cfg, workdir, for_training=False, step=step)
+  run = runtime.build_run(cfg, workdir, for_training=False, step=step)
   averaged = averaging.average_last(run, average_last, step) if average_last else None
   run, members, weights = with_ensemble(
     run, workdir, ensemble, ensemble_weights, overrides=overrides, average_last=average_last
@@ -367,13 +368,13 @@ def tune_decoding(
   bias_source = cfg.decode.get("bias_file") or decode_lib.CORPUS_PHRASES
   if bias_boosts:
     cfg.decode.bias_file = ""  # The fusion weights are tuned without biasing.
-  run = train.build_run(cfg, workdir, for_training=False)
+  run = runtime.build_run(cfg, workdir, for_training=False)
   results, best, best_outputs, best_records = [], None, None, None
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     eval_steps, _ = make_decoder(run, workdir, tunable=True)
     for lm_w in lm_weights:
       for ilm_w in ilm_weights:
-        summary, recs, info = train.validate(
+        summary, recs, info = evaluate.validate(
           run,
           eval_steps,
           split,
@@ -469,8 +470,8 @@ def _tune_bias_boost(
     if boost == 0:
       continue
     graph = biasing.graph_from_phrases(items, run.data.tokenizer, boost=float(boost))
-    steps = train.make_eval_steps(run, run.config.decode, lm=lm, bias=graph, tunable=True)
-    _, recs, _ = train.validate(run, steps, split, max_batches, knobs=knobs)
+    steps = evaluate.make_eval_steps(run, run.config.decode, lm=lm, bias=graph, tunable=True)
+    _, recs, _ = evaluate.validate(run, steps, split, max_batches, knobs=knobs)
     points.append(_bias_point(boost, recs, texts))
     _LOG.info("tune-decoding bias %s", points[-1])
   return points

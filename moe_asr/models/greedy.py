@@ -3,6 +3,10 @@
 The best path takes the arg-max label of every frame, merges repeats and drops
 blanks. The result is compacted to the left with a cumulative sum and a
 scatter, so the whole decoder is one fixed-shape computation inside `jax.jit`.
+
+It lives with the models because the model itself runs it: the hypothesis pass of
+`MoeAsrModel` (task heads on the greedy hypothesis) and the searches of `moe_asr.decoding`
+both start from it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ decodes a long file: cut into windows at the pauses a voice-activity detector fi
 decoded by the same compiled step in the buckets' batch shapes, a batch at a time, and
 stitched (`longform.stitch`) into one hypothesis scored against the full reference. See
 `decode_long_examples` for what each metric reads.
+
+`make_eval_steps(run)` compiles the eval step for a `runtime.Run` and `validate` decodes a
+split with it (validation during training, `moe-asr eval`, `tune-decoding`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from moe_asr import runtime
 from moe_asr.data import features as features_lib
 from moe_asr.data import languages as langs_lib
 from moe_asr.data import pipeline as pipeline_lib
@@ -38,7 +42,7 @@ from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding import decode as decode_lib
 from moe_asr.evaluation import decode_stats
 from moe_asr.evaluation import metrics as metrics_lib
-from moe_asr.training import sharding
+from moe_asr.training import inputs, sharding
 
 
 def make_eval_step(
@@ -114,7 +118,7 @@ def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
-def _slot_spans(
+def slot_spans(
   tokens: np.ndarray, tags: np.ndarray, tag_names: tuple[str, ...], tokenizer
 ) -> tuple[tuple[str, str], ...]:
   """(type, value) pairs from BIO tags over hypothesis tokens, read per word.
@@ -147,7 +151,7 @@ def _slot_spans(
 
 
 def _reference(ex: Mapping) -> dict:
-  as_str = pipeline_lib._as_str
+  as_str = pipeline_lib.as_str
   words_lang = [as_str(w) for w in ex.get("words_lang", [])]
   language = as_str(ex.get("language", ""))
   dominant = pipeline_lib.dominant_language(
@@ -210,12 +214,12 @@ def records_from_outputs(
       if cal is not None:
         rec["intent_confidence_raw"] = rec["intent_confidence"]
         rec["intent_confidence"] = float(softmax(log_probs, cal.intent_temperature)[i])
-      rec["hyp_slots"] = _slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
+      rec["hyp_slots"] = slot_spans(tokens, out["slot_tags"][r, :n], vocab.slot_tags, tokenizer)
       if "tf_slot_tags" in out and int(out["ref_lengths"][r]) > 0:
         # The heads on the reference transcript (teacher forcing).
         m = int(out["ref_lengths"][r])
         rec["tf_intent"] = vocab.intents[int(np.argmax(out["tf_intent_log_probs"][r]))]
-        rec["tf_slots"] = _slot_spans(
+        rec["tf_slots"] = slot_spans(
           out["ref_tokens"][r, :m], out["tf_slot_tags"][r, :m], vocab.slot_tags, tokenizer
         )
     records.append(metrics_lib.Utterance(**rec))
@@ -227,7 +231,7 @@ def seconds_per_ctc_frame(cfg: ml_collections.ConfigDict) -> float:
   from moe_asr.models import conformer
 
   feature_cfg = features_lib.FeatureConfig.from_config(cfg.model.features)
-  ctc_frames = conformer._SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
+  ctc_frames = conformer.SUBSAMPLING / cfg.model.get("ctc_upsample", 1)
   return ctc_frames * feature_cfg.frame_shift_ms / 1000.0
 
 
@@ -269,6 +273,51 @@ def _windowed_utterance(
   return metrics_lib.Utterance(**rec), heads and len(windows) > 1
 
 
+def _open_utterance(ex: Mapping, index: int, seconds: float, windows) -> dict:
+  """What `decode_long_examples` keeps of an utterance while its windows are decoded."""
+  return {
+    "id": pipeline_lib.as_str(ex.get("id", index)),
+    "ref": _reference(ex),  # The references (small): the audio is not kept.
+    "seconds": seconds,
+    "windows": windows,
+    "records": [None] * len(windows),
+    "lid": [None] * len(windows),
+    "raw": [0.0] * len(windows),
+    "intent_raw": math.nan,  # The (single) window's uncalibrated intent confidence.
+    "left": len(windows),
+  }
+
+
+def _stitched_utterance(st: dict, cal) -> tuple:
+  """(`Utterance`, heads missing) of an `_open_utterance` whose windows are all decoded."""
+  from moe_asr import longform
+
+  stitched = longform.stitch(
+    st["windows"],
+    st["records"],
+    name=st["id"],
+    duration_s=st["seconds"],
+    sample_rate=schema.SAMPLE_RATE,
+    lid_probs=st["lid"],
+  )
+  return _windowed_utterance(
+    st["ref"], st["windows"], st["records"], stitched, st["raw"], cal, st["intent_raw"]
+  )
+
+
+def _window_batch(pipeline, b: int, queue: list, process: int) -> dict:
+  """This process's rows of a batch of bucket `b` holding the queued windows."""
+  host = pipeline.empty_batch(b)
+  rows = host["audio"].shape[0]  # This process's rows of the global batch.
+  for k, q in enumerate(range(process * rows, min((process + 1) * rows, len(queue)))):
+    _, _, wave = queue[q]
+    host["audio"][k, : len(wave)] = wave
+    host["audio_mask"][k, : len(wave)] = True
+    host["example_mask"][k] = True
+    host["index"][k] = q  # Position in the queue.
+  return host
+
+
 def decode_long_examples(
   pipeline,
   run_batch: Callable[[dict], Mapping[str, np.ndarray]],
@@ -280,7 +329,7 @@ def decode_long_examples(
 ) -> tuple[list, dict]:
   """Scores the pipeline's `long_examples` (utterances over the last bucket) in windows.
 
-  Each utterance is cut as `moe-asr transcribe` cuts a long file (`transcribe._windows`:
+  Each utterance is cut as `moe-asr transcribe` cuts a long file (`longform.file_windows`:
   windows of at most the last bucket, cut at VAD pauses, overlapping 1 s at hard cuts,
   silence left out); each window goes to the smallest bucket that holds it and is decoded
   with the other windows of that bucket, a full batch at a time, by `run_batch` (the
@@ -330,31 +379,12 @@ def decode_long_examples(
   queues: list[list] = [[] for _ in buckets]
 
   def finish(index: int) -> None:
-    st = open_utts.pop(index)
-    stitched = longform.stitch(
-      st["windows"],
-      st["records"],
-      name=st["id"],
-      duration_s=st["seconds"],
-      sample_rate=rate,
-      lid_probs=st["lid"],
-    )
-    record, missing = _windowed_utterance(
-      st["ref"], st["windows"], st["records"], stitched, st["raw"], calibration, st["intent_raw"]
-    )
+    record, missing = _stitched_utterance(open_utts.pop(index), calibration)
     records.append(record)
     counts["heads_missing"] += int(missing)
 
   def decode(b: int, queue: list) -> None:
-    host = pipeline.empty_batch(b)
-    rows = host["audio"].shape[0]  # This process's rows of the global batch.
-    for k, q in enumerate(range(process * rows, min((process + 1) * rows, len(queue)))):
-      _, _, wave = queue[q]
-      host["audio"][k, : len(wave)] = wave
-      host["audio_mask"][k, : len(wave)] = True
-      host["example_mask"][k] = True
-      host["index"][k] = q  # Position in the queue.
-    out = run_batch(host)
+    out = run_batch(_window_batch(pipeline, b, queue, process))
     counts["batches"] += 1
     for r in np.flatnonzero(out["example_mask"]):
       index, w, wave = queue[int(out["index"][r])]
@@ -382,24 +412,14 @@ def decode_long_examples(
       break
     ex = pipeline.source[index]
     wave = np.asarray(ex["audio"])
-    windows, _ = transcribe._windows(wave, vad.speech_mask(wave), buckets[-1].max_samples)
+    windows, _ = longform.file_windows(wave, vad.speech_mask(wave), buckets[-1].max_samples)
     counts["utterances"] += 1
     if not windows:
       counts["no_speech"] += 1
       records.append(_windowed_utterance(_reference(ex), [], [], None, [], calibration)[0])
       continue
     counts["windows"] += len(windows)
-    open_utts[index] = {
-      "id": pipeline_lib._as_str(ex.get("id", index)),
-      "ref": _reference(ex),  # The references (small): the audio is not kept.
-      "seconds": len(wave) / rate,
-      "windows": windows,
-      "records": [None] * len(windows),
-      "lid": [None] * len(windows),
-      "raw": [0.0] * len(windows),
-      "intent_raw": math.nan,  # The (single) window's uncalibrated intent confidence.
-      "left": len(windows),
-    }
+    open_utts[index] = _open_utterance(ex, index, len(wave) / rate, windows)
     for w, window in enumerate(windows):
       piece = np.array(wave[window.start : window.end])  # A copy: `wave` can go.
       b = next(k for k, bucket in enumerate(buckets) if len(piece) <= bucket.max_samples)
@@ -472,7 +492,7 @@ class WithKnobs:
       }
 
 
-def _gather(tree) -> dict[str, np.ndarray]:
+def gather(tree) -> dict[str, np.ndarray]:
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
@@ -532,7 +552,7 @@ def evaluate_split(
     global_batch = sharding.put_batch(batch, batch_shardings(batch))
     step = step_for(global_batch)  # Compiles on a new shape (not counted as latency).
     t0 = time.perf_counter()
-    out = _gather(step(state, rng_state, global_batch))
+    out = gather(step(state, rng_state, global_batch))
     latencies.append(time.perf_counter() - t0)
     return out
 
@@ -580,3 +600,97 @@ def evaluate_split(
   if keep_outputs:
     info["outputs"] = outputs
   return records, info
+
+
+# ---------------------------------------------------------------------------
+# Validating a run on a split.
+# ---------------------------------------------------------------------------
+
+
+class _UntilStopped:
+  """An evaluation pipeline that ends early once `stop()` is true (`stopped` says so)."""
+
+  def __init__(self, pipeline, stop: Callable[[], bool]):
+    self.pipeline, self.stop, self.stopped = pipeline, stop, False
+    self.source = pipeline.source
+
+  @property
+  def stats(self):
+    return self.pipeline.stats
+
+  def __iter__(self):
+    for batch in self.pipeline:
+      if self.stop():
+        self.stopped = True
+        return
+      yield batch
+
+
+def validate(
+  run: runtime.Run,
+  eval_steps: runtime.CompiledSteps,
+  split: str,
+  max_batches: int = 0,
+  knobs: Mapping[str, float] | None = None,
+  stop: Callable[[], bool] | None = None,
+  **kwargs,
+):
+  """Decodes a split with `eval_steps`; returns (summary dict, records, info).
+
+  `knobs`: per-utterance decoding weights put in every batch (`WithKnobs`);
+  `stop`: polled before each batch, ends the pass early when true (`info["stopped"]`);
+  `kwargs` go to `evaluate_split` (calibration, keep_outputs).
+  """
+  inputs.check_dataset(run.config)
+  pipe = inputs.make_pipeline(
+    run.config,
+    split,
+    run.data,
+    train=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  if knobs:
+    pipe = WithKnobs(pipe, knobs)
+  if stop is not None:
+    pipe = _UntilStopped(pipe, stop)
+  records, info = evaluate_split(
+    pipe,
+    eval_steps,
+    run.state,
+    run.rng_state,
+    run.batch_shardings,
+    run.data,
+    max_batches=max_batches,
+    **kwargs,
+  )
+  info["stopped"] = bool(getattr(pipe, "stopped", False))
+  return metrics_lib.summarize(records), records, info
+
+
+def make_eval_steps(
+  run: runtime.Run,
+  decode_cfg=None,
+  *,
+  lm=None,
+  bias=None,
+  tunable: bool = False,
+  ensemble_weights=None,
+) -> runtime.CompiledSteps:
+  """Compiled eval steps (greedy CTC by default; see `decoding.decode`).
+
+  `run` may be an ensemble (`training.ensemble.combine`), decoded with `ensemble_weights`.
+  """
+  step = make_eval_step(
+    run.graphdef,
+    run.config.model.decoder.max_len,
+    decode_cfg,
+    lm=lm,
+    bias=bias,
+    eos_id=run.data.tokenizer.eos_id,
+    tunable=tunable,
+    word_table=run.data.tokenizer.word_table(),
+    ensemble_weights=ensemble_weights,
+  )
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  return runtime.CompiledSteps(step, run, replicated, donate=False)
