@@ -61,6 +61,12 @@ def test_beam_search_with_lm_and_corpus_bias_list(workdir, tmp_path):
   assert d["lm"].endswith("lm") and d["bias_phrases"] > 0
   split = report["splits"]["test"]
   assert split["n"] > 0 and split["latency_p95"] >= split["latency_p50"] > 0
+  # B-WER and U-WER on the corpus's list: weighted by their words they make the WER.
+  words = split["b_words"] + split["u_words"]
+  assert words > 0 and split["u_wer"] is not None
+  errors = (split["b_wer"] or 0.0) * split["b_words"] + split["u_wer"] * split["u_words"]
+  assert errors / words == pytest.approx(split["wer"], abs=1e-9)
+  assert "## Bias phrases" in (out / "report.md").read_text()
   hyps = (out / "hypotheses" / "test.jsonl").read_text().splitlines()
   assert len(hyps) == split["n"]
   # The tiny encoder's MoE blocks 2 and 3: expert shares per language, and their heatmap.

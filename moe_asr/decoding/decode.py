@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from moe_asr.data import languages as langs_lib
+from moe_asr.data import text as text_lib
 from moe_asr.decoding import biasing, ctc_beam, joint_beam, rescore
 from moe_asr.decoding import confidence as confidence_lib
 from moe_asr.decoding.nbest import NBest
@@ -532,13 +533,28 @@ def load_bias(
   """
   if not cfg.get("bias_file"):
     return None
-  if cfg.bias_file == CORPUS_PHRASES:
+  phrases = bias_phrases(cfg.bias_file, metadata)
+  return biasing.graph_from_phrases(phrases, tokenizer, boost=float(cfg.bias_boost))
+
+
+def bias_phrases(source: str, metadata: Mapping | None = None) -> list:
+  """The phrases of a biasing list: `corpus` (the dataset metadata's `bias_phrases`) or a
+  phrase file (`biasing.read_phrase_file`'s (phrase, boost) pairs).
+
+  Raises:
+    ValueError: `corpus` for a dataset whose metadata has no bias_phrases.
+  """
+  if source == CORPUS_PHRASES:
     phrases = list((metadata or {}).get("bias_phrases") or ())
     if not phrases:
-      raise ValueError("decode.bias_file=corpus, but the dataset metadata has no bias_phrases")
-  else:
-    phrases = biasing.read_phrase_file(cfg.bias_file)
-  return biasing.graph_from_phrases(phrases, tokenizer, boost=float(cfg.bias_boost))
+      raise ValueError(f"decode.bias_file={source}, but the dataset metadata has no bias_phrases")
+    return phrases
+  return biasing.read_phrase_file(source)
+
+
+def bias_phrase_texts(phrases: Sequence) -> list[str]:
+  """Normalised texts of `bias_phrases`' result (what B-WER and U-WER are measured on)."""
+  return [text_lib.normalize(p if isinstance(p, str) else p[0]) for p in phrases]
 
 
 def describe(cfg: ml_collections.ConfigDict, extra: Mapping | None = None) -> dict:

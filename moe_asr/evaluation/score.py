@@ -260,6 +260,15 @@ def evaluate_workdir(
   )
   split_reports, records = {}, {}
   calibration = load_calibration(workdir) if cfg.eval.get("calibrate", True) else None
+  # B-WER / U-WER against the decode's bias list, or else the dataset's (biasing off).
+  source = cfg.decode.get("bias_file") or (
+    decode_lib.CORPUS_PHRASES if (run.data.metadata or {}).get("bias_phrases") else ""
+  )
+  phrases = (
+    decode_lib.bias_phrase_texts(decode_lib.bias_phrases(source, run.data.metadata))
+    if source
+    else []
+  )
   with run.mesh, partitioning.axis_rules(run.rules, run.mesh):
     eval_steps, described = make_decoder(run, workdir, ensemble_weights=weights)
     if ensemble:
@@ -276,7 +285,10 @@ def evaluate_workdir(
       )
       records[split] = recs
       split_reports[split] = report_lib.split_report(
-        recs, rtf=info["rtf"], bootstrap_samples=int(cfg.eval.get("bootstrap_samples", 1000))
+        recs,
+        rtf=info["rtf"],
+        bootstrap_samples=int(cfg.eval.get("bootstrap_samples", 1000)),
+        bias_phrases=phrases,
       )
       split_reports[split]["latency_p50"] = info["latency_p50"]
       split_reports[split]["latency_p95"] = info["latency_p95"]
@@ -450,18 +462,10 @@ def _tune_bias_boost(
 
   The first point is the unbiased decode (boost 0) of the fusion search's winner.
   """
-  from moe_asr.data import text as text_lib
   from moe_asr.decoding import biasing
 
-  if source == decode_lib.CORPUS_PHRASES:
-    items = list((run.data.metadata or {}).get("bias_phrases") or ())
-    if not items:
-      raise ValueError(
-        "bias tuning: the dataset metadata has no bias_phrases; set decode.bias_file"
-      )
-  else:
-    items = biasing.read_phrase_file(source)
-  texts = [text_lib.normalize(p if isinstance(p, str) else p[0]) for p in items]
+  items = decode_lib.bias_phrases(source, run.data.metadata)
+  texts = decode_lib.bias_phrase_texts(items)
   lm = text_lm.load_lm(workdir, run.data.tokenizer)
   points = [_bias_point(0.0, unbiased_records, texts)]
   _LOG.info("tune-decoding bias %s", points[0])
