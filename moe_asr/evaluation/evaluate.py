@@ -468,7 +468,18 @@ def calibration_arrays(outputs: list[Mapping[str, np.ndarray]], records: list, v
   }
 
 
-class WithKnobs:
+class _Wrapped:
+  """An evaluation pipeline around another: the same source and skip statistics."""
+
+  def __init__(self, pipeline):
+    self.pipeline, self.source = pipeline, pipeline.source
+
+  @property
+  def stats(self):
+    return self.pipeline.stats
+
+
+class WithKnobs(_Wrapped):
   """An evaluation pipeline whose batches carry per-utterance decoding weights.
 
   Each batch gets `decode_<name>` float32 [rows] for every knob (read by a decode
@@ -476,12 +487,8 @@ class WithKnobs:
   """
 
   def __init__(self, pipeline, knobs: Mapping[str, float]):
-    self.pipeline, self.knobs = pipeline, dict(knobs)
-    self.source = pipeline.source
-
-  @property
-  def stats(self):
-    return self.pipeline.stats
+    super().__init__(pipeline)
+    self.knobs = dict(knobs)
 
   def __iter__(self):
     for batch in self.pipeline:
@@ -607,16 +614,12 @@ def evaluate_split(
 # ---------------------------------------------------------------------------
 
 
-class _UntilStopped:
+class _UntilStopped(_Wrapped):
   """An evaluation pipeline that ends early once `stop()` is true (`stopped` says so)."""
 
   def __init__(self, pipeline, stop: Callable[[], bool]):
-    self.pipeline, self.stop, self.stopped = pipeline, stop, False
-    self.source = pipeline.source
-
-  @property
-  def stats(self):
-    return self.pipeline.stats
+    super().__init__(pipeline)
+    self.stop, self.stopped = stop, False
 
   def __iter__(self):
     for batch in self.pipeline:
@@ -624,6 +627,24 @@ class _UntilStopped:
         self.stopped = True
         return
       yield batch
+
+
+def eval_pipeline(run: runtime.Run, split: str, overrides: Mapping | None = None):
+  """One ordered pass over `split` of the run's dataset, this process's share of it.
+
+  Raises:
+    FileNotFoundError: (from `inputs.check_dataset`) the dataset is not prepared.
+  """
+  inputs.check_dataset(run.config)
+  return inputs.make_pipeline(
+    run.config,
+    split,
+    run.data,
+    train=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    overrides=overrides,
+  )
 
 
 def validate(
@@ -641,15 +662,7 @@ def validate(
   `stop`: polled before each batch, ends the pass early when true (`info["stopped"]`);
   `kwargs` go to `evaluate_split` (calibration, keep_outputs).
   """
-  inputs.check_dataset(run.config)
-  pipe = inputs.make_pipeline(
-    run.config,
-    split,
-    run.data,
-    train=False,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
+  pipe = eval_pipeline(run, split)
   if knobs:
     pipe = WithKnobs(pipe, knobs)
   if stop is not None:

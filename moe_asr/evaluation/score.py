@@ -32,7 +32,7 @@ from moe_asr.evaluation import metrics as metrics_lib
 from moe_asr.evaluation import report as report_lib
 from moe_asr.models import info as info_lib
 from moe_asr.models import partitioning
-from moe_asr.training import averaging, distributed, inputs, text_lm
+from moe_asr.training import averaging, distributed, text_lm
 from moe_asr.training import checkpoint as checkpoint_lib
 from moe_asr.training import ensemble as ensemble_lib
 
@@ -186,19 +186,8 @@ def decode_split(
   if policy == "bucket":
     _, recs, info = evaluate.validate(run, eval_steps, split, max_batches, calibration=calibration)
     return recs, info
-  inputs.check_dataset(run.config)
-  pipe = inputs.make_pipeline(
-    run.config,
-    split,
-    run.data,
-    train=False,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    overrides={
-      "buckets": tuple(tuple(b) for b in run.config.data.buckets),
-      "long_policy": "window",
-    },
-  )
+  buckets = tuple(tuple(b) for b in run.config.data.buckets)
+  pipe = evaluate.eval_pipeline(run, split, {"buckets": buckets, "long_policy": "window"})
   return evaluate.evaluate_split(
     pipe,
     eval_steps,
