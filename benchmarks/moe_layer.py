@@ -122,6 +122,24 @@ def _time_interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, lis
   return times
 
 
+def _layer(args, dtype, **settings) -> moe.MoeFeedForward:
+  """The benchmarked layer: `args`' sizes, a learned top-k router, `settings` on top."""
+  return moe.MoeFeedForward(
+    args.d_model,
+    args.d_ff,
+    moe.MoeSettings(
+      num_experts=args.experts,
+      router="learned",
+      top_k=args.top_k,
+      block_size=args.block_size,
+      grouped_matmul=args.grouped_matmul,
+      **settings,
+    ),
+    dtype=dtype,
+    rngs=nnx.Rngs(0),
+  )
+
+
 def run_mesh(args, dtype) -> dict[str, float]:
   """The expert-parallel layer against the gathered path on `args.mesh`; prints a table."""
   sizes = parse_mesh(args.mesh)
@@ -147,21 +165,7 @@ def run_mesh(args, dtype) -> dict[str, float]:
 
   results, fns, rows = {}, {}, []
   for mode, label in (("on", "expert-parallel (all-to-all)"), ("off", "gathered weights")):
-    layer = moe.MoeFeedForward(
-      args.d_model,
-      args.d_ff,
-      moe.MoeSettings(
-        num_experts=args.experts,
-        router="learned",
-        top_k=args.top_k,
-        block_size=args.block_size,
-        grouped_matmul=args.grouped_matmul,
-        expert_parallel=mode,
-        capacity_factor=args.capacity_factor,
-      ),
-      dtype=dtype,
-      rngs=nnx.Rngs(0),
-    )
+    layer = _layer(args, dtype, expert_parallel=mode, capacity_factor=args.capacity_factor)
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
     params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
     expert_bytes = sum(
@@ -272,19 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   x = jax.random.normal(jax.random.key(0), (batch, length, args.d_model), jnp.float32)
   mask = jnp.ones((batch, length), bool)
 
-  layer = moe.MoeFeedForward(
-    args.d_model,
-    args.d_ff,
-    moe.MoeSettings(
-      num_experts=args.experts,
-      router="learned",
-      top_k=args.top_k,
-      block_size=args.block_size,
-      grouped_matmul=args.grouped_matmul,
-    ),
-    dtype=dtype,
-    rngs=nnx.Rngs(0),
-  )
+  layer = _layer(args, dtype)
   dense_ffn = DenseFfn(args.d_model, args.top_k * args.d_ff, dtype=dtype, rngs=nnx.Rngs(1))
 
   def moe_out(model, x, dense):

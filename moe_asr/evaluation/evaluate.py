@@ -654,15 +654,17 @@ def validate(
   max_batches: int = 0,
   knobs: Mapping[str, float] | None = None,
   stop: Callable[[], bool] | None = None,
+  overrides: Mapping | None = None,
   **kwargs,
 ):
   """Decodes a split with `eval_steps`; returns (summary dict, records, info).
 
   `knobs`: per-utterance decoding weights put in every batch (`WithKnobs`);
   `stop`: polled before each batch, ends the pass early when true (`info["stopped"]`);
-  `kwargs` go to `evaluate_split` (calibration, keep_outputs).
+  `overrides`: pipeline settings (`eval_pipeline`);
+  `kwargs` go to `evaluate_split` (calibration, keep_outputs, seconds_per_frame).
   """
-  pipe = eval_pipeline(run, split)
+  pipe = eval_pipeline(run, split, overrides)
   if knobs:
     pipe = WithKnobs(pipe, knobs)
   if stop is not None:

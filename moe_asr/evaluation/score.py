@@ -187,18 +187,16 @@ def decode_split(
     _, recs, info = evaluate.validate(run, eval_steps, split, max_batches, calibration=calibration)
     return recs, info
   buckets = tuple(tuple(b) for b in run.config.data.buckets)
-  pipe = evaluate.eval_pipeline(run, split, {"buckets": buckets, "long_policy": "window"})
-  return evaluate.evaluate_split(
-    pipe,
+  _, recs, info = evaluate.validate(
+    run,
     eval_steps,
-    run.state,
-    run.rng_state,
-    run.batch_shardings,
-    run.data,
-    max_batches=max_batches,
+    split,
+    max_batches,
+    overrides={"buckets": buckets, "long_policy": "window"},
     calibration=calibration,
     seconds_per_frame=evaluate.seconds_per_ctc_frame(run.config),
   )
+  return recs, info
 
 
 def evaluate_workdir(
