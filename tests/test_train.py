@@ -58,8 +58,7 @@ _RESTORE_AND_EVAL = """
 import sys
 import jax
 import numpy as np
-from moe_asr import cli
-from moe_asr.training import train
+from moe_asr import cli, runtime
 from moe_asr.evaluation import score
 from moe_asr.training import state as state_lib
 
