@@ -82,21 +82,24 @@ def pytest_xdist_auto_num_workers(config) -> int:
 # longest first (`--no-loadscope-reorder` in pyproject.toml keeps this order), so no long
 # module starts last while the other worker sits idle; modules not listed follow in file order.
 MODULE_SECONDS = {
-  "test_train.py": 790,
-  "test_run_safety.py": 590,
-  "test_model.py": 550,
-  "test_transfer.py": 480,
-  "test_longform.py": 340,
-  "test_notebooks.py": 330,
-  "test_ensemble.py": 200,
-  "test_decode_eval.py": 200,
-  "test_evidence.py": 150,
-  "test_data_import.py": 140,
-  "test_conformer.py": 120,
+  "test_train.py": 630,
+  "test_transfer.py": 500,
+  "test_run_safety.py": 420,
+  "test_notebooks.py": 310,
+  "test_model.py": 280,
+  "test_decode_eval.py": 170,
+  "test_longform.py": 170,
+  "test_data_import.py": 130,
   "test_install.py": 120,
-  "test_averaging.py": 90,
-  "test_slots.py": 85,
-  "test_selftrain.py": 80,
+  "test_ensemble.py": 110,
+  "test_evidence.py": 100,
+  "test_slots.py": 70,
+  "test_selftrain.py": 70,
+  "test_averaging.py": 70,
+  "test_demo.py": 60,
+  "test_conformer.py": 60,
+  "test_transcribe.py": 50,
+  "test_expert_parallel.py": 50,
 }
 
 
