@@ -71,6 +71,7 @@ def train_memory(
      "per_device": {params, optimizer, other_state, arguments, outputs, aliased, temporaries,
      peak}} in bytes; `peak` = arguments + outputs - aliased + temporaries.
   """
+  from moe_asr import runtime
   from moe_asr.data import features as features_lib
   from moe_asr.data import pipeline as pipeline_lib
   from moe_asr.models import partitioning
@@ -110,11 +111,6 @@ def train_memory(
   batch = pipeline_lib.device_arrays(pipeline_lib.empty_batch(chosen, rows, pcfg.max_lang_runs))
   batch_sh = sharding.batch_shardings(mesh_obj, batch)
 
-  def abstract(tree, shardings):
-    return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
-    )
-
   step = jax.jit(
     train.make_train_step(cfg, graphdef),
     in_shardings=(state_sh, rng_sh, batch_sh),
@@ -124,7 +120,9 @@ def train_memory(
   start = time.perf_counter()
   with mesh_obj, partitioning.axis_rules(rules, mesh_obj):
     lowered = step.lower(
-      abstract(abstract_state, state_sh), abstract(abstract_rng, rng_sh), abstract(batch, batch_sh)
+      runtime.abstract_state(abstract_state, state_sh),
+      runtime.abstract_state(abstract_rng, rng_sh),
+      runtime.abstract_state(batch, batch_sh),
     )
   memory = lowered.compile().memory_analysis()
   compile_s = time.perf_counter() - start
