@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from moe_asr.data import features as features_lib
-from moe_asr.models import conformer, greedy, layers, lid, partitioning, task_heads
+from moe_asr.models import conformer, greedy, layers, lid, partitioning, task_heads, tracing
 from moe_asr.models import decoder as decoder_lib
 from moe_asr.models.moe import MoeAux
 
@@ -102,6 +102,7 @@ def with_eos(tokens: jax.Array, mask: jax.Array, eos_id: int) -> tuple[jax.Array
 class MoeAsr(nnx.Module):
   """The multilingual, code-switching ASR model with task heads."""
 
+  @tracing.quiet_tracer_origins()  # Linear, not quadratic, in the draws when traced.
   def __init__(
     self,
     cfg: ml_collections.ConfigDict,
