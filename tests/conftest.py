@@ -51,6 +51,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "moe_asr" / "configs" / "corpus" / "tiny.py"
+# The shared tiny run's settings (`tiny_workdir`, trained for 4 steps) as `a.b=value`
+# overrides of the tiny preset; tests that train the same model repeat them, so the session's
+# compilation cache serves their programs. One bucket: decoding tests compile a single shape.
+# Language-routed encoder experts, so that the run is also the transfer tests' source (a new
+# language gets an expert of its own).
+TINY_RUN = (
+  "train.log_every=2",
+  "data.buckets=((3.0,8),)",
+  "model.encoder.router=language",
+  "eval.splits=('test',)",
+  "compilation_cache=''",
+)
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -153,10 +165,10 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tiny_corpus, tmp_path_factory):
-  """A tiny run trained for a few steps (a real orbax checkpoint), for decoding tests.
+  """A tiny run trained for 4 steps on the 8 test devices (a real orbax checkpoint), for
+  decoding and transfer tests, with the settings `TINY_RUN`.
 
-  One bucket, so tests that decode compile a single shape. Tests must not write into it
-  except under their own subdirectories (copy it to change it).
+  Tests must not write into it except under their own subdirectories (copy it to change it).
   """
   data_dir, _, _ = tiny_corpus
 
@@ -170,10 +182,7 @@ def tiny_workdir(tiny_corpus, tmp_path_factory):
       str(workdir),
       f"--config.data.data_dir={data_dir}",
       "--config.train.steps=4",
-      "--config.train.log_every=2",
-      "--config.data.buckets=((3.0,8),)",
-      "--config.eval.splits=('test',)",
-      "--config.compilation_cache=''",
+      *(f"--config.{o}" for o in TINY_RUN),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO
+from conftest import REPO, TINY_RUN
 
 pytestmark = pytest.mark.slow
 LIBS = ("purelib", "platlib")
@@ -119,10 +119,7 @@ def test_the_wheel_installs_and_runs_from_any_directory(tiny_workdir, tmp_path):
       "run",
       "--config.data.data_dir=data",
       "--config.train.steps=4",
-      "--config.train.log_every=2",
-      "--config.data.buckets=((3.0,8),)",
-      "--config.eval.splits=('test',)",
-      "--config.compilation_cache=''",
+      *(f"--config.{o}" for o in TINY_RUN),
     ],
     work,
     env,

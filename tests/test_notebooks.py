@@ -15,20 +15,15 @@ import pathlib
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_RUN
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 pytestmark = pytest.mark.slow
 
-# The tiny run's settings (conftest.tiny_workdir): the same programs, compiled once.
-TINY_RUN = [
-  "train.log_every=2",
-  "data.buckets=((3.0,8),)",
-  "eval.splits=('test',)",
-  "compilation_cache=''",
-]
+# Notebooks that train repeat the tiny run's settings (conftest.TINY_RUN): the same programs,
+# compiled once.
 
 
 def run_notebook(name: str, cwd: pathlib.Path, **parameters) -> tuple[dict, float]:
@@ -87,7 +82,7 @@ def test_quickstart(tiny_corpus, tiny_workdir, tmp_path):
     STEPS=4,
     DATA_DIR=str(data_dir),
     WORKDIR=str(tmp_path / "run"),
-    OVERRIDES=TINY_RUN,
+    OVERRIDES=list(TINY_RUN),
     EVAL_SPLITS=("test",),
     MAX_BATCHES=1,
     LISTEN=2,

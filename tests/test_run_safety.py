@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TEST_XLA_FLAGS, run_cli
+from conftest import REPO, TEST_XLA_FLAGS, TINY_RUN, run_cli
 from sentencepiece import sentencepiece_model_pb2
 
 from moe_asr import cli, config_lib, runtime
@@ -57,10 +57,7 @@ def _train_args(workdir: pathlib.Path, data_dir: pathlib.Path, *more: str) -> li
     "--workdir",
     str(workdir),
     f"--config.data.data_dir={data_dir}",
-    "--config.train.log_every=2",
-    "--config.data.buckets=((3.0,8),)",
-    "--config.eval.splits=('test',)",
-    "--config.compilation_cache=''",
+    *(f"--config.{o}" for o in TINY_RUN),
     *more,
   ]
 

@@ -1,7 +1,7 @@
 """Transfer to a new language (Russian, held out of the tiny corpus) and to a new task.
 
-The source run trains on 8 fake CPU devices (this process's setting, conftest.py); the
-transfer runs in a subprocess on one device.
+The source is the session's tiny run (conftest.tiny_workdir: both MoE sections routed by
+language, trained on 8 fake CPU devices); the transfer runs in a subprocess on one device.
 """
 
 import json
@@ -44,20 +44,12 @@ def _one_device_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def source(tiny_corpus, tmp_path_factory) -> pathlib.Path:
-  """A tiny run with both MoE sections routed by language, trained on 8 devices."""
-  data_dir, _, _ = tiny_corpus
-  workdir = tmp_path_factory.mktemp("transfer_source") / "run"
-  proc = run_cli(
-    "train", "--config", str(REPO / "moe_asr" / "configs" / "tiny.py"), "--workdir", str(workdir),
-    f"--config.data.data_dir={data_dir}", "--config.train.steps=4",
-    "--config.train.log_every=2", "--config.data.buckets=((3.0,8),)",
-    "--config.model.encoder.router=language", "--config.eval.splits=('test',)",
-    "--config.compilation_cache=''", timeout=1200,
-  )  # fmt: skip
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert jax.device_count() == 8
-  return workdir
+def source(tiny_workdir) -> pathlib.Path:
+  """The tiny run: both MoE sections routed by language, trained on 8 devices."""
+  cfg = score.workdir_config(tiny_workdir)
+  assert cfg.model.encoder.router == cfg.model.decoder.router == "language"
+  assert jax.device_count() == 8  # This process's devices, which the run inherited.
+  return tiny_workdir
 
 
 def _overrides(data_dir, steps: int = 4) -> list[str]:
