@@ -107,6 +107,9 @@ class ContextGraph:
     word_start: bool [vocab], the tokens that confirm a completed match (all
       True without a word-start table).
     vocab_size: number of token ids.
+    search_steps: binary-search steps of `advance` inside a node's edge segment: enough for
+      the longest segment (its length's bit length), rounded up to a multiple of 4 so that
+      most lists share a compile.
     num_phrases: int32 scalar, number of distinct phrases.
   """
 
@@ -121,6 +124,7 @@ class ContextGraph:
   word_start: jax.Array
   num_phrases: jax.Array  # A leaf, so lists of the same padded size share one compile.
   vocab_size: int = flax.struct.field(pytree_node=False)
+  search_steps: int = flax.struct.field(pytree_node=False, default=32)
 
   @property
   def num_node_slots(self) -> int:
@@ -304,15 +308,20 @@ def build_context_graph(
     matched=padded(matched, bool),
     word_start=jnp.asarray(starts),
     vocab_size=vocab_size,
+    search_steps=search_steps(max((len(g) for g in goto), default=0)),
     num_phrases=np.int32(num_phrases),
   )
 
 
-def _goto(graph: ContextGraph, state: jax.Array, token: jax.Array) -> jax.Array:
-  """Target of `token` from `state` through goto and failure arcs (before matches)."""
+def search_steps(longest_segment: int) -> int:
+  """`ContextGraph.search_steps` for a longest edge segment of this many edges."""
+  return max(4, -(-longest_segment.bit_length() // 4) * 4)
+
+
+def _goto(graph: ContextGraph, start: jax.Array, end: jax.Array, token: jax.Array) -> jax.Array:
+  """Target of `token` from the node whose edge segment is [start, end) through goto and
+  failure arcs (before matches)."""
   edge_slots = graph.num_edge_slots
-  start = graph.edge_start[state]
-  end = graph.edge_start[state + 1]
 
   # Lower bound of `token` in the node's sorted segment [start, end).
   def step(_, bounds):
@@ -322,7 +331,10 @@ def _goto(graph: ContextGraph, state: jax.Array, token: jax.Array) -> jax.Array:
     active = lo < hi
     return jnp.where(active & less, mid + 1, lo), jnp.where(active & ~less, mid, hi)
 
-  lo, _ = lax.fori_loop(0, edge_slots.bit_length(), step, (start, end))
+  # As many steps as the longest segment needs (not the whole edge array), unrolled: each is
+  # a few gathers, where a loop's per-iteration cost would dominate.
+  steps = min(graph.search_steps, edge_slots.bit_length())
+  lo, _ = lax.fori_loop(0, steps, step, (start, end), unroll=True)
   slot = jnp.minimum(lo, edge_slots - 1)
   found = (lo < end) & (graph.edge_token[slot] == token)
   from_root = graph.root_next[jnp.clip(token, 0, graph.vocab_size - 1)]
@@ -346,12 +358,17 @@ def advance(graph: ContextGraph, state: jax.Array, token: jax.Array) -> tuple[ja
     `node_score` of a partial match, `match_score` of a completed one awaiting
     confirmation, 0 at the root (see the module docstring).
   """
-  state, token = jnp.broadcast_arrays(jnp.asarray(state, jnp.int32), jnp.asarray(token, jnp.int32))
-  state = jnp.clip(state, 0, graph.num_node_slots - 1)
+  state = jnp.clip(jnp.asarray(state, jnp.int32), 0, graph.num_node_slots - 1)
+  token = jnp.asarray(token, jnp.int32)
+  # What depends on the state alone is looked up at the state's own shape (a beam's state,
+  # not once for each of its candidate tokens), then broadcast.
   pending = graph.matched[state]  # A completed match awaiting confirmation.
-  confirmed = pending & graph.word_start[jnp.clip(token, 0, graph.vocab_size - 1)]
   held = jnp.where(pending, graph.match_score[state], graph.node_score[state])
-  target = _goto(graph, jnp.where(confirmed, ROOT, state), token)
+  start, end = graph.edge_start[state], graph.edge_start[state + 1]
+  pending, held, start, end, token = jnp.broadcast_arrays(pending, held, start, end, token)
+  confirmed = pending & graph.word_start[jnp.clip(token, 0, graph.vocab_size - 1)]
+  # A confirmed match goes on from the root, which has no edge slots (an empty segment).
+  target = _goto(graph, start, jnp.where(confirmed, start, end), token)
   gained = jnp.where(graph.matched[target], graph.match_score[target], graph.node_score[target])
   score = gained - jnp.where(confirmed, 0.0, held)
   return target.astype(jnp.int32), score.astype(jnp.float32)
