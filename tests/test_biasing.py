@@ -245,6 +245,29 @@ def test_large_list_matches_reference():
     assert leaf.size <= max(graph.num_node_slots + 1, graph.num_edge_slots, vocab_size)
 
 
+def test_search_steps_cover_the_longest_segment():
+  """The binary search runs as deep as the longest edge segment needs, in steps of 4."""
+  assert [biasing.search_steps(n) for n in (0, 1, 15, 16, 48, 157, 255, 256, 4000)] == [
+    4, 4, 4, 8, 8, 8, 8, 12, 12,
+  ]  # fmt: skip
+  # A node with 200 children and a failure chain: its segment needs 8 steps, the whole edge
+  # array (202 edges padded to 256) 9; every child and the failure arc are found within 8.
+  phrases = [[5, t] for t in range(6, 206)] + [[210, 211]]
+  graph = biasing.build_context_graph(phrases, 220, boost=1.0)
+  assert graph.search_steps == 8 and graph.num_edge_slots.bit_length() == 9
+  five = int(graph.root_next[5])
+  states = jnp.full((201,), five, jnp.int32)
+  tokens = jnp.arange(6, 207, dtype=jnp.int32)  # 206 is no child: back to the root.
+  targets, scores = jax.jit(biasing.advance)(graph, states, tokens)
+  np.testing.assert_array_equal(scores[:-1], 1.0)
+  assert float(scores[-1]) == -1.0 and int(targets[-1]) == biasing.ROOT
+  assert len(set(np.asarray(targets[:-1]).tolist())) == 200  # 200 distinct phrase ends.
+  # 210 is no child of 5: back through the failure arc to the root's child 210, then 211
+  # completes [210, 211].
+  state, stream_scores = advance_stream(graph, [5, 210, 211])
+  assert stream_scores[2] > 0 and bool(graph.matched[state])
+
+
 def test_padding_shares_shapes():
   small = biasing.build_context_graph([[5, 6]], 12, boost=1.5)
   assert small.num_node_slots == 16 and small.num_edge_slots == 16
