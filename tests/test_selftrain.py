@@ -391,9 +391,13 @@ def test_tiny_self_training_round_end_to_end(tiny_workdir, tmp_path):
   result = json.loads((root / "selftrain.json").read_text())
   (r,) = result["rounds"]
   pseudo = r["pseudo"]
-  # The curriculum's cap: the most confident 90% of the 24 (21), all consistent here.
-  assert pseudo["filter"]["items"] == 24
-  assert pseudo["filter"]["kept"] == 21 and pseudo["filter"]["over_cap"] == 3
+  # The curriculum's cap: the most confident 90% of the 24 (21); every other item is over
+  # the cap, below the threshold chosen for the target CER, or skipped as inconsistent (an
+  # empty hypothesis). How many of each depends on the tiny run's model.
+  f = pseudo["filter"]
+  assert f["items"] == 24 and f["kept"] == 21 and f["over_cap"] >= 1
+  assert f["kept"] + f["over_cap"] + f["below_threshold"] + sum(f["skipped"].values()) == 24
+  assert set(f["skipped"]) <= {"empty"}  # The only check that --min-cps 0 etc. leave on.
   assert pseudo["examples"] == 21
   labels_file = root / "round1" / "pseudo" / "labels" / "test.jsonl"
   labels = [json.loads(x) for x in labels_file.read_text().splitlines()]
