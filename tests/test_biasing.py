@@ -88,7 +88,18 @@ def run_graph(graph, streams):
 
 
 def check_against_reference(phrases, boosts, vocab_size, streams):
+  """Both forms of the graph (the dense table; the binary search over edges alone) score
+  the streams as the reference; returns the dense one."""
   graph = biasing.build_context_graph(phrases, vocab_size, boost=boosts)
+  assert graph.dense_next is not None
+  search = biasing.build_context_graph(phrases, vocab_size, boost=boosts, dense_table_bytes=0)
+  assert search.dense_next is None
+  for g in (graph, search):
+    _check_graph(g, phrases, boosts, streams)
+  return graph
+
+
+def _check_graph(graph, phrases, boosts, streams):
   ref = ReferenceGraph(phrases, boosts)
   scores, finals = jax.device_get(run_graph(graph, jnp.asarray(streams, jnp.int32)))
   assert scores.dtype == np.float32
@@ -105,7 +116,6 @@ def check_against_reference(phrases, boosts, vocab_size, streams):
     num_take_backs += int((ref_scores < 0).sum())
   # The streams exercise both complete matches and broken partial matches.
   assert num_matches >= len(streams) and num_take_backs >= len(streams)
-  return graph
 
 
 def advance_stream(graph, stream):
@@ -239,10 +249,19 @@ def test_large_list_matches_reference():
   ref = ReferenceGraph(phrases, boosts)
   assert graph.num_phrases == len({tuple(p) for p in phrases})
   assert graph.num_node_slots == 1 << (len(ref.next) - 1).bit_length()
-  # No dense [nodes, vocab] table: every array is flat and at most a few times the graph.
-  for leaf in jax.tree.leaves(graph.replace(num_phrases=np.zeros(1, np.int32))):
+  assert graph.dense_next.shape == (graph.num_node_slots, vocab_size)
+  assert graph.dense_next.dtype == jnp.int16  # Fewer than 2^15 node slots: int16 ids.
+  # Without the dense table every array is flat and at most a few times the graph.
+  search = biasing.build_context_graph(phrases, vocab_size, boost=boosts, dense_table_bytes=0)
+  for leaf in jax.tree.leaves(search.replace(num_phrases=np.zeros(1, np.int32))):
     assert leaf.ndim == 1
-    assert leaf.size <= max(graph.num_node_slots + 1, graph.num_edge_slots, vocab_size)
+    assert leaf.size <= max(search.num_node_slots + 1, search.num_edge_slots, vocab_size)
+  # A limit below the table's size leaves it out.
+  too_small = graph.dense_next.size * 2 - 1
+  limited = biasing.build_context_graph(
+    phrases, vocab_size, boost=boosts, dense_table_bytes=too_small
+  )
+  assert limited.dense_next is None
 
 
 def test_search_steps_cover_the_longest_segment():
@@ -253,7 +272,7 @@ def test_search_steps_cover_the_longest_segment():
   # A node with 200 children and a failure chain: its segment needs 8 steps, the whole edge
   # array (202 edges padded to 256) 9; every child and the failure arc are found within 8.
   phrases = [[5, t] for t in range(6, 206)] + [[210, 211]]
-  graph = biasing.build_context_graph(phrases, 220, boost=1.0)
+  graph = biasing.build_context_graph(phrases, 220, boost=1.0, dense_table_bytes=0)
   assert graph.search_steps == 8 and graph.num_edge_slots.bit_length() == 9
   five = int(graph.root_next[5])
   states = jnp.full((201,), five, jnp.int32)
@@ -266,6 +285,21 @@ def test_search_steps_cover_the_longest_segment():
   # completes [210, 211].
   state, stream_scores = advance_stream(graph, [5, 210, 211])
   assert stream_scores[2] > 0 and bool(graph.matched[state])
+
+
+def test_dense_table_ids_widen_past_int16_and_agree_with_the_search():
+  phrases = [[5, 6, 7], [6, 9], [7, 7, 8]]
+  streams = jnp.asarray([[5, 6, 9, 7, 7, 8, 5, 6, 7, 11], [6, 7, 7, 7, 8, 9, 6, 9, 0, 5]])
+  wide = biasing.build_context_graph(phrases, 12, pad_to=40000)
+  assert wide.dense_next.dtype == jnp.int32 and wide.dense_next.shape == (40000, 12)
+  search = biasing.build_context_graph(phrases, 12, pad_to=40000, dense_table_bytes=0)
+  for a, b in zip(run_graph(wide, streams), run_graph(search, streams), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Every (node, token), padded nodes included, leads where the search leads.
+  nodes, tokens = np.meshgrid(np.arange(0, 40000, 997), np.arange(-1, 14), indexing="ij")
+  np.testing.assert_array_equal(
+    biasing.advance(wide, nodes, tokens)[0], biasing.advance(search, nodes, tokens)[0]
+  )
 
 
 def test_padding_shares_shapes():

@@ -289,7 +289,10 @@ def _search(
       stay_lm_weighted = jnp.where(frames_from_ext, retimed_lm, state.lm_weighted)
     base = stay_lm_weighted + length_bonus * state.length + state.bias  # [batch, K]
     if bias is not None:
-      ext_bias_state, ext_bias = biasing.advance(bias, state.bias_state[..., None], tok)
+      # [batch, K, 1] states and [batch, 1, C] tokens: each looked up once, then broadcast.
+      ext_bias_state, ext_bias = biasing.advance(
+        bias, state.bias_state[..., None], cand_tok[:, None, :]
+      )
       ext_extra = ext_extra + ext_bias
     stay_total = jnp.logaddexp(stay_b, stay_nb) + base
     ext_total = ext_nb + base[..., None] + ext_extra
