@@ -108,14 +108,14 @@ class ContextGraph:
     fail: int32 [nodes], failure link (the longest proper suffix that is a
       prefix of some phrase); `ROOT` for the root and padded nodes.
     node_score: float32 [nodes], sum of the edge boosts from the root.
-    match_score: float32 [nodes], sum of `node_score` over the phrase ends on
-      the node's failure chain, itself included.
-    matched: bool [nodes], True where a phrase ends on that chain. A matched
-      node is a state only until the next token confirms or takes back the match.
+    matched: bool [nodes], True where a phrase ends on the node's failure chain,
+      itself included. A matched node is a state only until the next token
+      confirms or takes back the match.
     word_start: bool [vocab], the tokens that confirm a completed match (all
       True without a word-start table).
-    gain: float32 [nodes], what a hypothesis in the node holds: `match_score` where
-      `matched`, else `node_score` (one lookup instead of three).
+    gain: float32 [nodes], what a hypothesis in the node holds: where `matched`,
+      its `match_score` (the sum of `node_score` over the phrase ends on the
+      failure chain), else `node_score`.
     vocab_size: number of token ids.
     search_steps: binary-search steps of `advance` inside a node's edge segment: enough for
       the longest segment (its length's bit length), rounded up to a multiple of 4 so that
@@ -131,7 +131,6 @@ class ContextGraph:
   root_next: jax.Array
   fail: jax.Array
   node_score: jax.Array
-  match_score: jax.Array
   matched: jax.Array
   word_start: jax.Array
   gain: jax.Array
@@ -321,7 +320,6 @@ def build_context_graph(
     root_next=jnp.asarray(root_next),
     fail=padded(fail, np.int32),
     node_score=padded(node_score, np.float32),
-    match_score=padded(match_score, np.float32),
     matched=padded(matched, bool),
     word_start=jnp.asarray(starts),
     gain=padded(np.where(matched, match_score, node_score), np.float32),
@@ -353,9 +351,9 @@ def search_steps(longest_segment: int) -> int:
   return max(4, -(-longest_segment.bit_length() // 4) * 4)
 
 
-def _goto(graph: ContextGraph, start: jax.Array, end: jax.Array, token: jax.Array) -> jax.Array:
-  """Target of `token` from the node whose edge segment is [start, end) through goto and
-  failure arcs (before matches)."""
+def _goto(graph: ContextGraph, start, end, token, in_vocab) -> jax.Array:
+  """Target of `token` (a phrase token; `in_vocab` it clipped to the vocabulary) from the
+  node whose edge segment is [start, end) through goto and failure arcs (before matches)."""
   edge_slots = graph.num_edge_slots
 
   # Lower bound of `token` in the node's sorted segment [start, end).
@@ -372,10 +370,7 @@ def _goto(graph: ContextGraph, start: jax.Array, end: jax.Array, token: jax.Arra
   lo, _ = lax.fori_loop(0, steps, step, (start, end), unroll=True)
   slot = jnp.minimum(lo, edge_slots - 1)
   found = (lo < end) & (graph.edge_token[slot] == token)
-  from_root = graph.root_next[jnp.clip(token, 0, graph.vocab_size - 1)]
-  target = jnp.where(found, graph.edge_next[slot], from_root)
-  in_phrases = (token >= NUM_SPECIAL_TOKENS) & (token < graph.vocab_size)
-  return jnp.where(in_phrases, target, ROOT)
+  return jnp.where(found, graph.edge_next[slot], graph.root_next[in_vocab])
 
 
 def advance(graph: ContextGraph, state: jax.Array, token: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -407,12 +402,12 @@ def advance(graph: ContextGraph, state: jax.Array, token: jax.Array) -> tuple[ja
   confirmed = pending & starts_word  # [shape]
   if graph.dense_next is not None:
     target = graph.dense_next[jnp.where(confirmed, ROOT, state), in_vocab].astype(jnp.int32)
-    target = jnp.where(in_phrases, target, ROOT)
   else:
     start = jnp.broadcast_to(graph.edge_start[state], shape)
     # A confirmed match goes on from the root, which has no edge slots (an empty segment).
     end = jnp.where(confirmed, start, graph.edge_start[state + 1])
-    target = _goto(graph, start, end, jnp.broadcast_to(token, shape))
+    target = _goto(graph, start, end, jnp.broadcast_to(token, shape), in_vocab)
+  target = jnp.where(in_phrases, target, ROOT)
   score = graph.gain[target] - jnp.where(confirmed, 0.0, held)
   return target.astype(jnp.int32), score.astype(jnp.float32)
 
