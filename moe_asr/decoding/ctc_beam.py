@@ -303,7 +303,9 @@ def _search(
         [state.bias, (state.bias[..., None] + ext_bias).reshape(batch, K * C)], axis=1
       )
       _, reserved = jax.lax.top_k(total - bias_part, config.bias_reserve)
-      taken = jnp.zeros(total.shape, bool).at[jnp.arange(batch)[:, None], reserved].set(True)
+      # A comparison, not a scatter: XLA's CPU scatter is a serial loop.
+      slots = jnp.arange(total.shape[1], dtype=reserved.dtype)
+      taken = (reserved[:, :, None] == slots).any(axis=1)  # [batch, K + K * C]
       # Dead candidates (-inf) still rank above the reserved ones, so no slot is taken twice.
       lowest = jnp.finfo(jnp.float32).min
       _, rest = jax.lax.top_k(
