@@ -178,6 +178,8 @@ RANGES: dict[str, Callable[[object], str | None]] = {
   "decode.token_topk": _COUNT,
   "lm_train.steps": _POSITIVE_COUNT,
   "lm_train.batch_size": _POSITIVE_COUNT,
+  "transfer.adapter_gate": _one_of("language", "none"),
+  "transfer.lid_margin": _at_least(0),
   "distributed.initialization_timeout_s": _POSITIVE_COUNT,
   "distributed.heartbeat_timeout_s": _POSITIVE_COUNT,
   "distributed.shutdown_timeout_s": _POSITIVE_COUNT,

@@ -217,10 +217,11 @@ def test_optimizer_step_updates_only_trainable_params(extra):
   assert ("classifier/kernel" in changed) == bool(extra)
 
 
-@pytest.mark.parametrize("method", ["adapters", "lora"])
+@pytest.mark.parametrize("method", ["adapters", "ungated_adapters", "lora"])
 def test_a_transfer_wraps_the_real_model_and_starts_as_the_identity(method):
-  """`transfer.add_modules` on the tiny preset's model: one adapter after each encoder block
-  (or LoRA on the targeted linears), and the encoder's output unchanged at initialisation."""
+  """`transfer.add_modules` on the tiny preset's model: an adapter after each encoder block
+  above the LID layer, gated by the language (or after every block, ungated; or LoRA on the
+  targeted linears), and the encoder's output unchanged at initialisation."""
   from moe_asr import config_lib
   from moe_asr.training import state as state_lib
   from moe_asr.training import transfer
@@ -230,13 +231,22 @@ def test_a_transfer_wraps_the_real_model_and_starts_as_the_identity(method):
   plain = state_lib.make_model(cfg, **kwargs)
   with cfg.unlocked():
     cfg.transfer = transfer.config_section()
-  cfg.transfer.method = method
+  cfg.transfer.method = "adapters" if "adapters" in method else method
+  cfg.transfer.adapter_gate = "none" if method == "ungated_adapters" else "language"
+  cfg.transfer.language = "es"
   cfg.transfer.source = "a-source-run"  # Read only by the growth, not by add_modules.
   wrapped = state_lib.make_model(cfg, **kwargs)
   blocks = wrapped.encoder.blocks
+  lid_layer = cfg.model.encoder.lid_layer
   if method == "adapters":
+    assert 0 <= lid_layer < len(blocks) - 1
+    for i, block in enumerate(blocks):
+      assert isinstance(block, adapters.AdaptedModule) == (i > lid_layer), i
+    assert blocks[-1].gate_language == 1
+    assert blocks[-1].adapter.up_kernel.shape[-1] == cfg.model.encoder.d_model
+  elif method == "ungated_adapters":
     assert all(isinstance(b, adapters.AdaptedModule) for b in blocks)
-    assert blocks[0].adapter.up_kernel.shape[-1] == cfg.model.encoder.d_model
+    assert blocks[0].gate_language is None
   else:
     assert any(isinstance(m, adapters.LoRALinear) for _, m in nnx.iter_modules(wrapped))
   feats = jax.random.normal(jax.random.key(0), (2, 40, cfg.model.encoder.num_mel_bins))
@@ -245,3 +255,67 @@ def test_a_transfer_wraps_the_real_model_and_starts_as_the_identity(method):
   a = plain.encoder(feats, mask)
   b = wrapped.encoder(feats, mask)
   np.testing.assert_allclose(np.asarray(b.x), np.asarray(a.x), rtol=0, atol=1e-6)
+
+
+class LanguageBlock(ToyBlock):
+  """A block called with per-frame language posteriors, as conformer blocks above the LID are."""
+
+  def __call__(self, x, lang_probs=None):
+    del lang_probs
+    return super().__call__(x)
+
+
+def test_language_gated_adapter_scales_its_residual_by_the_language_posterior():
+  model = nnx.Dict(block=LanguageBlock(D, nnx.Rngs(0)))
+  inner = model["block"]
+  assert adapters.add_residual_adapters(model, target="^block$", bottleneck=4, gate_language=1) == 1
+  wrapped = model["block"]
+  assert wrapped.inner is inner and wrapped.gate_language == 1
+  # A trained adapter (the zero-initialised up-projection would make it an identity).
+  up = wrapped.adapter.up_kernel
+  up[...] = jax.random.normal(jax.random.key(3), up[...].shape)
+  x = _x()  # [2, 5, D]
+  # Frame posteriors of three languages: language 1 with 1, 0, 0.5, 0, 1 over the frames.
+  p1 = jnp.array([1.0, 0.0, 0.5, 0.0, 1.0])
+  probs = jnp.stack([(1 - p1) / 2, p1, (1 - p1) / 2], axis=-1)
+  probs = jnp.broadcast_to(probs, (2, 5, 3))
+  out, aux = wrapped(x, lang_probs=probs)
+  base, base_aux = inner(x)
+  residual = wrapped.adapter.residual(base)
+  assert float(jnp.abs(residual).min(axis=-1).max()) > 0  # Every frame's residual is nonzero.
+  np.testing.assert_array_equal(aux, base_aux)
+  other = p1 == 0.0
+  np.testing.assert_array_equal(out[:, other], base[:, other])  # Other languages: untouched.
+  np.testing.assert_allclose(out, base + p1[None, :, None] * residual, rtol=1e-6, atol=1e-6)
+  ungated, _ = adapters.AdaptedModule(inner, wrapped.adapter)(x, lang_probs=probs)
+  np.testing.assert_allclose(out[:, p1 == 1.0], ungated[:, p1 == 1.0], rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="without lang_probs"):
+    wrapped(x)
+
+
+def test_transfer_adapters_wrap_only_the_blocks_above_the_lid_layer():
+  import re
+
+  from moe_asr.data import languages
+  from moe_asr.training import transfer
+
+  cfg = __import__("ml_collections").ConfigDict(
+    {
+      "transfer": {"adapter_gate": "language", "language": "ru"},
+      "model": {"num_languages": 7, "encoder": {"lid_layer": 2, "num_layers": 6}},
+    }
+  )
+  target, gate = transfer.adapter_target(cfg)
+  assert gate == languages.language_index("ru")
+  wrapped = [i for i in range(8) if re.search(target, f"encoder/blocks/{i}")]
+  assert wrapped == [3, 4, 5]
+  assert not re.search(target, "encoder/blocks/4/mha")
+  cfg.transfer.adapter_gate = "none"
+  assert transfer.adapter_target(cfg) == (transfer.ADAPTER_TARGET, None)
+  cfg.transfer.adapter_gate = "language"
+  cfg.model.num_languages = 6
+  with pytest.raises(ValueError, match="no LID class"):
+    transfer.adapter_target(cfg)
+  cfg.model.encoder.lid_layer = 5
+  with pytest.raises(ValueError, match="above the LID layer"):
+    transfer.adapter_target(cfg)

@@ -7,6 +7,7 @@ language, trained on 8 fake CPU devices); the transfer runs in a subprocess on o
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -113,10 +114,20 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
     for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(run.state["model"]))
   }
   assert set(saved) <= set(grown)
-  changed = []
+  changed, lid_classes = [], []
+  init = languages.language_index(t.init_language)
   for name, old in saved.items():
     new = grown[name]
     index = tuple(slice(0, n) for n in old.shape)
+    if re.fullmatch(transfer.LID_OUT, name):
+      # Russian's LID class (grown, or the source's never-trained one) starts as the nearest
+      # language's, `lid_margin` lower; the other classes are the source's.
+      new, old = np.moveaxis(new, -1, 0), np.moveaxis(old, -1, 0)  # classes first
+      np.testing.assert_array_equal(new[:RU], old[:RU])
+      margin = t.lid_margin if name.endswith("bias") else 0.0
+      np.testing.assert_allclose(new[RU], old[init] - margin, rtol=0, atol=1e-5)
+      lid_classes.append(name)
+      continue
     if name.startswith("task_heads/") and ("intent" in name or "slot" in name):
       # The language's heads (never trained in the source) start as the nearest language's.
       init = languages.language_index(t.init_language)
@@ -127,6 +138,7 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
     if not np.array_equal(new[index], old):
       changed.append(name)
   assert not changed, changed  # Every old parameter (and old LID class) bit-identical.
+  assert len(lid_classes) >= 2, lid_classes  # The frame LID's and the utterance LID's.
   assert grown["ctc_head/kernel"].shape[1] == new_tok.vocab_size
 
 

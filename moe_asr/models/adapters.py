@@ -114,27 +114,51 @@ class ResidualAdapter(nnx.Module):
     self.up_kernel = new(zeros, (bottleneck, d_model), ("mlp", "embed"))
     self.up_bias = new(zeros, (d_model,), ("embed",))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def residual(self, x: jax.Array) -> jax.Array:
+    """What the adapter adds to `x` (float32)."""
     h = x.astype(jnp.float32)  # [..., d_model]
     mean = h.mean(axis=-1, keepdims=True)
     var = jnp.square(h - mean).mean(axis=-1, keepdims=True)
     h = (h - mean) * jax.lax.rsqrt(var + 1e-6) * self.norm_scale[...] + self.norm_bias[...]
     h = jax.nn.relu(h @ self.down_kernel[...] + self.down_bias[...])  # [..., bottleneck]
-    return x + (h @ self.up_kernel[...] + self.up_bias[...]).astype(x.dtype)
+    return h @ self.up_kernel[...] + self.up_bias[...]
+
+  def __call__(self, x: jax.Array, gate: jax.Array | None = None) -> jax.Array:
+    """x + residual(x), the residual scaled by `gate` ([..., 1], broadcast) where given."""
+    r = self.residual(x)
+    if gate is not None:
+      r = r * gate.astype(r.dtype)
+    return x + r.astype(x.dtype)
 
 
 class AdaptedModule(nnx.Module):
-  """Calls `inner` and applies `adapter` to its output (first element of a tuple)."""
+  """Calls `inner` and applies `adapter` to its output (first element of a tuple).
 
-  def __init__(self, inner: nnx.Module, adapter: ResidualAdapter):
+  With `gate_language` set the adapter is gated by language: its residual is scaled, frame
+  by frame, by that language's posterior in the `lang_probs` [batch, frames, L] the wrapped
+  block is called with (a conformer block above the LID layer gets them), so frames of
+  other languages pass as if the adapter were not there.
+  """
+
+  def __init__(self, inner: nnx.Module, adapter: ResidualAdapter, gate_language: int | None = None):
     self.inner = inner
     self.adapter = adapter
+    self.gate_language = gate_language
 
   def __call__(self, *args, **kwargs):
     out = self.inner(*args, **kwargs)
+    gate = None
+    if self.gate_language is not None:
+      probs = kwargs.get("lang_probs")
+      if probs is None:
+        raise ValueError(
+          "a language-gated adapter wraps a module called without lang_probs (a block at or "
+          "below the LID layer)"
+        )
+      gate = probs[..., self.gate_language, None]  # [batch, frames, 1]
     if isinstance(out, tuple):
-      return (self.adapter(out[0]), *out[1:])
-    return self.adapter(out)
+      return (self.adapter(out[0], gate), *out[1:])
+    return self.adapter(out, gate)
 
 
 def _child(parent, key):
@@ -223,6 +247,7 @@ def add_residual_adapters(
   bottleneck: int,
   d_model: int | None = None,
   rngs: nnx.Rngs | None = None,
+  gate_language: int | None = None,
 ) -> int:
   """Wraps every submodule whose path matches `target` in an `AdaptedModule`, in place.
 
@@ -237,6 +262,8 @@ def add_residual_adapters(
     d_model: width of the wrapped modules' outputs; default: each module's
       `d_model` (or `out_features`) attribute.
     rngs: initialises the adapters; default `nnx.Rngs(0)`.
+    gate_language: gate each adapter by this language's posterior in the `lang_probs`
+      the wrapped module is called with (`AdaptedModule`); None: ungated.
 
   Returns:
     Number of modules wrapped.
@@ -257,7 +284,7 @@ def add_residual_adapters(
     if width is None:
       raise ValueError(f"cannot infer the output width of {module_path(path)}; pass d_model")
     adapter = ResidualAdapter(width, bottleneck, rngs=rngs)
-    replacements[id(module)] = AdaptedModule(module, adapter)
+    replacements[id(module)] = AdaptedModule(module, adapter, gate_language)
   _replace_everywhere(model, replacements)
   return len(replacements)
 

@@ -13,8 +13,9 @@ transfer run in `W2`:
    logit starts at the mean of the old logits, never above their maximum: greedy outputs of
    the old languages do not change);
 3. for a language the source never heard (`transfer.new_language`, by default: the source's
-   LID does not pick it for the new data) adds an LID class where the language axis lacks
-   one (new column at the old columns' mean, bias below the old ones), and in every section
+   LID does not pick it for the new data) gives it an LID class (grown where the language
+   axis lacks one, restarted where the source has one it never trained) that starts as the
+   nearest language's with its bias `transfer.lid_margin` lower, and in every section
    routed by language (`router="language"`) a new expert that the language is mapped to
    (`expert_map`), initialised from the expert of the nearest language: the one the source's
    utterance LID gives the new data most often (`transfer.init_language`). Sections with a
@@ -25,10 +26,12 @@ transfer run in `W2`:
    their rows (by name), new ones start fresh, the encoder is kept;
 5. trains what the method names: `expert` the new vocabulary rows, the new experts, the
    language's LID and task-head slices (the whole heads for a new task); `lora` and
-   `adapters` those plus LoRA on the attention projections / residual adapters after each
-   encoder block; `full` everything. Parts of a parameter are frozen by masking the update
-   (`slice_mask`), whole parameters by `train.trainable`. `--replay 0.1` mixes that
-   fraction of the old training split into the new one;
+   `adapters` those plus LoRA on the attention projections / residual adapters (after the
+   blocks above the LID layer, gated frame by frame by the new language's LID posterior;
+   `transfer.adapter_gate="none"`: after every block, ungated); `full` everything. Parts
+   of a parameter are frozen by masking the update (`slice_mask`), whole parameters by
+   `train.trainable`. `--replay 0.1` mixes that fraction of the old training split into
+   the new one;
 6. scores the new language (`heldout_test`) and the old ones (`test`, `test_cs`) with the
    source and the transferred model: `W2/transfer/report.json` and `report.md`, with the
    change of each score (forgetting) and the share of parameters trained.
@@ -101,6 +104,13 @@ def config_section() -> ml_collections.ConfigDict:
   c.lora_rank = 8
   c.lora_alpha = 16.0
   c.adapter_bottleneck = 32
+  # "language": adapters after the blocks above the LID layer only, each scaled frame by
+  # frame by the new language's LID posterior, so other languages' frames pass unchanged;
+  # "none": after every encoder block, on every frame.
+  c.adapter_gate = "language"
+  # The new LID class starts as a copy of the nearest language's, this far (in logits)
+  # below it: never the argmax at first, yet a few nats from winning on the new data.
+  c.lid_margin = 4.0
   c.new_splits = (HELDOUT_TEST,)  # Scored for the new language.
   c.old_splits = ("test", "test_cs")  # Scored for forgetting.
   # Filled in by `transfer_config` (what the growth and the freezing need).
@@ -418,13 +428,38 @@ def add_modules(model, cfg: ml_collections.ConfigDict) -> None:
       model, rank=int(t.lora_rank), alpha=float(t.lora_alpha), target=LORA_TARGET, rngs=rngs
     )
   elif t.method == "adapters":
+    target, gate = adapter_target(cfg)
     n = adapters.add_residual_adapters(
-      model, target=ADAPTER_TARGET, bottleneck=int(t.adapter_bottleneck), rngs=rngs
+      model, target=target, bottleneck=int(t.adapter_bottleneck), rngs=rngs, gate_language=gate
     )
   else:
     return
   if not n:
     raise ValueError(f"transfer method {t.method!r}: no module of the model to wrap")
+
+
+def adapter_target(cfg: ml_collections.ConfigDict) -> tuple[str, int | None]:
+  """(regex of the encoder blocks an `adapters` transfer wraps, the gating language or None)."""
+  t = cfg.transfer
+  gate = t.get("adapter_gate", "none")  # Runs saved before the gate existed were ungated.
+  if gate == "none":
+    return ADAPTER_TARGET, None
+  if gate != "language":
+    raise ValueError(f"transfer.adapter_gate must be 'language' or 'none', got {gate!r}")
+  e = cfg.model.encoder
+  above = [str(i) for i in range(int(e.lid_layer) + 1, int(e.num_layers))]
+  if not above:
+    raise ValueError(
+      f"transfer.adapter_gate='language' needs encoder blocks above the LID layer "
+      f"(lid_layer={e.lid_layer}, num_layers={e.num_layers}); use 'none'"
+    )
+  index = langs_lib.language_index(t.language)
+  if index >= int(cfg.model.num_languages):
+    raise ValueError(
+      f"transfer.language={t.language!r} (language {index}) has no LID class in a model of "
+      f"{cfg.model.num_languages} languages"
+    )
+  return rf"^encoder/blocks/({'|'.join(above)})$", index
 
 
 def slice_mask(slices: Sequence[Sequence]) -> optax.GradientTransformation:
@@ -485,10 +520,12 @@ def _grow(name: str, old: np.ndarray, fresh: np.ndarray, cfg) -> np.ndarray:
     old_map = [int(e) for e in str(t.old_expert_maps[section]).split()]
     new = np.repeat(np.take(old, [old_map[init]], axis=axis), extra, axis=axis)
   elif re.fullmatch(LID_OUT, name):
-    mean = old.mean(axis=axis, keepdims=True)
+    # The nearest language's class, `lid_margin` lower: the new class's logit is that
+    # language's minus the margin on every frame, so no old argmax changes.
+    new = np.take(old, [init], axis=axis)
     if name.endswith("bias"):
-      mean = np.full_like(mean, old.min() - 4.0)  # Below every old class at first.
-    new = np.repeat(mean, extra, axis=axis)
+      new = new - float(t.get("lid_margin", 4.0))
+    new = np.repeat(new, extra, axis=axis)
   elif any(re.fullmatch(p, name) for p in LANGUAGE_AXES):
     new = np.repeat(np.take(old, [init], axis=axis), extra, axis=axis)
   else:  # A vocabulary axis: the mean of the old rows.
@@ -563,6 +600,19 @@ def init_from_source(run) -> object:
       # The language's heads start as the nearest language's (the source never trained them).
       value = np.array(value, copy=True)
       value[index] = value[init]
+    lid = re.fullmatch(LID_OUT, _source_name(name))
+    if lid and t.new_language == "yes" and init is not None:
+      # A class the source has but never trained (its language held out) sits far below
+      # the others; it restarts like a grown one (`_grow`), from the nearest language.
+      value = np.array(value, copy=True)
+      axis = 1 if name.endswith("kernel") else 0
+      slot = np.take(value, init, axis=axis)
+      if axis == 0:
+        slot = slot - float(t.get("lid_margin", 4.0))
+      if axis == 1:
+        value[:, index] = slot
+      else:
+        value[index] = slot
     return jax.device_put(value.astype(fresh.dtype), leaf.sharding)
 
   state = run.state
