@@ -180,6 +180,7 @@ RANGES: dict[str, Callable[[object], str | None]] = {
   "lm_train.batch_size": _POSITIVE_COUNT,
   "transfer.adapter_gate": _one_of("language", "none"),
   "transfer.lid_margin": _at_least(0),
+  "transfer.vocab_gate": _one_of("language", "none"),
   "distributed.initialization_timeout_s": _POSITIVE_COUNT,
   "distributed.heartbeat_timeout_s": _POSITIVE_COUNT,
   "distributed.shutdown_timeout_s": _POSITIVE_COUNT,

@@ -385,7 +385,7 @@ def _block_output(model, batch, block):
   """The encoder's block `block` output on `batch` (eval mode), through a pass-through tap."""
   feats, mask = features.log_mel(batch["audio"], batch["audio_mask"], model.feature_cfg)
   feats = features.normalize_features(feats, mask)
-  enc = model.encoder(feats, mask, intermediate={block: lambda x, m: (x, x)})
+  enc = model.encoder(feats, mask, intermediate={block: lambda x, m, p: (x, x)})
   return enc.intermediate[0]
 
 
@@ -548,3 +548,48 @@ def test_greedy_decoding_on_upsampled_ctc_frames():
     # the token's language is the frame LID of the encoder frame holding that CTC frame.
     assert np.all(np.diff(frames) > 0) and frames.max() < int(encoded.ctc_mask[i].sum())
     np.testing.assert_array_equal(out["token_lang"][i, : n[i]], frame_lang[i, frames // 2])
+
+
+@nnx.jit
+def _oracle_forward(model, batch):
+  return model(batch, oracle_mix=1.0)
+
+
+def test_language_gated_tokens_are_emitted_only_where_the_lid_says_their_language():
+  """`model.token_languages`: the range's CTC logits, final and intermediate (a tap at the
+  LID layer), get log p(language | frame) added; other tokens, and the model's parameters,
+  are those of the ungated model."""
+  # (Without self-conditioning, which would carry the tap's gate into the blocks above.)
+  taps = ["model.inter_ctc.layers=(1,)", "model.inter_ctc.self_condition=False"]
+  plain = _model(taps)
+  gated = _model([*taps, "model.token_languages=((50,60,'es'),)"])
+  assert gated.token_languages == ((50, 60, 1),)
+  for x, y in zip(
+    jax.tree.leaves(nnx.state(gated, nnx.Param)),
+    jax.tree.leaves(nnx.state(plain, nnx.Param)),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(x, y)
+  batch = _batch(16000, 12)  # Utterance 0's frames are labelled language 1 (es).
+  batch["frame_lang"][1, :40] = 3  # Utterance 1's first frames: language 3.
+  a, b = _oracle_forward(plain, batch), _oracle_forward(gated, batch)
+  np.testing.assert_allclose(b.lid_probs, a.lid_probs, atol=1e-6)
+  for ungated, out in (
+    (a.ctc_logits, b.ctc_logits),
+    (a.inter_ctc_logits[0], b.inter_ctc_logits[0]),
+  ):
+    np.testing.assert_allclose(out[..., :50], ungated[..., :50], atol=1e-5)
+    expected = ungated[..., 50:] + np.log(np.maximum(np.asarray(a.lid_probs[..., 1:2]), 1e-6))
+    np.testing.assert_allclose(out[..., 50:], expected, atol=1e-4)
+  # The oracle posteriors: es frames keep the range's logits, frames of language 3 lose
+  # 13.8 nats on it.
+  es = np.asarray(a.lid_probs[0, :, 1]) == 1.0
+  other = np.asarray(a.lid_probs[1, :, 3]) == 1.0
+  assert es.sum() >= 10 and other.sum() >= 5
+  np.testing.assert_allclose(b.ctc_logits[0][es], a.ctc_logits[0][es], atol=1e-5)
+  drop = np.asarray(a.ctc_logits[1][other][:, 50:] - b.ctc_logits[1][other][:, 50:])
+  np.testing.assert_allclose(drop, -np.log(1e-6), atol=1e-3)
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    _model(["model.token_languages=((50,61,'es'),)"])
+  with pytest.raises(ValueError, match="Unknown language code"):
+    _model(["model.token_languages=((50,60,'xx'),)"])

@@ -114,19 +114,22 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
     for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(run.state["model"]))
   }
   assert set(saved) <= set(grown)
-  changed, lid_classes = [], []
+  changed, language_slots = [], []
   init = languages.language_index(t.init_language)
   for name, old in saved.items():
     new = grown[name]
     index = tuple(slice(0, n) for n in old.shape)
-    if re.fullmatch(transfer.LID_OUT, name):
-      # Russian's LID class (grown, or the source's never-trained one) starts as the nearest
-      # language's, `lid_margin` lower; the other classes are the source's.
-      new, old = np.moveaxis(new, -1, 0), np.moveaxis(old, -1, 0)  # classes first
+    lid = re.fullmatch(transfer.LID_OUT, name)
+    if lid or re.fullmatch(r"encoder/conditioners/\d+/(gamma|beta|embedding)", name):
+      # Russian's LID class and conditioning (grown, or the source's never-trained ones)
+      # start as the nearest language's, the LID bias `lid_margin` lower; the other
+      # languages' are the source's.
+      if lid:
+        new, old = np.moveaxis(new, -1, 0), np.moveaxis(old, -1, 0)  # classes first
       np.testing.assert_array_equal(new[:RU], old[:RU])
-      margin = t.lid_margin if name.endswith("bias") else 0.0
+      margin = t.lid_margin if lid and name.endswith("bias") else 0.0
       np.testing.assert_allclose(new[RU], old[init] - margin, rtol=0, atol=1e-5)
-      lid_classes.append(name)
+      language_slots.append(name)
       continue
     if name.startswith("task_heads/") and ("intent" in name or "slot" in name):
       # The language's heads (never trained in the source) start as the nearest language's.
@@ -138,7 +141,9 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
     if not np.array_equal(new[index], old):
       changed.append(name)
   assert not changed, changed  # Every old parameter (and old LID class) bit-identical.
-  assert len(lid_classes) >= 2, lid_classes  # The frame LID's and the utterance LID's.
+  # The frame LID's and the utterance LID's classes, the conditioners' rows.
+  assert sum("lid" in n for n in language_slots) >= 2, language_slots
+  assert any("conditioners" in n for n in language_slots), language_slots
   assert grown["ctc_head/kernel"].shape[1] == new_tok.vocab_size
 
 
@@ -165,9 +170,13 @@ def test_expert_transfer_from_8_devices_on_1(source, tiny_corpus, tmp_path):
   after = transfer.source_params(workdir)
   rules = transfer.slice_rules(cfg)
   moved = []
+  init = languages.language_index(cfg.transfer.init_language)
   for name, old in saved.items():
     new = after[name][tuple(slice(0, n) for n in old.shape)]
     trained = transfer.trained_mask(name, old.shape, after[name].shape, cfg, rules)
+    # Russian's never-trained language entries started as the nearest language's.
+    if cfg.transfer.new_language == "yes":
+      old = transfer.language_slot_from_nearest(name, old, RU, init, cfg)
     if not np.array_equal(new[~trained], old[~trained]):
       moved.append(name)
   assert not moved, moved

@@ -642,7 +642,9 @@ class ConformerEncoder(nnx.Module):
     oracle_lang_probs: jax.Array | None = None,
     oracle_mix: float | jax.Array = 0.0,
     stop_lid_gradient: bool = True,
-    intermediate: Mapping[int, Callable[[jax.Array, jax.Array], tuple[Any, jax.Array]]]
+    intermediate: Mapping[
+      int, Callable[[jax.Array, jax.Array, jax.Array | None], tuple[Any, jax.Array]]
+    ]
     | None = None,
   ) -> EncoderOutput:
     """Encodes log-mel features.
@@ -658,8 +660,9 @@ class ConformerEncoder(nnx.Module):
         stream is used).
       stop_lid_gradient: condition (and route) on stop_gradient(posteriors), so
         losses on the encoder output do not train the LID heads.
-      intermediate: {block index: fn(x, mask) -> (output, x')} run on that block's
-        output, whose `x'` the next block reads instead (intermediate and
+      intermediate: {block index: fn(x, mask, lang_probs) -> (output, x')} run on that
+        block's output (`lang_probs`: the posteriors conditioning the blocks above the LID
+        layer, None below it), whose `x'` the next block reads instead (intermediate and
         self-conditioned CTC); the outputs are returned in block order.
 
     Returns:
@@ -693,7 +696,7 @@ class ConformerEncoder(nnx.Module):
         utt_logits = self.utt_lid(x, mask)  # [batch, L]
       if i in intermediate:
         with jax.named_scope("inter_ctc"):
-          tap, x = intermediate[i](x, mask)
+          tap, x = intermediate[i](x, mask, cond_probs)
         taps.append(tap)
 
     if auxes:

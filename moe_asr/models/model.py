@@ -24,9 +24,34 @@ import numpy as np
 from flax import nnx
 
 from moe_asr.data import features as features_lib
+from moe_asr.data import languages as langs_lib
 from moe_asr.models import conformer, greedy, layers, lid, partitioning, task_heads, tracing
 from moe_asr.models import decoder as decoder_lib
 from moe_asr.models.moe import MoeAux
+
+# The smallest gate of a language-gated token (`token_languages`): log 1e-6 = -13.8 nats.
+_MIN_GATE = 1e-6
+
+
+def token_language_ranges(ranges, vocab_size: int, num_languages: int) -> tuple:
+  """`model.token_languages` checked: ((start, stop, language index), ...)."""
+  out = []
+  for entry in ranges:
+    if len(entry) != 3:
+      raise ValueError(f"model.token_languages entries are (start, stop, language), got {entry!r}")
+    start, stop, code = int(entry[0]), int(entry[1]), str(entry[2])
+    if not 0 <= start < stop <= vocab_size:
+      raise ValueError(
+        f"model.token_languages {entry!r}: ids [{start}, {stop}) outside the vocabulary of "
+        f"{vocab_size}"
+      )
+    index = langs_lib.language_index(code)
+    if index >= num_languages:
+      raise ValueError(
+        f"model.token_languages {entry!r}: {code!r} has no LID class among {num_languages}"
+      )
+    out.append((start, stop, index))
+  return tuple(out)
 
 
 @flax.struct.dataclass
@@ -157,6 +182,13 @@ class MoeAsr(nnx.Module):
     self.ctc_head = partitioning.dense(
       d_model, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=self.dtype
     )
+    # Token ids spelled in one language only, ((start, stop, language code), ...), as a
+    # transfer to a language of a new script adds: their CTC logits (final and intermediate)
+    # get log p(language | frame) of the LID that conditions the upper encoder added, so
+    # frames of other languages do not emit them (a gated output vocabulary).
+    self.token_languages = token_language_ranges(
+      cfg.get("token_languages", ()), vocab_size, cfg.num_languages
+    )
     # Intermediate CTC (ESPnet's interctc; Lee & Watanabe, 2021): the CTC head (shared)
     # also reads the outputs of these encoder blocks, each with its own CTC loss
     # (`train.loss.inter_ctc`). With self_condition (Nozaki & Komatsu, 2021) the next
@@ -249,7 +281,7 @@ class MoeAsr(nnx.Module):
     outputs = dict(zip(blocks, enc.intermediate, strict=True))
     return Encoded(
       enc=enc,
-      ctc_logits=self._ctc_logits(enc.x),
+      ctc_logits=self._ctc_logits(enc.x, enc.lid_probs),
       ctc_mask=jnp.repeat(enc.mask, self.ctc_upsample, axis=1),
       frame_lang=jnp.where(enc.mask, frame_lang, -1),
       utt_probs=jax.nn.softmax(enc.utt_lid_logits.astype(jnp.float32), axis=-1),
@@ -257,14 +289,22 @@ class MoeAsr(nnx.Module):
       phone_ctc_logits=tuple(outputs[i]["phones"] for i in self.phone_ctc_layers),
     )
 
-  def _ctc_logits(self, x: jax.Array) -> jax.Array:
-    """CTC logits, float32 [batch, frames * ctc_upsample, vocab], of encoder states x."""
+  def _ctc_logits(self, x: jax.Array, lang_probs: jax.Array | None = None) -> jax.Array:
+    """CTC logits, float32 [batch, frames * ctc_upsample, vocab], of encoder states x; the
+    ranges of `token_languages` gated by `lang_probs` [batch, frames, L] where given."""
     if self.ctc_upsampler is not None:
       batch_size, frames, width = x.shape
       x = self.ctc_upsampler(x).reshape(batch_size, frames * self.ctc_upsample, width)
-    return self.ctc_head(x).astype(jnp.float32)
+    logits = self.ctc_head(x).astype(jnp.float32)
+    if self.token_languages and lang_probs is not None:
+      probs = jax.lax.stop_gradient(lang_probs).astype(jnp.float32)
+      log_gate = jnp.log(jnp.maximum(probs, _MIN_GATE))  # [batch, frames, L]
+      log_gate = jnp.repeat(log_gate, self.ctc_upsample, axis=1)
+      for start, stop, language in self.token_languages:
+        logits = logits.at[..., start:stop].add(log_gate[..., language, None])
+    return logits
 
-  def _tap(self, x: jax.Array, mask: jax.Array, *, block: int):
+  def _tap(self, x: jax.Array, mask: jax.Array, lang_probs: jax.Array | None, *, block: int):
     """An encoder tap: ({"phones": phone CTC logits, "ctc": intermediate CTC logits} as
     configured for the block, what the next block reads). Phones read the block's output
     before self-conditioning changes it."""
@@ -272,12 +312,14 @@ class MoeAsr(nnx.Module):
     if block in self.phone_ctc_layers:
       out["phones"] = self.phone_ctc_head(x).astype(jnp.float32)
     if block in self.inter_ctc_layers:
-      out["ctc"], x = self._inter_ctc(x, mask)
+      out["ctc"], x = self._inter_ctc(x, mask, lang_probs)
     return out, x
 
-  def _inter_ctc(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def _inter_ctc(
+    self, x: jax.Array, mask: jax.Array, lang_probs: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """An intermediate CTC tap: (its logits, what the next encoder block reads)."""
-    logits = self._ctc_logits(x)
+    logits = self._ctc_logits(x, lang_probs)
     if self.inter_ctc_conditioner is not None:
       probs = jax.nn.softmax(logits, axis=-1)
       batch_size, frames, _ = x.shape

@@ -111,6 +111,9 @@ def config_section() -> ml_collections.ConfigDict:
   # The new LID class starts as a copy of the nearest language's, this far (in logits)
   # below it: never the argmax at first, yet a few nats from winning on the new data.
   c.lid_margin = 4.0
+  # "language": the tokens the new language adds are emitted only where the frame LID says
+  # it (`model.token_languages`); "none": everywhere, in competition with the old ones.
+  c.vocab_gate = "language"
   c.new_splits = (HELDOUT_TEST,)  # Scored for the new language.
   c.old_splits = ("test", "test_cs")  # Scored for forgetting.
   # Filled in by `transfer_config` (what the growth and the freezing need).
@@ -377,6 +380,11 @@ def transfer_config(
   if tokenizer.vocab_size > old_tok.vocab_size:
     for pattern, axis in VOCAB_AXES.items():
       slices.append((pattern, axis, old_tok.vocab_size, tokenizer.vocab_size))
+    if t.vocab_gate == "language":
+      span = (old_tok.vocab_size, tokenizer.vocab_size, language)
+      cfg.model.token_languages = (*tuple(cfg.model.get("token_languages", ())), span)
+    elif t.vocab_gate != "none":
+      raise ValueError(f"transfer.vocab_gate must be 'language' or 'none', got {t.vocab_gate!r}")
   # The language's LID class and task-head slices.
   if new_language:
     slices.append((LID_OUT.replace("(kernel|bias)", "kernel"), 1, index, index + 1))
@@ -562,6 +570,31 @@ def source_params(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
   return runtime.saved_params(directory, step)
 
 
+def language_slot_from_nearest(
+  name: str, value: np.ndarray, index: int, init: int, cfg: ml_collections.ConfigDict
+) -> np.ndarray:
+  """`value` with language `index`'s entries set to language `init`'s (a no-op for a
+  parameter without a language axis).
+
+  A language the source never heard has entries it never trained (where its language axis
+  already had the slot) or none (grown by `_grow`): either way they start as the nearest
+  language's, so a frame that the LID gives to the new language is conditioned, routed and
+  classified as the nearest language's would be. Its LID class starts `transfer.lid_margin`
+  below the nearest's: never the argmax at first, a few nats from winning on the new data.
+  """
+  axis = next((a for p, a in LANGUAGE_AXES.items() if re.fullmatch(p, name)), None)
+  if axis is None or value.ndim <= axis or value.shape[axis] <= max(index, init):
+    return value
+  value = np.array(value, copy=True)
+  slot = np.take(value, init, axis=axis)
+  if re.fullmatch(LID_OUT, name) and name.endswith("bias"):
+    slot = slot - float(cfg.transfer.get("lid_margin", 4.0))
+  where = [slice(None)] * value.ndim
+  where[axis] = index
+  value[tuple(where)] = slot
+  return value
+
+
 def init_from_source(run) -> object:
   """The run's state with the source's parameters copied in and grown (see the module doc)."""
   from moe_asr.training import state as state_lib
@@ -596,23 +629,8 @@ def init_from_source(run) -> object:
     else:
       value = _grow(name, old, fresh, cfg)
       counts["grown"] += 1
-    if task_head and not new_task and t.new_language == "yes" and init is not None:
-      # The language's heads start as the nearest language's (the source never trained them).
-      value = np.array(value, copy=True)
-      value[index] = value[init]
-    lid = re.fullmatch(LID_OUT, _source_name(name))
-    if lid and t.new_language == "yes" and init is not None:
-      # A class the source has but never trained (its language held out) sits far below
-      # the others; it restarts like a grown one (`_grow`), from the nearest language.
-      value = np.array(value, copy=True)
-      axis = 1 if name.endswith("kernel") else 0
-      slot = np.take(value, init, axis=axis)
-      if axis == 0:
-        slot = slot - float(t.get("lid_margin", 4.0))
-      if axis == 1:
-        value[:, index] = slot
-      else:
-        value[index] = slot
+    if t.new_language == "yes" and init is not None and not (task_head and new_task):
+      value = language_slot_from_nearest(_source_name(name), value, index, init, cfg)
     return jax.device_put(value.astype(fresh.dtype), leaf.sharding)
 
   state = run.state

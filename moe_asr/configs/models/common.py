@@ -81,6 +81,9 @@ def model_config(
   # CTC frames per encoder frame (1: the encoder rate, 25 Hz). 2 lets the CTC head emit up to
   # one token per 20 ms, for character tokens of fast speech (`MoeAsr.ctc_upsample`).
   m.ctc_upsample = 1
+  # ((start, stop, language), ...): token ids only that language spells, their CTC logits
+  # gated by its frame LID posterior (`moe-asr transfer` sets it for a new script).
+  m.token_languages = ()
   # Intermediate CTC: encoder blocks (0-based, below the last) whose outputs the CTC head
   # also reads, each with its own CTC loss (weight `train.loss.inter_ctc`); self_condition
   # adds a projection of their posteriors to the next block's input (self-conditioned CTC).
