@@ -11,7 +11,10 @@ transfer run in `W2`:
    output layer, the intermediate-CTC conditioner, the word tagger's token embedding): old
    rows are copied bit for bit, new rows start at the mean of the old ones (so a new token's
    logit starts at the mean of the old logits, never above their maximum: greedy outputs of
-   the old languages do not change);
+   the old languages do not change). The new tokens belong to the new language
+   (`model.token_languages`, `transfer.vocab_gate="language"`): their CTC logits get
+   log p(new language | frame) added, so frames the LID gives to another language do not
+   emit them however training moves their rows;
 3. for a language the source never heard (`transfer.new_language`, by default: the source's
    LID does not pick it for the new data) gives it an LID class (grown where the language
    axis lacks one, restarted where the source has one it never trained) that starts as the
