@@ -181,6 +181,7 @@ RANGES: dict[str, Callable[[object], str | None]] = {
   "transfer.adapter_gate": _one_of("language", "none"),
   "transfer.lid_margin": _at_least(0),
   "transfer.vocab_gate": _one_of("language", "none"),
+  "transfer.lid_prior": _one_of("mix", "none"),
   "distributed.initialization_timeout_s": _POSITIVE_COUNT,
   "distributed.heartbeat_timeout_s": _POSITIVE_COUNT,
   "distributed.shutdown_timeout_s": _POSITIVE_COUNT,

@@ -224,3 +224,48 @@ def test_lid_loss_gradients_are_finite_with_unusable_examples():
   assert np.abs(np.asarray(grads[1][0])).max() == 0.0  # Unusable CTC example: no gradient.
   assert np.abs(np.asarray(grads[2][0])).max() > 0.0  # It falls back to the utterance CE.
   assert np.abs(np.asarray(grads[1][1])).max() > 0.0
+
+
+def test_lid_log_prior_adjusts_the_training_logits_only():
+  """Logit adjustment (`train.loss.lid_log_prior`): the LID losses read logits + log prior
+  (the LID-CTC blank untouched); the prior of a transfer's mix sums to one."""
+  import types
+
+  from moe_asr.training import losses, transfer
+
+  out = types.SimpleNamespace(
+    frame_lid_logits=_random((2, 4, L), 0),
+    lid_ctc_logits=_random((2, 4, L + 1), 1),
+    utt_lid_logits=_random((2, L), 2),
+  )
+  prior = (np.log(0.9), np.log(0.05), np.log(0.05))
+  frame, ctc, utt = losses.lid_logits_with_prior(out, prior)
+  np.testing.assert_allclose(frame, np.asarray(out.frame_lid_logits) + prior, atol=1e-6)
+  np.testing.assert_allclose(utt, np.asarray(out.utt_lid_logits) + prior, atol=1e-6)
+  np.testing.assert_array_equal(ctc[..., 0], out.lid_ctc_logits[..., 0])
+  np.testing.assert_allclose(
+    ctc[..., 1:], np.asarray(out.lid_ctc_logits[..., 1:]) + prior, atol=1e-6
+  )
+  unchanged = losses.lid_logits_with_prior(out, ())
+  assert all(a is b for a, b in zip(unchanged, vars(out).values(), strict=True))
+  with pytest.raises(ValueError, match="2 entries for 3 languages"):
+    losses.lid_logits_with_prior(out, prior[:2])
+  # A class the mix favours needs less of a raw margin: its adjusted CE is lower, the others'
+  # higher, so training matches the raw logits to the data without the mix's prior.
+  targets = jnp.array([[0, 0, 0, 0], [1, 1, 1, 1]])
+  mask = jnp.ones((2, 4), bool)
+  raw = [
+    lid.frame_lid_loss(out.frame_lid_logits[i : i + 1], targets[i : i + 1], mask[:1])[0]
+    for i in (0, 1)
+  ]
+  adj = [lid.frame_lid_loss(frame[i : i + 1], targets[i : i + 1], mask[:1])[0] for i in (0, 1)]
+  assert float(adj[0]) < float(raw[0]) and float(adj[1]) > float(raw[1])
+  # The mix of a transfer with 10% replay over six old languages (a seventh, never trained,
+  # is the new one).
+  mix = np.exp(transfer.mix_log_prior(7, 6, 7, 0.9))
+  np.testing.assert_allclose(mix.sum(), 1.0, atol=1e-9)
+  np.testing.assert_allclose(mix, [0.1 / 6] * 6 + [0.9], atol=1e-12)
+  # A grown axis: the new class beyond the source's; a class of neither gets the old share.
+  mix = np.exp(transfer.mix_log_prior(8, 7, 6, 0.7))
+  np.testing.assert_allclose(mix[:6], 0.05, atol=1e-12)
+  assert mix[7] == pytest.approx(0.7) and mix[6] == pytest.approx(0.05)

@@ -50,6 +50,11 @@ def loss_config() -> ml_collections.ConfigDict:
   c.router_z = 0.001  # Router z-loss (ST-MoE).
   c.lid_alignment = 0.1  # Hybrid router: routing agrees with the LID posterior.
   c.label_smoothing = 0.1  # Attention CE.
+  # Log prior of each language in the training data, added to the LID logits inside the
+  # LID losses only (logit adjustment, Menon et al. 2021): the trained logits then carry no
+  # prior of the training mix, e.g. a transfer's new language at 90% with 10% replay.
+  # () = none.
+  c.lid_log_prior = ()
   # (start_step, ramp_steps) per term: 0 before start, linear up to the weight after.
   c.ctc_warmup = (0, 0)
   c.inter_ctc_warmup = (0, 0)
@@ -128,6 +133,19 @@ def moe_aux_loss(aux: MoeAux, cfg: Mapping) -> jax.Array:
 
 
 @jax.named_scope("losses")
+def lid_logits_with_prior(out, log_prior) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(frame, LID-CTC, utterance) LID logits with `lid_log_prior` added (blank: none)."""
+  frame, ctc, utt = out.frame_lid_logits, out.lid_ctc_logits, out.utt_lid_logits
+  if not log_prior:
+    return frame, ctc, utt
+  if len(log_prior) != frame.shape[-1]:
+    raise ValueError(
+      f"train.loss.lid_log_prior has {len(log_prior)} entries for {frame.shape[-1]} languages"
+    )
+  prior = jnp.asarray(log_prior, jnp.float32)
+  return frame + prior, ctc.at[..., 1:].add(prior), utt + prior
+
+
 def _task_terms(
   out: MoeAsrOutput,
   batch: Mapping[str, jax.Array],
@@ -220,10 +238,11 @@ def joint_loss(
   metrics["att"] = att
 
   utt_labels = jnp.where(example_mask, batch["language"], -1)
+  frame_logits, lid_ctc_logits, utt_logits = lid_logits_with_prior(out, cfg.get("lid_log_prior"))
   frame_lid, _ = lid.lid_loss(
-    out.frame_lid_logits,
-    out.lid_ctc_logits,
-    out.utt_lid_logits,
+    frame_logits,
+    lid_ctc_logits,
+    utt_logits,
     out.enc_mask,
     out.frame_lang,
     batch["lang_runs"],
@@ -231,7 +250,7 @@ def joint_loss(
   )
   # The utterance head is trained on every utterance with a language label,
   # also where frame targets supervise the frame head.
-  utt_lid, _ = lid.utterance_lid_loss(out.utt_lid_logits, utt_labels)
+  utt_lid, _ = lid.utterance_lid_loss(utt_logits, utt_labels)
   metrics.update(lid_frame=frame_lid, lid_utt=utt_lid, lid=frame_lid + utt_lid)
   utt_pred = out.utt_lid_logits.argmax(-1)
   known = utt_labels >= 0

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 import re
 import time
@@ -117,6 +118,9 @@ def config_section() -> ml_collections.ConfigDict:
   # "language": the tokens the new language adds are emitted only where the frame LID says
   # it (`model.token_languages`); "none": everywhere, in competition with the old ones.
   c.vocab_gate = "language"
+  # "mix": with replay, the LID losses add the mix's log prior of each language (logit
+  # adjustment), so 90% new-language data does not teach the LID to say it everywhere.
+  c.lid_prior = "mix"
   c.new_splits = (HELDOUT_TEST,)  # Scored for the new language.
   c.old_splits = ("test", "test_cs")  # Scored for forgetting.
   # Filled in by `transfer_config` (what the growth and the freezing need).
@@ -377,6 +381,12 @@ def transfer_config(
   new_language = t.new_language == "yes"
   if new_language and index >= num_languages:
     cfg.model.num_languages = index + 1  # Referenced by every section's num_languages.
+  if replay > 0 and new_language and t.get("lid_prior", "mix") == "mix":
+    cfg.train.loss.lid_log_prior = mix_log_prior(
+      int(cfg.model.num_languages), index, num_languages, n_new / (n_new + n_old)
+    )
+  elif t.get("lid_prior", "mix") not in ("mix", "none"):
+    raise ValueError(f"transfer.lid_prior must be 'mix' or 'none', got {t.lid_prior!r}")
   slices = _expert_slices(cfg, src, t, index, new_language)
   train_whole: list[str] = []
   # Vocabulary rows.
@@ -447,6 +457,19 @@ def add_modules(model, cfg: ml_collections.ConfigDict) -> None:
     return
   if not n:
     raise ValueError(f"transfer method {t.method!r}: no module of the model to wrap")
+
+
+def mix_log_prior(
+  num_languages: int, new: int, old_num_languages: int, new_share: float
+) -> tuple[float, ...]:
+  """Log prior of each LID class in a transfer's mix: the new language at `new_share`, the
+  rest shared evenly by the source's other languages (the replayed data's language counts
+  are not read: the corpus's are close to even). Classes of neither get the old share."""
+  old = [i for i in range(old_num_languages) if i != new]
+  each = (1.0 - new_share) / max(len(old), 1)
+  prior = [math.log(each)] * num_languages
+  prior[new] = math.log(new_share)
+  return tuple(prior)
 
 
 def adapter_target(cfg: ml_collections.ConfigDict) -> tuple[str, int | None]:
