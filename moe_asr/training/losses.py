@@ -132,7 +132,6 @@ def moe_aux_loss(aux: MoeAux, cfg: Mapping) -> jax.Array:
   )
 
 
-@jax.named_scope("losses")
 def lid_logits_with_prior(out, log_prior) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(frame, LID-CTC, utterance) LID logits with `lid_log_prior` added (blank: none)."""
   frame, ctc, utt = out.frame_lid_logits, out.lid_ctc_logits, out.utt_lid_logits
@@ -146,6 +145,7 @@ def lid_logits_with_prior(out, log_prior) -> tuple[jax.Array, jax.Array, jax.Arr
   return frame + prior, ctc.at[..., 1:].add(prior), utt + prior
 
 
+@jax.named_scope("losses")
 def _task_terms(
   out: MoeAsrOutput,
   batch: Mapping[str, jax.Array],
