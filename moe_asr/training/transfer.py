@@ -381,23 +381,15 @@ def transfer_config(
   new_language = t.new_language == "yes"
   if new_language and index >= num_languages:
     cfg.model.num_languages = index + 1  # Referenced by every section's num_languages.
-  if replay > 0 and new_language and t.get("lid_prior", "mix") == "mix":
-    cfg.train.loss.lid_log_prior = mix_log_prior(
-      int(cfg.model.num_languages), index, num_languages, n_new / (n_new + n_old)
-    )
-  elif t.get("lid_prior", "mix") not in ("mix", "none"):
-    raise ValueError(f"transfer.lid_prior must be 'mix' or 'none', got {t.lid_prior!r}")
+  if replay > 0 and new_language:
+    _set_lid_prior(cfg, index, num_languages, n_new / (n_new + n_old))
   slices = _expert_slices(cfg, src, t, index, new_language)
   train_whole: list[str] = []
   # Vocabulary rows.
   if tokenizer.vocab_size > old_tok.vocab_size:
     for pattern, axis in VOCAB_AXES.items():
       slices.append((pattern, axis, old_tok.vocab_size, tokenizer.vocab_size))
-    if t.vocab_gate == "language":
-      span = (old_tok.vocab_size, tokenizer.vocab_size, language)
-      cfg.model.token_languages = (*tuple(cfg.model.get("token_languages", ())), span)
-    elif t.vocab_gate != "none":
-      raise ValueError(f"transfer.vocab_gate must be 'language' or 'none', got {t.vocab_gate!r}")
+    _gate_new_tokens(cfg, old_tok.vocab_size, tokenizer.vocab_size, language)
   # The language's LID class and task-head slices.
   if new_language:
     slices.append((LID_OUT.replace("(kernel|bias)", "kernel"), 1, index, index + 1))
@@ -457,6 +449,26 @@ def add_modules(model, cfg: ml_collections.ConfigDict) -> None:
     return
   if not n:
     raise ValueError(f"transfer method {t.method!r}: no module of the model to wrap")
+
+
+def _set_lid_prior(cfg, new: int, old_num_languages: int, new_share: float) -> None:
+  """`train.loss.lid_log_prior` of a transfer with replay (`transfer.lid_prior="mix"`)."""
+  mode = cfg.transfer.get("lid_prior", "mix")
+  if mode not in ("mix", "none"):
+    raise ValueError(f"transfer.lid_prior must be 'mix' or 'none', got {mode!r}")
+  if mode == "mix":
+    num_languages = int(cfg.model.num_languages)
+    cfg.train.loss.lid_log_prior = mix_log_prior(num_languages, new, old_num_languages, new_share)
+
+
+def _gate_new_tokens(cfg, old_vocab: int, new_vocab: int, language: str) -> None:
+  """Adds the new tokens to `model.token_languages` (`transfer.vocab_gate="language"`)."""
+  mode = cfg.transfer.vocab_gate
+  if mode not in ("language", "none"):
+    raise ValueError(f"transfer.vocab_gate must be 'language' or 'none', got {mode!r}")
+  if mode == "language":
+    span = (old_vocab, new_vocab, language)
+    cfg.model.token_languages = (*tuple(cfg.model.get("token_languages", ())), span)
 
 
 def mix_log_prior(
