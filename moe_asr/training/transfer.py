@@ -565,13 +565,6 @@ def _grow(name: str, old: np.ndarray, fresh: np.ndarray, cfg) -> np.ndarray:
     section = name.split("/")[0]
     old_map = [int(e) for e in str(t.old_expert_maps[section]).split()]
     new = np.repeat(np.take(old, [old_map[init]], axis=axis), extra, axis=axis)
-  elif re.fullmatch(LID_OUT, name):
-    # The nearest language's class, `lid_margin` lower: the new class's logit is that
-    # language's minus the margin on every frame, so no old argmax changes.
-    new = np.take(old, [init], axis=axis)
-    if name.endswith("bias"):
-      new = new - float(t.get("lid_margin", 4.0))
-    new = np.repeat(new, extra, axis=axis)
   elif any(re.fullmatch(p, name) for p in LANGUAGE_AXES):
     new = np.repeat(np.take(old, [init], axis=axis), extra, axis=axis)
   else:  # A vocabulary axis: the mean of the old rows.
