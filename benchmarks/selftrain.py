@@ -3,7 +3,8 @@
   python benchmarks/selftrain.py --root runs/selftrain --data-dir data \\
       [--config tiny] [--labelled 25] [--teacher-steps 300] [--student-steps 150] \\
       [--rounds 2] [--target-cer 0.3] [--keep-fractions 0.5 0.8] [--out docs/results/x.md] \\
-      [--override data.buckets='((4.0,8),(8.0,4))' ...]
+      [--override data.buckets='((4.0,8),(8.0,4))' ...] \\
+      [--student-override train.learning_rate=3e-4 ...] [--noise-snr 10 30]
 
 1. `supervised`: trained `--teacher-steps` on the first `--labelled` % of `train` only.
 2. `round1`, `round2`, ...: `moe_asr.selftrain.self_train` from it: the rest of `train`
@@ -15,6 +16,11 @@
 3. `supervised+N`: the control for the extra steps: the supervised run continued
    `--student-steps` x rounds steps on the labelled part alone (the same number of steps
    as the last round's student has had since the supervised run).
+
+`--override` applies to every run; `--student-override` to the students and the control
+only (they continue a trained run: a lower peak learning rate, no second curriculum or
+oracle-LID phase). `--noise-snr LOW HIGH` trains the students on noisy copies of the audio
+the teacher labelled clean (noisy student training).
 
 `python benchmarks/selftrain.py --score-pseudo-labels PL` scores a `moe-asr pseudo-label`
 output folder instead: the CER and intent accuracy of its kept and dropped pseudo-labels
@@ -158,6 +164,15 @@ def main(argv=None) -> int:
   parser.add_argument("--keep-fractions", type=float, nargs="+", default=[0.5, 0.8])
   parser.add_argument("--min-language-fraction", type=float, default=0.1)
   parser.add_argument("--pseudo-weight", type=float, default=0.5)
+  parser.add_argument(
+    "--student-override",
+    action="append",
+    default=[],
+    help="a.b=value override of the students and the control only (repeat)",
+  )
+  parser.add_argument(
+    "--noise-snr", type=float, nargs=2, default=None, help="students hear noisy copies (dB)"
+  )
   parser.add_argument("--splits", nargs="+", default=["test", "test_cs"])
   parser.add_argument("--out", default=None, help="markdown table file")
   parser.add_argument(
@@ -195,7 +210,8 @@ def main(argv=None) -> int:
     keep_fractions=args.keep_fractions,
     filter_cfg=selftrain.FilterConfig(min_language_fraction=args.min_language_fraction),
     pseudo_weight=args.pseudo_weight,
-    overrides=args.override,
+    overrides=args.override + args.student_override,
+    noise_snr=tuple(args.noise_snr) if args.noise_snr else None,
   )
   cfg = score.workdir_config(supervised)
   refs = selftrain.references(
@@ -229,7 +245,8 @@ def main(argv=None) -> int:
         f"data.train_split={labelled}",
         f"train.steps={extra}",
         f"init_from={supervised / 'checkpoints'}",
-      ],
+      ]
+      + args.student_override,
     )
   runs[f"supervised+{extra}"] = _scores(control, args.splits)
 
