@@ -17,17 +17,33 @@ piece of work writes a `DONE` marker (atomically, last): a second invocation ski
 done and resumes what is not (training resumes from its last checkpoint). Arguments after
 the options that start with `--config.` override every arm's config (`--config.data.buckets=
 ((3.0,8),)`); they are part of what the markers record, so a different override set retrains.
+
+`--archive DIR` keeps what is scored beyond `--out` (the demo's table is sixteen models of
+about 18 minutes each on two cores, more than one machine's day): every scored arm is copied
+there (`evals/<arm>/seed<k>/`: DONE, report.json, hypotheses/<split>.jsonl.gz), and an arm
+found there under the same settings is restored into `--out` instead of being scored again,
+so its model is not trained again either. The table (evidence.md, evidence.json, plots) is
+also written there. The settings a marker records include a digest of each model's resolved
+config, so a changed recipe scores again; the commit each arm was scored at is in its DONE.
+
+  python benchmarks/evidence.py --out runs/evidence --archive docs/results/evidence \\
+      --data-dir data --arms E1 --seeds 0                                  # one piece a day
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import gzip
+import hashlib
 import json
 import logging
 import math
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -283,6 +299,32 @@ def _config_path(name: str) -> pathlib.Path:
     raise SystemExit(f"--config {name}: {e}") from None
 
 
+@functools.cache
+def _recipe_digest(config: str, overrides: tuple[str, ...]) -> str:
+  """A digest of a model's resolved config: a recipe changed since a marker was written
+  does not match it."""
+  from moe_asr import config_lib
+
+  cfg = config_lib.load_config(_config_path(config), list(overrides))
+  text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _commit() -> str | None:
+  """The git commit of this checkout, when it is one."""
+  try:
+    proc = subprocess.run(
+      ["git", "rev-parse", "HEAD"],
+      cwd=pathlib.Path(__file__).parent,
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+  except OSError:
+    return None
+  return proc.stdout.strip() or None
+
+
 @dataclasses.dataclass
 class Plan:
   out: pathlib.Path
@@ -295,6 +337,7 @@ class Plan:
   max_batches: int
   lm_steps: int
   bootstrap: int
+  archive: pathlib.Path | None = None
 
   def model_dir(self, model: str, seed: int) -> pathlib.Path:
     return self.out / "models" / model / f"seed{seed}"
@@ -313,7 +356,12 @@ class Plan:
     return [*MODELS[model], *cadence, *self.overrides, *extra]
 
   def model_key(self, model: str, seed: int) -> dict:
-    return {"config": self.config, "overrides": self.model_overrides(model, seed)}
+    overrides = self.model_overrides(model, seed)
+    return {
+      "config": self.config,
+      "overrides": overrides,
+      "recipe": _recipe_digest(self.config, tuple(overrides)),
+    }
 
   def arm_seeds(self, arm: Arm) -> tuple[int, ...]:
     """The seeds an arm is scored on (an ensemble: once, on the first; none without two)."""
@@ -390,8 +438,8 @@ def _view(plan: Plan, arm: Arm, seed: int) -> pathlib.Path:
   return view
 
 
-def _eval_key(plan: Plan, arm: Arm, seed: int) -> tuple[dict, list[pathlib.Path], str]:
-  """(what an arm's DONE marker records, its ensemble members, their weights mode)."""
+def _eval_key(plan: Plan, arm: Arm, seed: int) -> dict:
+  """What an arm's DONE marker records: every setting its scores depend on."""
   key = {
     **plan.model_key(arm.model, seed),
     "decode": list(arm.decode),
@@ -401,16 +449,23 @@ def _eval_key(plan: Plan, arm: Arm, seed: int) -> tuple[dict, list[pathlib.Path]
     "lm_steps": plan.lm_steps if arm.needs_lm or arm.calibrate else None,
     "average_last": arm.average_last,
   }
-  members, weights = [], "equal"
   if arm.ensemble:
-    from moe_asr.training import ensemble
+    key["ensemble"] = {"members": [plan.model_key(arm.model, s) for s in _members(plan, seed)]}
+  return key
 
-    members = [plan.model_dir(arm.model, s) for s in plan.seeds if s != seed]
-    everyone = [plan.model_dir(arm.model, seed), *members]
-    if all(ensemble.last_validation_cer(w) is not None for w in everyone):
-      weights = "validation"
-    key["ensemble"] = {"members": [str(m) for m in members], "weights": weights}
-  return key, members, weights
+
+def _members(plan: Plan, seed: int) -> list[int]:
+  """The seeds of the other models of an ensemble scored on `seed`'s."""
+  return [s for s in plan.seeds if s != seed]
+
+
+def _ensemble_weights(workdirs: Sequence[pathlib.Path]) -> str:
+  """By validation CER where every member logged one, else equal."""
+  from moe_asr.training import ensemble
+
+  if all(ensemble.last_validation_cer(w) is not None for w in workdirs):
+    return "validation"
+  return "equal"
 
 
 def arms_done(plan: Plan) -> list[Arm]:
@@ -419,7 +474,7 @@ def arms_done(plan: Plan) -> list[Arm]:
     arm
     for arm in ARMS
     if plan.arm_seeds(arm)
-    and all(_done(plan.eval_dir(arm, s), _eval_key(plan, arm, s)[0]) for s in plan.arm_seeds(arm))
+    and all(_done(plan.eval_dir(arm, s), _eval_key(plan, arm, s)) for s in plan.arm_seeds(arm))
   ]
 
 
@@ -429,7 +484,7 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
 
   out_dir = plan.eval_dir(arm, seed)
   splits = plan.arm_splits(arm)
-  key, members, weights = _eval_key(plan, arm, seed)
+  key = _eval_key(plan, arm, seed)
   if _done(out_dir, key):
     _LOG.info("arm %s seed %d: done, skipped", arm.id, seed)
     return
@@ -439,6 +494,8 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
     train_lm(plan, arm.model, seed)
   overrides = [*arm.decode, "eval.plots=False", f"eval.max_batches={plan.max_batches}"]
   workdir = plan.model_dir(arm.model, seed)
+  members = [plan.model_dir(arm.model, s) for s in _members(plan, seed)] if arm.ensemble else []
+  weights = _ensemble_weights([workdir, *members])
   if arm.calibrate:
     workdir = _view(plan, arm, seed)
     # The fusion grid is one point (no LM): only the calibration is fitted.
@@ -456,7 +513,80 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
     ensemble=members,
     ensemble_weights=weights,
   )
-  _mark_done(out_dir, key, seconds=time.time() - start)
+  trained = json.loads((plan.model_dir(arm.model, seed) / "DONE").read_text())
+  _atomic_json(out_dir / "bias_phrases.json", _bias_phrases(plan))
+  _mark_done(
+    out_dir,
+    key,
+    seconds=time.time() - start,
+    train_seconds=trained.get("seconds"),
+    ensemble_weights=weights if arm.ensemble else None,
+    commit=_commit(),
+    written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    machine=_machine(),
+  )
+  archive_arm(plan, arm, seed)
+
+
+# --- The archive ------------------------------------------------------------------------
+
+
+def _archive_dir(plan: Plan, arm: Arm, seed: int) -> pathlib.Path:
+  assert plan.archive is not None
+  return plan.archive / "evals" / arm.id / f"seed{seed}"
+
+
+def _copy_eval(source: pathlib.Path, target: pathlib.Path, *, pack: bool) -> None:
+  """An arm's scores from one eval directory to another, whole or not at all.
+
+  `pack`: hypotheses/*.jsonl are gzipped on the way (else unpacked). Written to a
+  temporary directory renamed into place, the DONE marker copied last before the rename.
+  """
+  tmp = target.with_name(target.name + ".partial")
+  shutil.rmtree(tmp, ignore_errors=True)
+  (tmp / "hypotheses").mkdir(parents=True)
+  for name in ("report.json", "bias_phrases.json"):
+    if (source / name).exists():
+      shutil.copy2(source / name, tmp / name)
+  for path in sorted((source / "hypotheses").iterdir()):
+    if pack and path.suffix == ".jsonl":
+      with (
+        path.open("rb") as f,
+        gzip.GzipFile(tmp / "hypotheses" / (path.name + ".gz"), "wb", mtime=0) as g,
+      ):
+        shutil.copyfileobj(f, g)
+    elif not pack and path.name.endswith(".jsonl.gz"):
+      with gzip.open(path, "rb") as f, (tmp / "hypotheses" / path.name[:-3]).open("wb") as g:
+        shutil.copyfileobj(f, g)
+  shutil.copy2(source / "DONE", tmp / "DONE")
+  shutil.rmtree(target, ignore_errors=True)
+  tmp.rename(target)
+
+
+def archive_arm(plan: Plan, arm: Arm, seed: int) -> None:
+  """Copies a scored arm into the archive (nothing without --archive)."""
+  if plan.archive is not None:
+    target = _archive_dir(plan, arm, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _copy_eval(plan.eval_dir(arm, seed), target, pack=True)
+
+
+def restore_archived(plan: Plan, arms: Sequence[Arm]) -> list[str]:
+  """Arms scored earlier under the plan's settings, from the archive into --out."""
+  restored = []
+  if plan.archive is None:
+    return restored
+  for arm in arms:
+    for seed in plan.arm_seeds(arm):
+      key, out_dir = _eval_key(plan, arm, seed), plan.eval_dir(arm, seed)
+      if _done(out_dir, key) or not _done(_archive_dir(plan, arm, seed), key):
+        continue
+      out_dir.parent.mkdir(parents=True, exist_ok=True)
+      _copy_eval(_archive_dir(plan, arm, seed), out_dir, pack=False)
+      restored.append(f"{arm.id}/seed{seed}")
+  if restored:
+    _LOG.info("restored from %s: %s", plan.archive, ", ".join(restored))
+  return restored
 
 
 # --- The table --------------------------------------------------------------------------
@@ -481,6 +611,9 @@ def _bias_phrases(plan: Plan) -> list[str]:
     phrases = meta.get("bias_phrases") or data.get("bias_phrases")
     if phrases:
       return [text_lib.normalize(p if isinstance(p, str) else p[0]) for p in phrases]
+  # Arms restored from an archive have no model here: their scoring kept the phrases.
+  for path in sorted((plan.out / "evals").glob("*/seed*/bias_phrases.json")):
+    return json.loads(path.read_text())
   return []
 
 
@@ -690,6 +823,20 @@ def _verdict(v: bool | None) -> str:
   return "not measured" if v is None else ("holds" if v else "does not hold")
 
 
+def _scored(arm: dict) -> str:
+  """When, at which commit and in how many minutes each seed of an arm was scored."""
+  out = []
+  for seed, when in (arm.get("scored") or {}).items():
+    took = arm["seconds"].get(seed) or {}
+    minutes = "+".join(
+      f"{took[k] / 60:.1f}" if isinstance(took.get(k), int | float) else "?"
+      for k in ("train", "score")
+    )
+    commit = (when.get("commit") or "?")[:8]
+    out.append(f"seed {seed}: {when.get('written') or '?'}, {commit}, {minutes}")
+  return "; ".join(out) or "n/a"
+
+
 def format_markdown(result: dict) -> str:
   lines = ["# Evidence: does each idea pay on the task?", ""]
   meta = result["meta"]
@@ -760,13 +907,15 @@ def format_markdown(result: dict) -> str:
         + " |"
       )
     lines.append("")
-  lines += ["## Arms", "", "| arm | model | decode | seeds | params active / total |"]
-  lines += ["|---|---|---|---|---|"]
+  lines += ["## Arms", ""]
+  lines += ["| arm | model | decode | seeds | params active / total | scored (train + score min) |"]
+  lines += ["|---|---|---|---|---|---|"]
   for a in result["arms"]:
     lines.append(
       f"| {a['id']} | {a['model']} `{' '.join(a['model_overrides']) or '(recipe)'}` | "
       f"`{' '.join(a['decode'])}` | {', '.join(map(str, a['seeds_done']))} | "
-      f"{a.get('params_active', 'n/a')} / {a.get('params_total', 'n/a')} |"
+      f"{a.get('params_active', 'n/a')} / {a.get('params_total', 'n/a')} | "
+      f"{_scored(a)} |"
     )
   if result.get("plots"):
     lines += ["", "## Plots", ""]
@@ -876,8 +1025,11 @@ def summarize_experiment(plan: Plan, arms: Sequence[Arm]) -> dict:
       report = json.loads((plan.eval_dir(arm, seed) / "report.json").read_text())
       entry["params_active"] = report["model"]["params_active"]
       entry["params_total"] = report["model"]["params_total"]
-      done = json.loads((plan.model_dir(arm.model, seed) / "DONE").read_text())
-      entry["seconds"][str(seed)] = {"train": done.get("seconds")}
+      done = json.loads((plan.eval_dir(arm, seed) / "DONE").read_text())
+      entry["seconds"][str(seed)] = {"train": done.get("train_seconds"), "score": done["seconds"]}
+      entry.setdefault("scored", {})[str(seed)] = {
+        k: done.get(k) for k in ("written", "commit", "machine")
+      }
     result["arms"].append(entry)
   return result
 
@@ -905,22 +1057,39 @@ def run(plan: Plan, arms: Sequence[Arm]) -> dict:
   """Trains and scores what is not done yet, then writes the table; returns its JSON."""
   plan.out.mkdir(parents=True, exist_ok=True)
   start = time.time()
+  restore_archived(plan, ARMS)
+  todo = [
+    a
+    for a in arms
+    if not all(_done(plan.eval_dir(a, s), _eval_key(plan, a, s)) for s in plan.arm_seeds(a))
+  ]
   for seed in plan.seeds:  # Models first (seed by seed), so a cut-short run has whole models.
-    for model in dict.fromkeys(a.model for a in arms if seed in plan.model_seeds(a)):
+    for model in dict.fromkeys(a.model for a in todo if seed in plan.model_seeds(a)):
       train_model(plan, model, seed)
   for arm in arms:
     for seed in plan.arm_seeds(arm):
       evaluate_arm(plan, arm, seed)
+  if plan.archive is not None:  # Arms scored before the archive was named go in too.
+    for arm in arms_done(plan):
+      for seed in plan.arm_seeds(arm):
+        if not _done(_archive_dir(plan, arm, seed), _eval_key(plan, arm, seed)):
+          archive_arm(plan, arm, seed)
   # The table holds every arm scored under these settings, this invocation's and earlier ones'.
   chosen = {a.id for a in arms} | {a.id for a in arms_done(plan)}
   arms = [a for a in ARMS if a.id in chosen]
   result = summarize_experiment(plan, arms)
   result["plots"] = write_plots(plan.out, result, plan, arms)
   result["meta"]["wall_seconds_this_invocation"] = time.time() - start
-  _atomic_json(plan.out / "evidence.json", result)
   from moe_asr.evaluation import report as report_lib
 
-  report_lib.write_atomic(plan.out / "evidence.md", format_markdown(result))
+  for directory in (plan.out, plan.archive):
+    if directory is None:
+      continue
+    if directory != plan.out:
+      for name in result["plots"]:
+        shutil.copy2(plan.out / name, directory / name)
+    _atomic_json(directory / "evidence.json", result)
+    report_lib.write_atomic(directory / "evidence.md", format_markdown(result))
   return result
 
 
@@ -936,6 +1105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
   p.add_argument("--max-batches", type=int, default=0, help="batches scored per split (0: all)")
   p.add_argument("--lm-steps", type=int, default=1000, help="text LM steps (E4, E6)")
   p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+  p.add_argument(
+    "--archive", default=None, help="kept scores: arms restored from and copied to it, the table"
+  )
   p.add_argument("--list", action="store_true", help="print the arms and exit")
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a.removeprefix("--config.") for a in argv if a.startswith("--config.")]
@@ -973,6 +1145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_batches=args.max_batches,
     lm_steps=args.lm_steps,
     bootstrap=args.bootstrap,
+    archive=pathlib.Path(args.archive) if args.archive else None,
   )
   result = run(plan, select_arms(args.arms))
   print((plan.out / "evidence.md").read_text())

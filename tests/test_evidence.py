@@ -184,6 +184,28 @@ def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
   assert "holds a run of other settings" in proc.stderr
   assert not math.isnan(first)
 
+  # The archive: the arms scored above are restored into a new --out, no model trained there.
+  archive, fresh = tmp_path / "archive", tmp_path / "fresh"
+  _evidence(out, data_dir, "--steps", "2", "--archive", str(archive))
+  packed = archive / "evals" / "E1.joint" / "seed0"
+  assert (packed / "hypotheses" / "test_noisy.jsonl.gz").exists()
+  assert not (packed / "hypotheses" / "test_noisy.jsonl").exists()
+  assert (
+    json.loads((packed / "DONE").read_text())["key"]
+    == json.loads((out / "evals" / "E1.joint" / "seed0" / "DONE").read_text())["key"]
+  )
+  proc, _ = _evidence(fresh, data_dir, "--steps", "2", "--archive", str(archive))
+  assert "restored from" in proc.stderr and "training" not in proc.stderr
+  assert not (fresh / "models").exists()
+  assert (
+    fresh / "evals" / "E1.joint" / "seed0" / "hypotheses" / "test_noisy.jsonl"
+  ).read_text() == (
+    out / "evals" / "E1.joint" / "seed0" / "hypotheses" / "test_noisy.jsonl"
+  ).read_text()
+  restored = json.loads((fresh / "evidence.json").read_text())
+  assert restored["effects"] == result["effects"]
+  assert json.loads((archive / "evidence.json").read_text())["effects"] == result["effects"]
+
 
 def test_arm_selection_and_done_markers(tmp_path):
   import dataclasses
@@ -221,8 +243,26 @@ def test_arm_selection_and_done_markers(tmp_path):
   for arm_id in ("E1.cascade", "E1.joint"):
     arm = evidence.ARM_BY_ID[arm_id]
     for seed in (0, 1):
-      evidence._mark_done(plan.eval_dir(arm, seed), evidence._eval_key(plan, arm, seed)[0])
+      evidence._mark_done(plan.eval_dir(arm, seed), evidence._eval_key(plan, arm, seed))
   assert [a.id for a in evidence.arms_done(plan)] == ["E1.cascade", "E1.joint"]
   # Markers of other settings do not count.
   assert evidence.arms_done(dataclasses.replace(plan, steps=3)) == []
   assert evidence.arms_done(dataclasses.replace(plan, seeds=(0, 1, 2))) == []
+  # Nor does a recipe changed under the same name: the key holds its resolved config's digest.
+  changed = dataclasses.replace(plan, overrides=("train.learning_rate=0.5",))
+  assert changed.model_key("joint", 0)["recipe"] != plan.model_key("joint", 0)["recipe"]
+  assert plan.model_key("joint", 0)["recipe"] == plan.model_key("joint", 0)["recipe"]
+
+  # The archive: scored arms go in packed and come back out, only under the same settings.
+  archived = dataclasses.replace(plan, archive=tmp_path / "archive")
+  arm = evidence.ARM_BY_ID["E1.joint"]
+  (plan.eval_dir(arm, 0) / "hypotheses").mkdir(parents=True)
+  (plan.eval_dir(arm, 0) / "report.json").write_text("{}")
+  (plan.eval_dir(arm, 0) / "hypotheses" / "test_noisy.jsonl").write_text('{"id": "a"}\n')
+  evidence.archive_arm(archived, arm, 0)
+  fresh = dataclasses.replace(archived, out=tmp_path / "fresh")
+  assert evidence.restore_archived(dataclasses.replace(fresh, steps=3), [arm]) == []
+  assert evidence.restore_archived(fresh, [arm]) == ["E1.joint/seed0"]
+  restored = fresh.eval_dir(arm, 0) / "hypotheses" / "test_noisy.jsonl"
+  assert restored.read_text() == '{"id": "a"}\n'
+  assert evidence._done(fresh.eval_dir(arm, 0), evidence._eval_key(fresh, arm, 0))
