@@ -246,6 +246,11 @@ def main(argv=None) -> int:
         f"train.steps={extra}",
         f"init_from={supervised / 'checkpoints'}",
       ]
+      + (
+        [f"data.tokenizer={supervised / 'tokenizer.model'}"]
+        if (supervised / "tokenizer.model").exists()
+        else []
+      )
       + args.student_override,
     )
   runs[f"supervised+{extra}"] = _scores(control, args.splits)

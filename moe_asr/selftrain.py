@@ -686,6 +686,8 @@ def student_config(
   `data.mixture` = the teacher's train split at weight 1 - `pseudo_weight` and the
   pseudo-label dataset (`pseudo_label`'s summary) at `pseudo_weight`, `train.steps`, and
   the teacher's parameters as the start (`init_from`) unless `init_from_teacher` is False.
+  A student started from the teacher keeps the teacher's tokenizer (`data.tokenizer`): one
+  trained anew on the mixture's text would spell with other ids than its parameters.
   """
   from moe_asr import config_lib
   from moe_asr.evaluation import score
@@ -701,6 +703,8 @@ def student_config(
   cfg.train.steps = int(steps)
   cfg.resume = ""
   cfg.init_from = str(teacher / "checkpoints") if init_from_teacher else ""
+  if init_from_teacher and (teacher / "tokenizer.model").exists():
+    cfg.data.tokenizer = str(teacher / "tokenizer.model")
   config_lib.apply_overrides(cfg, [o.removeprefix("--").removeprefix("config.") for o in overrides])
   return cfg
 

@@ -417,6 +417,26 @@ def test_tiny_self_training_round_end_to_end(tiny_workdir, tmp_path):
   assert "val/cer" in r["train"]
 
 
+def test_a_student_from_the_teacher_keeps_its_tokenizer(tiny_workdir, tmp_path):
+  """A run that trained its own tokenizer (W/tokenizer.model) hands it to its students: one
+  trained anew on the mixture's text would not match the parameters they start from."""
+  teacher = tmp_path / "teacher"
+  teacher.mkdir()
+  (teacher / "checkpoints").symlink_to(tiny_workdir / "checkpoints")  # Its config, read only.
+  pseudo = {"dataset": "local_manifest/p", "split_name": "test", "data_dir": str(tmp_path)}
+  # The tiny run spells with its corpus's tokenizer: nothing to hand over.
+  cfg = selftrain.student_config(teacher, pseudo, steps=2, pseudo_weight=0.5)
+  assert cfg.data.tokenizer == ""
+  (teacher / "tokenizer.model").write_bytes(b"a SentencePiece model (not read here)")
+  cfg = selftrain.student_config(teacher, pseudo, steps=2, pseudo_weight=0.5)
+  assert cfg.data.tokenizer == str(teacher.absolute() / "tokenizer.model")
+  assert cfg.init_from == str(teacher.absolute() / "checkpoints")
+  scratch = selftrain.student_config(
+    teacher, pseudo, steps=2, pseudo_weight=0.5, init_from_teacher=False
+  )
+  assert scratch.data.tokenizer == "" and scratch.init_from == ""
+
+
 def test_a_mixture_trains_its_tokenizer_on_every_dataset(tiny_corpus, tmp_path):
   """A tokenizer trained for a mixture run spells each dataset's letters as pieces: Russian
   (only in heldout_train) gets Cyrillic pieces with the mixture, byte pieces without it."""
