@@ -1058,13 +1058,15 @@ def run(plan: Plan, arms: Sequence[Arm]) -> dict:
   plan.out.mkdir(parents=True, exist_ok=True)
   start = time.time()
   restore_archived(plan, ARMS)
-  todo = [
-    a
-    for a in arms
-    if not all(_done(plan.eval_dir(a, s), _eval_key(plan, a, s)) for s in plan.arm_seeds(a))
-  ]
+  needed = {}  # The (model, seed) pairs of the arm seeds not scored yet, in order.
+  for a in arms:
+    for s in plan.arm_seeds(a):
+      if not _done(plan.eval_dir(a, s), _eval_key(plan, a, s)):
+        needed.update(
+          dict.fromkeys((a.model, k) for k in (plan.model_seeds(a) if a.ensemble else (s,)))
+        )
   for seed in plan.seeds:  # Models first (seed by seed), so a cut-short run has whole models.
-    for model in dict.fromkeys(a.model for a in todo if seed in plan.model_seeds(a)):
+    for model in dict.fromkeys(m for m, k in needed if k == seed):
       train_model(plan, model, seed)
   for arm in arms:
     for seed in plan.arm_seeds(arm):
