@@ -102,6 +102,17 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
   for i in range(old_tok.vocab_size):  # Every old id keeps its piece.
     assert new_tok.id_to_piece(i) == old_tok.id_to_piece(i)
   assert [new_tok.id_to_piece(i) for i in new_tok.encode("привет")] != ["<0xD0>"]
+  # The new tokens are gated by the new language's LID, unless a transfer override says not:
+  # the section's overrides are in force before the settings are decided from them.
+  assert tuple(cfg.model.token_languages) == ((old_tok.vocab_size, new_tok.vocab_size, "ru"),)
+  ungated = transfer.transfer_config(
+    source,
+    tmp_path / "ungated",
+    language="ru",
+    method="expert",
+    overrides=[*_overrides(data_dir), "transfer.vocab_gate='none'"],
+  )
+  assert ungated.transfer.vocab_gate == "none" and tuple(ungated.model.token_languages) == ()
   # A new expert in both language-routed sections, Russian mapped to it.
   for name in ("encoder", "decoder"):
     assert cfg.model[name].num_experts == t.old_experts[name] + 1

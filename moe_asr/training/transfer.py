@@ -340,6 +340,8 @@ def transfer_config(
   t.source, t.language, t.method, t.replay = str(source), language, method, float(replay)
   t.data = data or t.data
   cfg.transfer = t
+  # The section's own overrides first: the settings below are decided from them.
+  config_lib.apply_overrides(cfg, [o for o in overrides if o.startswith("transfer.")])
   cfg.resume, cfg.init_from = "", ""
   # The tokenizer and the data of the new language.
   cfg.data.tokenizer = ""
