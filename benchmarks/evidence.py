@@ -25,9 +25,16 @@ found there under the same settings is restored into `--out` instead of being sc
 so its model is not trained again either. The table (evidence.md, evidence.json, plots) is
 also written there. The settings a marker records include a digest of each model's resolved
 config, so a changed recipe scores again; the commit each arm was scored at is in its DONE.
+Where the corpus lies (`--data-dir`) is not a setting: the archive restores on any checkout.
 
   python benchmarks/evidence.py --out runs/evidence --archive docs/results/evidence \\
       --data-dir data --arms E1 --seeds 0                                  # one piece a day
+
+`--table-only` trains and scores nothing: the table of every arm scored so far (in `--out`
+or the archive), each on the seeds it has, which the goals' verdicts count.
+
+  python benchmarks/evidence.py --out runs/evidence --archive docs/results/evidence \\
+      --seeds 0 1 --table-only
 """
 
 from __future__ import annotations
@@ -310,6 +317,11 @@ def _recipe_digest(config: str, overrides: tuple[str, ...]) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _portable(overrides: Sequence[str]) -> list[str]:
+  """The overrides without `data.data_dir` (a path on one machine)."""
+  return [o for o in overrides if not o.startswith("data.data_dir=")]
+
+
 def _commit() -> str | None:
   """The git commit of this checkout, when it is one."""
   try:
@@ -356,7 +368,10 @@ class Plan:
     return [*MODELS[model], *cadence, *self.overrides, *extra]
 
   def model_key(self, model: str, seed: int) -> dict:
-    overrides = self.model_overrides(model, seed)
+    """What a model's scores depend on. Not where the corpus lies: the data dir is left out
+    (the corpus is named by `data.name` in the resolved config), so an archive restores on
+    another machine or checkout."""
+    overrides = _portable(self.model_overrides(model, seed))
     return {
       "config": self.config,
       "overrides": overrides,
@@ -468,14 +483,14 @@ def _ensemble_weights(workdirs: Sequence[pathlib.Path]) -> str:
   return "equal"
 
 
-def arms_done(plan: Plan) -> list[Arm]:
-  """The arms whose every seed is scored under the plan's settings (an earlier --arms)."""
-  return [
-    arm
-    for arm in ARMS
-    if plan.arm_seeds(arm)
-    and all(_done(plan.eval_dir(arm, s), _eval_key(plan, arm, s)) for s in plan.arm_seeds(arm))
-  ]
+def seeds_scored(plan: Plan, arm: Arm) -> list[int]:
+  """The seeds of an arm scored under the plan's settings."""
+  return [s for s in plan.arm_seeds(arm) if _done(plan.eval_dir(arm, s), _eval_key(plan, arm, s))]
+
+
+def arms_scored(plan: Plan) -> list[Arm]:
+  """The arms with a seed scored under the plan's settings (here or by an earlier --arms)."""
+  return [arm for arm in ARMS if seeds_scored(plan, arm)]
 
 
 def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
@@ -699,13 +714,14 @@ def comparisons(plan: Plan, arms: Sequence[Arm]) -> list[dict]:
       continue
     base = ARM_BY_ID[arm.baseline]
     exp = EXPERIMENTS[arm.experiment]
+    seeds = [s for s in seeds_scored(plan, arm) if s in seeds_scored(plan, base)]
     for split in plan.arm_splits(arm):
       for metric in exp.metrics:
         if metric in ("b_wer", "u_wer") and not phrases:
           continue
         fn = _metric_fn(metric, phrases)
         per_seed = {}
-        for seed in plan.arm_seeds(arm):
+        for seed in seeds:
           recs, base_recs = (
             load_records(plan, arm, seed, split),
             load_records(plan, base, seed, split),
@@ -758,7 +774,7 @@ def calibration_rows(plan: Plan, arms: Sequence[Arm]) -> list[dict]:
     if not arm.calibrate:
       continue
     for split in plan.arm_splits(arm):
-      for seed in plan.arm_seeds(arm):
+      for seed in seeds_scored(plan, arm):
         recs = load_records(plan, arm, seed, split)
         if recs is None:
           continue
@@ -808,6 +824,7 @@ def goals(plan: Plan, rows: Sequence[dict], arms: Sequence[Arm]) -> list[dict]:
         "goal": exp.goal.text,
         "split": exp.goal_split,
         "holds": verdict,
+        "seeds": max((e["seeds"] for e in effects.values()), default=0),
       }
     )
   return out
@@ -821,6 +838,10 @@ def _pts(x: float | None, scale: float = 100.0, signed: bool = False) -> str:
 
 def _verdict(v: bool | None) -> str:
   return "not measured" if v is None else ("holds" if v else "does not hold")
+
+
+def _seed_count(n: int) -> str:
+  return f" ({n} seed{'s' if n != 1 else ''})" if n else ""
 
 
 def _scored(arm: dict) -> str:
@@ -859,7 +880,7 @@ def format_markdown(result: dict) -> str:
   for g in result["goals"]:
     lines.append(
       f"| {g['experiment']} | {g['arm']} | {g['baseline']} | {g['goal']} | `{g['split']}` | "
-      f"{_verdict(g['holds'])} |"
+      f"{_verdict(g['holds'])}{_seed_count(g.get('seeds', 0))} |"
     )
   for row in result["calibration"]:
     lines.append(
@@ -1018,7 +1039,7 @@ def summarize_experiment(plan: Plan, arms: Sequence[Arm]) -> dict:
       + ([f"--average-last {arm.average_last}"] if arm.average_last else [])
       + (["--ensemble (the other seeds' models)"] if arm.ensemble else []),
       "baseline": arm.baseline,
-      "seeds_done": [s for s in plan.arm_seeds(arm) if (plan.eval_dir(arm, s) / "DONE").exists()],
+      "seeds_done": seeds_scored(plan, arm),
       "seconds": {},
     }
     for seed in entry["seeds_done"]:
@@ -1053,13 +1074,16 @@ def select_arms(spec: str | None) -> list[Arm]:
   return [a for a in ARMS if a.id in chosen]
 
 
-def run(plan: Plan, arms: Sequence[Arm]) -> dict:
-  """Trains and scores what is not done yet, then writes the table; returns its JSON."""
+def run(plan: Plan, arms: Sequence[Arm], *, table_only: bool = False) -> dict:
+  """Trains and scores what is not done yet, then writes the table; returns its JSON.
+
+  `table_only`: nothing is trained or scored; the table is written from the arms scored
+  so far (here or in the archive), each on the seeds it has."""
   plan.out.mkdir(parents=True, exist_ok=True)
   start = time.time()
   restore_archived(plan, ARMS)
   needed = {}  # The (model, seed) pairs of the arm seeds not scored yet, in order.
-  for a in arms:
+  for a in () if table_only else arms:
     for s in plan.arm_seeds(a):
       if not _done(plan.eval_dir(a, s), _eval_key(plan, a, s)):
         needed.update(
@@ -1068,16 +1092,21 @@ def run(plan: Plan, arms: Sequence[Arm]) -> dict:
   for seed in plan.seeds:  # Models first (seed by seed), so a cut-short run has whole models.
     for model in dict.fromkeys(m for m, k in needed if k == seed):
       train_model(plan, model, seed)
-  for arm in arms:
+  for arm in () if table_only else arms:
     for seed in plan.arm_seeds(arm):
       evaluate_arm(plan, arm, seed)
+  scored = arms_scored(plan)
   if plan.archive is not None:  # Arms scored before the archive was named go in too.
-    for arm in arms_done(plan):
-      for seed in plan.arm_seeds(arm):
+    for arm in scored:
+      for seed in seeds_scored(plan, arm):
         if not _done(_archive_dir(plan, arm, seed), _eval_key(plan, arm, seed)):
           archive_arm(plan, arm, seed)
   # The table holds every arm scored under these settings, this invocation's and earlier ones'.
-  chosen = {a.id for a in arms} | {a.id for a in arms_done(plan)}
+  chosen = (
+    {a.id for a in scored} & {a.id for a in arms}
+    if table_only
+    else {a.id for a in (*scored, *arms)}
+  )
   arms = [a for a in ARMS if a.id in chosen]
   result = summarize_experiment(plan, arms)
   result["plots"] = write_plots(plan.out, result, plan, arms)
@@ -1109,6 +1138,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
   p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
   p.add_argument(
     "--archive", default=None, help="kept scores: arms restored from and copied to it, the table"
+  )
+  p.add_argument(
+    "--table-only",
+    action="store_true",
+    help="train and score nothing: the table from the arms scored so far (and the archive)",
   )
   p.add_argument("--list", action="store_true", help="print the arms and exit")
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -1149,7 +1183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bootstrap=args.bootstrap,
     archive=pathlib.Path(args.archive) if args.archive else None,
   )
-  result = run(plan, select_arms(args.arms))
+  result = run(plan, select_arms(args.arms), table_only=args.table_only)
   print((plan.out / "evidence.md").read_text())
   print(
     f"Wrote {plan.out / 'evidence.md'} and evidence.json "

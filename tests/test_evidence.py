@@ -167,7 +167,7 @@ def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
   assert goal["arm"] == "E1.joint" and goal["holds"] in (True, False)
   md = (out / "evidence.md").read_text()
   assert f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" in md
-  assert ("| holds |" in md) != ("| does not hold |" in md)
+  assert ("| holds (1 seed) |" in md) != ("| does not hold (1 seed) |" in md)
   assert (out / "effects_E1.png").stat().st_size > 0
 
   # Second invocation: both models and both arms are done; nothing is trained or scored.
@@ -206,6 +206,34 @@ def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
   assert restored["effects"] == result["effects"]
   assert json.loads((archive / "evidence.json").read_text())["effects"] == result["effects"]
 
+  # The table alone, from the archive, on another path to the corpus and with a second seed
+  # asked for that nothing has scored: nothing is trained or scored, the arms show seed 0.
+  (tmp_path / "link").symlink_to(data_dir, target_is_directory=True)
+  table = tmp_path / "table"
+  proc, _ = _evidence(
+    table,
+    tmp_path / "link",
+    "--steps",
+    "2",
+    "--archive",
+    str(archive),
+    "--seeds",
+    "0",
+    "1",
+    "--table-only",
+  )
+  assert "restored from" in proc.stderr
+  assert "training" not in proc.stderr and "scoring" not in proc.stderr
+  assert not (table / "models").exists()
+  only = json.loads((table / "evidence.json").read_text())
+  assert [(a["id"], a["seeds_done"]) for a in only["arms"]] == [
+    ("E1.cascade", [0]),
+    ("E1.joint", [0]),
+  ]
+  assert only["effects"] == result["effects"]
+  assert only["goals"][0]["seeds"] == 1
+  assert "(1 seed) |" in (table / "evidence.md").read_text()
+
 
 def test_arm_selection_and_done_markers(tmp_path):
   import dataclasses
@@ -239,15 +267,24 @@ def test_arm_selection_and_done_markers(tmp_path):
   assert plan.arm_seeds(evidence.ARM_BY_ID["E1.joint"]) == (0, 1)
   assert plan.arm_seeds(evidence.ARM_BY_ID["E5.bias"]) == (0,)
   assert plan.model_seeds(evidence.ARM_BY_ID["E10.ensemble"]) == (0, 1)
-  assert evidence.arms_done(plan) == []
+  assert evidence.arms_scored(plan) == []
   for arm_id in ("E1.cascade", "E1.joint"):
     arm = evidence.ARM_BY_ID[arm_id]
     for seed in (0, 1):
       evidence._mark_done(plan.eval_dir(arm, seed), evidence._eval_key(plan, arm, seed))
-  assert [a.id for a in evidence.arms_done(plan)] == ["E1.cascade", "E1.joint"]
+  assert [a.id for a in evidence.arms_scored(plan)] == ["E1.cascade", "E1.joint"]
   # Markers of other settings do not count.
-  assert evidence.arms_done(dataclasses.replace(plan, steps=3)) == []
-  assert evidence.arms_done(dataclasses.replace(plan, seeds=(0, 1, 2))) == []
+  assert evidence.arms_scored(dataclasses.replace(plan, steps=3)) == []
+  # An arm scored on some of the seeds counts, on those seeds.
+  three = dataclasses.replace(plan, seeds=(0, 1, 2))
+  assert [a.id for a in evidence.arms_scored(three)] == ["E1.cascade", "E1.joint"]
+  assert evidence.seeds_scored(three, evidence.ARM_BY_ID["E1.joint"]) == [0, 1]
+  # Where the corpus lies is not part of a key (an archive restores on another machine);
+  # the run itself still reads it from there.
+  here = dataclasses.replace(plan, data_dir="/one/place")
+  there = dataclasses.replace(plan, data_dir="elsewhere")
+  assert "data.data_dir='/one/place'" in here.model_overrides("joint", 0)
+  assert here.model_key("joint", 0) == there.model_key("joint", 0) == plan.model_key("joint", 0)
   # Nor does a recipe changed under the same name: the key holds its resolved config's digest.
   changed = dataclasses.replace(plan, overrides=("train.learning_rate=0.5",))
   assert changed.model_key("joint", 0)["recipe"] != plan.model_key("joint", 0)["recipe"]
