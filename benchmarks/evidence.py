@@ -307,13 +307,18 @@ def _config_path(name: str) -> pathlib.Path:
 
 
 @functools.cache
-def _recipe_digest(config: str, overrides: tuple[str, ...]) -> str:
-  """A digest of a model's resolved config: a recipe changed since a marker was written
-  does not match it."""
+def _recipe_digest(config: str, overrides: tuple[str, ...], part: str = "model") -> str:
+  """A digest of a resolved config: a recipe changed since a marker was written does not
+  match it. `part`: "model" (all but the `decode` section: what training reads) or
+  "decode" (that section: what scoring reads besides the model)."""
   from moe_asr import config_lib
 
-  cfg = config_lib.load_config(_config_path(config), list(overrides))
-  text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+  resolved = config_lib.load_config(_config_path(config), list(overrides)).to_dict()
+  if part == "decode":
+    resolved = resolved["decode"]
+  else:
+    resolved.pop("decode", None)
+  text = json.dumps(resolved, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -368,10 +373,12 @@ class Plan:
     return [*MODELS[model], *cadence, *self.overrides, *extra]
 
   def model_key(self, model: str, seed: int) -> dict:
-    """What a model's scores depend on. Not where the corpus lies: the data dir is left out
-    (the corpus is named by `data.name` in the resolved config), so an archive restores on
-    another machine or checkout."""
-    overrides = _portable(self.model_overrides(model, seed))
+    """What a trained model depends on. Not the decoding (an arm's key holds that), nor
+    where the corpus lies: the data dir is left out (the corpus is named by `data.name` in
+    the resolved config), so an archive restores on another machine or checkout."""
+    overrides = [
+      o for o in _portable(self.model_overrides(model, seed)) if not o.startswith("decode.")
+    ]
     return {
       "config": self.config,
       "overrides": overrides,
@@ -455,9 +462,11 @@ def _view(plan: Plan, arm: Arm, seed: int) -> pathlib.Path:
 
 def _eval_key(plan: Plan, arm: Arm, seed: int) -> dict:
   """What an arm's DONE marker records: every setting its scores depend on."""
+  decode_cfg = (*_portable(plan.model_overrides(arm.model, seed)), *arm.decode)
   key = {
     **plan.model_key(arm.model, seed),
     "decode": list(arm.decode),
+    "decode_recipe": _recipe_digest(plan.config, decode_cfg, "decode"),
     "splits": list(plan.arm_splits(arm)),
     "max_batches": plan.max_batches,
     "calibrate": arm.calibrate,

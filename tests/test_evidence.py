@@ -285,6 +285,11 @@ def test_arm_selection_and_done_markers(tmp_path):
   there = dataclasses.replace(plan, data_dir="elsewhere")
   assert "data.data_dir='/one/place'" in here.model_overrides("joint", 0)
   assert here.model_key("joint", 0) == there.model_key("joint", 0) == plan.model_key("joint", 0)
+  # Decoding settings are the arm's: the model's key stays, the arm's changes.
+  joint = evidence.ARM_BY_ID["E1.joint"]
+  other = dataclasses.replace(plan, overrides=("decode.ctc_weight=0.5",))
+  assert other.model_key("joint", 0) == plan.model_key("joint", 0)
+  assert evidence._eval_key(other, joint, 0) != evidence._eval_key(plan, joint, 0)
   # Nor does a recipe changed under the same name: the key holds its resolved config's digest.
   changed = dataclasses.replace(plan, overrides=("train.learning_rate=0.5",))
   assert changed.model_key("joint", 0)["recipe"] != plan.model_key("joint", 0)["recipe"]

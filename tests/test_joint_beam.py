@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import pathlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +207,81 @@ def test_ctc_only_equals_ctc_prefix_beam_search():
   compiled = _ctc_only._cache_size()
   _ctc_search(lp[::-1].copy(), mask[::-1].copy(), beam)
   assert _ctc_only._cache_size() == compiled
+
+
+class _Stateless(NamedTuple):
+  """The cache of a token model that reads no history."""
+
+  rows: jax.Array
+
+  def take(self, indices):
+    return _Stateless(self.rows[indices])
+
+
+@functools.partial(jax.jit, static_argnames="pre_beam_score")
+def _weak_decoder_search(log_probs, mask, att_row, *, pre_beam_score):
+  n = log_probs.shape[0] * 2
+  scorer = joint_beam.TokenScorer(
+    lambda prev, cache: (jnp.broadcast_to(att_row, (prev.shape[0], att_row.shape[0])), cache),
+    _Stateless(jnp.zeros((n,))),
+    BOS,
+    1.0,
+  )
+  return joint_beam.label_synchronous_search(
+    log_probs,
+    mask,
+    scorers={"att": scorer},
+    beam=2,
+    max_len=3,
+    ctc_weight=0.7,
+    pre_beam=2,
+    pre_beam_score=pre_beam_score,
+  )
+
+
+def test_pre_beam_on_every_term_keeps_tokens_a_weak_decoder_would_prune():
+  # CTC is sure of "1 4"; a weak attention decoder (here a fixed unigram) prefers 5 and 6
+  # everywhere. With two candidates a hypothesis, the token models' pre-beam ("full", as
+  # ESPnet's) never offers 1 or 4; scoring the candidates by every term ("all") finds the
+  # hypothesis of the best total score, checked against every sequence of up to 3 labels.
+  t, v, w = 4, 7, 0.7
+  logits = np.full((1, t, v), -8.0)
+  for frame, token in enumerate([1, 0, 4, 0]):
+    logits[0, frame, token] = 8.0
+  lp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1), np.float64)
+  att = np.log(np.array([1e-3, 0.02, 1e-3, 0.1, 0.02, 0.5, 0.357]))  # 0..6, eos = 3
+  mask = np.ones((1, t), bool)
+
+  def total(y):
+    return (1 - w) * (att[list(y)].sum() + att[EOS]) + w * _ctc_log_prob(lp[0], y)
+
+  labels = [1, 4, 5, 6]
+  seqs = [()] + [y for n in range(1, 4) for y in itertools.product(labels, repeat=n)]
+  best = max(seqs, key=total)
+  assert best == (1, 4)
+  found = {}
+  for mode in ("full", "all"):
+    out = _weak_decoder_search(
+      jnp.asarray(lp, jnp.float32),
+      jnp.asarray(mask),
+      jnp.asarray(att, jnp.float32),
+      pre_beam_score=mode,
+    )
+    found[mode] = tuple(np.asarray(out.tokens[0, 0, : int(out.lengths[0, 0])]))
+    np.testing.assert_allclose(out.scores[0, 0], total(found[mode]), atol=1e-3)
+  assert found["all"] == best
+  assert not set(found["full"]) & {1, 4}
+  assert total(found["full"]) < total(best) - 10.0
+  with pytest.raises(ValueError, match="pre_beam_score"):
+    joint_beam.label_synchronous_search(
+      jnp.asarray(lp, jnp.float32),
+      jnp.asarray(mask),
+      scorers={},
+      beam=2,
+      max_len=3,
+      ctc_weight=1.0,
+      pre_beam_score="ctc",
+    )
 
 
 @jax.jit

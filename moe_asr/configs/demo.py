@@ -57,4 +57,6 @@ def get_config():
   t.eval_every = 0  # Validation once, at the end.
   t.checkpoint_every = 1000
   c.eval.splits = ("test", "test_cs", "test_noisy", "test_bias")
+  # Joint search leans on the CTC: the attention decoder trains at a third of its weight.
+  c.decode.ctc_weight = 0.7
   return c

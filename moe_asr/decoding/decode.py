@@ -46,6 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.token_topk = 0  # CTC beam: extension candidates per frame (0 = beam).
   c.prune_threshold = 10.0  # CTC beam: skip tokens this far (nats) below the frame's best.
   c.ctc_weight = 0.3  # Joint search: weight of the CTC prefix score (1 - w for attention).
+  # Joint search: what picks each hypothesis's candidates: "all" (the exact CTC prefix scores
+  # too, safe with a weak decoder) or "full" (attention and LM only, ESPnet's; cheaper).
+  c.pre_beam_score = "all"
   c.lm_weight = 0.0  # Shallow fusion weight of the text LM (W/lm) for every language ...
   c.lm_weights = ml_collections.ConfigDict()  # ... unless named here ({"en": 0.3, ...}).
   c.ilm_weight = 0.0  # Joint search: internal-LM estimate subtracted with this weight.
@@ -292,6 +295,7 @@ def joint_search(s: SearchSettings, e: Encoding, batch, max_len: int) -> NBest:
     beam=s.beam,
     max_len=max_len,
     ctc_weight=float(s.cfg.ctc_weight),
+    pre_beam_score=str(s.cfg.get("pre_beam_score", "all")),
     lm=s.lm,
     lm_weight=lm_weight if s.lm is not None else 0.0,
     ilm_weight=ilm_weight,

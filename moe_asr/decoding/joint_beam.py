@@ -21,10 +21,13 @@ output positions with fixed shapes, compiled once per (B, T, beam, max_len).
 
 Per step:
 - Pre-beam: `pre_beam` candidates per hypothesis by the weighted sum of the
-  token models (attention, LM, ILM: ESPnet's "full" pre-beam), or with
-  ctc_weight = 1 by the exact CTC prefix scores of the whole vocabulary plus
-  the LM/ILM terms. Blank/pad, bos and eos are never pre-beam candidates; eos
-  is always scored as one extra candidate, so every hypothesis may end.
+  token models (attention, LM, ILM: ESPnet's "full" pre-beam), or, with
+  `pre_beam_score="all"` or ctc_weight = 1, by every term of the score: the
+  exact CTC prefix scores of the whole vocabulary plus the token models. "full"
+  is cheaper, but a weak attention decoder (a CTC-heavy recipe) prunes the
+  tokens the CTC would pick before they are scored; "all" keeps the top of the
+  exact score. Blank/pad, bos and eos are never pre-beam candidates; eos is
+  always scored as one extra candidate, so every hypothesis may end.
 - Alive: the top K of the K * pre_beam non-eos extensions per utterance.
 - Finished: the K eos extensions are merged into a fixed [B, nbest] buffer.
 - End detection: an utterance stops when its best alive score cannot beat its
@@ -53,6 +56,7 @@ from moe_asr.decoding import ctc_prefix_score as cps
 from moe_asr.decoding.nbest import PARTS, NBest
 
 NEG_INF = float("-inf")
+PRE_BEAM_SCORES = ("full", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,7 @@ def label_synchronous_search(
   max_len: int,
   ctc_weight: float = 0.3,
   pre_beam: int | None = None,
+  pre_beam_score: str = "all",
   length_bonus: float = 0.0,
   bias: biasing.ContextGraph | None = None,
   eos_id: int = 3,
@@ -112,6 +117,8 @@ def label_synchronous_search(
     max_len: output token slots (eos excluded).
     ctc_weight: w in [0, 1]; 0 skips CTC scoring; 1 needs no "att" scorer.
     pre_beam: candidates per hypothesis (default int(1.5 * beam)).
+    pre_beam_score: what picks them: "full" (the token models) or "all" (the
+      CTC prefix scores too); with ctc_weight = 1 always "all".
     length_bonus: added per token (eos excluded).
     bias: contextual biasing graph: `biasing.advance` on each appended token,
       `biasing.finalize` at eos.
@@ -132,6 +139,8 @@ def label_synchronous_search(
     raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
   if ctc_weight < 1 and not scorers:
     raise ValueError("ctc_weight < 1 needs a token scorer (the attention decoder)")
+  if pre_beam_score not in PRE_BEAM_SCORES:
+    raise ValueError(f"pre_beam_score must be one of {PRE_BEAM_SCORES}, got {pre_beam_score!r}")
   unknown = set(scorers) - set(PARTS)
   if unknown:
     raise ValueError(f"Scorer names {sorted(unknown)} are not among {PARTS}")
@@ -179,10 +188,10 @@ def label_synchronous_search(
     # --- pre-beam, then the eos candidate ---------------------------------------
     psi_prev = s["ctc"].prefix_score if use_ctc else zeros_n
     safe_prev = jnp.where(psi_prev > NEG_INF, psi_prev, 0.0)
-    if ctc_weight < 1:
-      pre = weighted
-    else:
+    if use_ctc and (ctc_weight >= 1 or pre_beam_score == "all"):
       pre = ctc_weight * (cps.all_prefix_scores(s["ctc"]) - safe_prev[:, None]) + weighted
+    else:
+      pre = weighted
     pre = jnp.where(banned[None, :], NEG_INF, pre)
     _, top = jax.lax.top_k(pre, c)  # [N, C]
     cand = jnp.concatenate([top, jnp.full((n_rows, 1), eos_id, top.dtype)], axis=1)
@@ -283,6 +292,7 @@ def joint_beam_search(
   max_len: int,
   ctc_weight: float = 0.3,
   pre_beam: int | None = None,
+  pre_beam_score: str = "all",
   lm=None,
   lm_weight: float | jax.Array = 0.0,
   ilm_weight: float | jax.Array = 0.0,
@@ -294,7 +304,8 @@ def joint_beam_search(
   """Joint CTC/attention beam search of a `MoeAsr` (module docstring).
 
   Call it inside `nnx.jit` (static: beam, max_len, ctc_weight, pre_beam,
-  length_bonus, eos_id, nbest); it compiles once per (B, T, beam, max_len).
+  pre_beam_score, length_bonus, eos_id, nbest); it compiles once per
+  (B, T, beam, max_len).
 
   Args:
     model: `MoeAsr` in eval mode.
@@ -304,6 +315,7 @@ def joint_beam_search(
     ctc_weight: score = (1 - w) * att + w * ctc prefix; 1 runs no decoder
       ("att" part 0), 0 no CTC ("ctc" part 0).
     pre_beam: candidates per hypothesis (default int(1.5 * beam)).
+    pre_beam_score: "full" or "all" (`label_synchronous_search`).
     lm: `TransformerLM` for shallow fusion, or None. Given, it is run (and its
       "lm" part filled) whatever `lm_weight`.
     lm_weight: scalar or [B].
@@ -369,6 +381,7 @@ def joint_beam_search(
     max_len=max_len,
     ctc_weight=ctc_weight,
     pre_beam=pre_beam,
+    pre_beam_score=pre_beam_score,
     length_bonus=length_bonus,
     bias=bias,
     eos_id=eos_id,
