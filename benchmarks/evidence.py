@@ -478,6 +478,14 @@ def _eval_key(plan: Plan, arm: Arm, seed: int) -> dict:
   return key
 
 
+def _decode_section(plan: Plan, arm: Arm, seed: int):
+  """The resolved `decode` section an arm scores with (the recipe's, the arm's settings)."""
+  from moe_asr import config_lib
+
+  overrides = [*_portable(plan.model_overrides(arm.model, seed)), *arm.decode]
+  return config_lib.load_config(_config_path(plan.config), overrides).decode
+
+
 def _members(plan: Plan, seed: int) -> list[int]:
   """The seeds of the other models of an ensemble scored on `seed`'s."""
   return [s for s in plan.seeds if s != seed]
@@ -528,10 +536,15 @@ def evaluate_arm(plan: Plan, arm: Arm, seed: int) -> None:
     )
   _LOG.info("arm %s seed %d: scoring %s", arm.id, seed, ", ".join(splits))
   start = time.time()
+  cfg = score.workdir_config(workdir, overrides)
+  # The decoding the arm's key names: the recipe's as it is now, with the arm's settings,
+  # not the one saved with the checkpoint when the model was trained.
+  cfg.decode = _decode_section(plan, arm, seed)
   score.evaluate_workdir(
     workdir,
     splits=splits,
     overrides=overrides,
+    cfg=cfg,
     out_dir=out_dir,
     average_last=arm.average_last,
     ensemble=members,
