@@ -27,6 +27,10 @@ def test_unknown_method_raises_a_clear_error():
     assert method in str(error.value)
   with pytest.raises(ValueError, match="expected one of"):
     decode.search_for("viterbi")
+  cfg = decode.default_config()
+  cfg.method, cfg.pre_beam_score = "joint", "ctc"
+  with pytest.raises(ValueError, match="decode.pre_beam_score='ctc'; expected one of"):
+    decode.make_decode_fn(cfg, decoder_max_len=16)
 
 
 def test_greedy_search_returns_a_one_best_nbest():

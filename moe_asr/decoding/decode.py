@@ -419,6 +419,11 @@ def _check_settings(cfg: ml_collections.ConfigDict, lm, tunable: bool) -> None:
     raise ValueError("tunable decoding needs a text LM and a beam method (ctc_beam or joint)")
   if cfg.get("rescore") and cfg.method == "greedy":
     raise ValueError("decode.rescore needs an n-best: use decode.method=ctc_beam or joint")
+  pre_beam = cfg.get("pre_beam_score", "all")
+  if pre_beam not in joint_beam.PRE_BEAM_SCORES:
+    raise ValueError(
+      f"decode.pre_beam_score={pre_beam!r}; expected one of {joint_beam.PRE_BEAM_SCORES}"
+    )
 
 
 def _make_rescorer(cfg: ml_collections.ConfigDict, lm, eos_id: int, table) -> Callable | None:
