@@ -462,11 +462,10 @@ def _view(plan: Plan, arm: Arm, seed: int) -> pathlib.Path:
 
 def _eval_key(plan: Plan, arm: Arm, seed: int) -> dict:
   """What an arm's DONE marker records: every setting its scores depend on."""
-  decode_cfg = (*_portable(plan.model_overrides(arm.model, seed)), *arm.decode)
   key = {
     **plan.model_key(arm.model, seed),
     "decode": list(arm.decode),
-    "decode_recipe": _recipe_digest(plan.config, decode_cfg, "decode"),
+    "decode_recipe": _recipe_digest(plan.config, _decode_overrides(plan, arm, seed), "decode"),
     "splits": list(plan.arm_splits(arm)),
     "max_batches": plan.max_batches,
     "calibrate": arm.calibrate,
@@ -478,11 +477,16 @@ def _eval_key(plan: Plan, arm: Arm, seed: int) -> dict:
   return key
 
 
+def _decode_overrides(plan: Plan, arm: Arm, seed: int) -> tuple[str, ...]:
+  """The overrides an arm's `decode` section resolves from (its key digests that section)."""
+  return (*_portable(plan.model_overrides(arm.model, seed)), *arm.decode)
+
+
 def _decode_section(plan: Plan, arm: Arm, seed: int):
   """The resolved `decode` section an arm scores with (the recipe's, the arm's settings)."""
   from moe_asr import config_lib
 
-  overrides = [*_portable(plan.model_overrides(arm.model, seed)), *arm.decode]
+  overrides = list(_decode_overrides(plan, arm, seed))
   return config_lib.load_config(_config_path(plan.config), overrides).decode
 
 
@@ -736,7 +740,8 @@ def comparisons(plan: Plan, arms: Sequence[Arm]) -> list[dict]:
       continue
     base = ARM_BY_ID[arm.baseline]
     exp = EXPERIMENTS[arm.experiment]
-    seeds = [s for s in seeds_scored(plan, arm) if s in seeds_scored(plan, base)]
+    base_seeds = seeds_scored(plan, base)
+    seeds = [s for s in seeds_scored(plan, arm) if s in base_seeds]
     for split in plan.arm_splits(arm):
       for metric in exp.metrics:
         if metric in ("b_wer", "u_wer") and not phrases:
