@@ -52,15 +52,9 @@ def run_demo(
   total_s = time.time() - start
   _LOG.info("demo summary: %s", summary)
   print(report_lib.format_table(report))
-  decoding = report.get("decode") or {}
-  method = decoding.get("method", "?")
-  if method != "greedy":
-    method += (
-      f" (beam {decoding.get('beam')}, LM weight {decoding.get('lm_weight', 0)}, bias list "
-      f"{decoding.get('bias_file') or 'none'})"
-    )
   print(
-    f"Decoding: {method}; the task heads read the best hypothesis (TF: the reference transcript)."
+    f"Decoding: {describe_decoding(report.get('decode') or {})}; the task heads read the best "
+    "hypothesis (TF: the reference transcript)."
   )
   print(
     f"\nWall time {total_s / 60:.1f} min (corpus {build_s / 60:.1f}, training "
@@ -69,3 +63,21 @@ def run_demo(
     f"Report: {workdir / 'eval' / 'report.md'}"
   )
   return report
+
+
+def describe_decoding(decoding: dict) -> str:
+  """One line naming the search a report's table was decoded with and its weights."""
+  method = decoding.get("method", "?")
+  if method == "greedy":
+    return "greedy CTC"
+  parts = [f"beam {decoding.get('beam')}"]
+  if method == "joint":
+    method = "joint CTC/attention"
+    parts.append(f"CTC weight {decoding.get('ctc_weight')}")
+  parts.append(f"LM weight {decoding.get('lm_weight', 0)}")
+  if method == "joint CTC/attention" and decoding.get("ilm_weight"):
+    parts.append(f"internal-LM weight {decoding.get('ilm_weight')}")
+  parts.append(f"bias list {decoding.get('bias_file') or 'none'}")
+  if decoding.get("rescore"):
+    parts.append("n-best rescored")
+  return f"{method} ({', '.join(parts)})"

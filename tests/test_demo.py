@@ -46,3 +46,21 @@ def test_demo_trains_scores_and_prints_the_table(tiny_corpus, tmp_path):
     json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
   ]
   assert steps[:3] == [1, 2, 3]
+
+
+def test_the_demo_names_the_search_its_table_was_decoded_with():
+  from moe_asr import config_lib
+  from moe_asr.demo import describe_decoding
+
+  demo = config_lib.load_config("demo").decode.to_dict()
+  assert describe_decoding(demo) == (
+    "joint CTC/attention (beam 4, CTC weight 0.7, LM weight 0.0, bias list none)"
+  )
+  assert describe_decoding({"method": "greedy", "beam": 8}) == "greedy CTC"
+  fused = {**demo, "method": "ctc_beam", "beam": 8, "lm_weight": 0.3, "bias_file": "corpus"}
+  assert describe_decoding(fused) == "ctc_beam (beam 8, LM weight 0.3, bias list corpus)"
+  fused = {**demo, "lm_weight": 0.3, "ilm_weight": 0.1, "rescore": True}
+  assert describe_decoding(fused) == (
+    "joint CTC/attention (beam 4, CTC weight 0.7, LM weight 0.3, internal-LM weight 0.1, "
+    "bias list none, n-best rescored)"
+  )
