@@ -269,3 +269,9 @@ def test_lid_log_prior_adjusts_the_training_logits_only():
   mix = np.exp(transfer.mix_log_prior(8, 7, 6, 0.7))
   np.testing.assert_allclose(mix[:6], 0.05, atol=1e-12)
   assert mix[7] == pytest.approx(0.7) and mix[6] == pytest.approx(0.05)
+  # With the replay's utterances counted: English 3, Spanish 1, German none (add-one
+  # smoothed: 4, 2, 1 of 7), half of the mix new; a fifth class of neither gets German's.
+  mix = np.exp(transfer.mix_log_prior(5, 3, 3, 0.5, old_counts={"en": 3, "es": 1}))
+  np.testing.assert_allclose(mix, [0.5 * 4 / 7, 0.5 * 2 / 7, 0.5 / 7, 0.5, 0.5 / 7], atol=1e-12)
+  with pytest.raises(ValueError, match="unknown languages"):
+    transfer.mix_log_prior(5, 3, 3, 0.5, old_counts={"xx": 1})

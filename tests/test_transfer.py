@@ -110,9 +110,21 @@ def test_growth_keeps_old_ids_classes_parameters_and_outputs(source, tiny_corpus
     tmp_path / "ungated",
     language="ru",
     method="expert",
+    replay=0.5,
     overrides=[*_overrides(data_dir), "transfer.vocab_gate='none'"],
   )
   assert ungated.transfer.vocab_gate == "none" and tuple(ungated.model.token_languages) == ()
+  # Replay: the old training split's first utterances, as many as the new ones; the LID
+  # losses' prior counts the replayed utterances' languages.
+  new_split, replayed = ungated.data.train_split.split("+")
+  n_new = len(inputs.split_source(ungated, new_split))
+  assert replayed == f"train[:{n_new}]"
+  counts = transfer.utterance_languages(ungated, replayed)
+  assert sum(counts.values()) == n_new and len(counts) > 1, counts
+  assert set(counts) <= set(languages.LANGUAGE_CODES[:RU]), counts
+  sizes = (int(ungated.model.num_languages), RU, int(ungated.transfer.old_num_languages))
+  expected = transfer.mix_log_prior(*sizes, 0.5, old_counts=counts)
+  np.testing.assert_allclose(ungated.train.loss.lid_log_prior, expected, atol=1e-12)
   # A new expert in both language-routed sections, Russian mapped to it.
   for name in ("encoder", "decoder"):
     assert cfg.model[name].num_experts == t.old_experts[name] + 1

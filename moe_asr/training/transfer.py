@@ -371,7 +371,8 @@ def transfer_config(
     n_new = _split_size(cfg, train_split)
     n_old = max(1, round(replay / (1 - replay) * n_new))
     n_old = min(n_old, _split_size(cfg, src.data.train_split))
-    train_split = f"{train_split}+{src.data.train_split}[:{n_old}]"
+    replay_split = f"{src.data.train_split}[:{n_old}]"
+    train_split = f"{train_split}+{replay_split}"
   cfg.data.train_split = train_split
   cfg.data.eval_splits = tuple(t.new_splits)[:1]
   cfg.eval.splits = (*t.new_splits, *(t.old_splits if same_data else ()))
@@ -384,7 +385,7 @@ def transfer_config(
   if new_language and index >= num_languages:
     cfg.model.num_languages = index + 1  # Referenced by every section's num_languages.
   if replay > 0 and new_language:
-    _set_lid_prior(cfg, index, num_languages, n_new / (n_new + n_old))
+    _set_lid_prior(cfg, index, num_languages, n_new / (n_new + n_old), replay_split)
   slices = _expert_slices(cfg, src, t, index, new_language)
   train_whole: list[str] = []
   # Vocabulary rows.
@@ -453,14 +454,38 @@ def add_modules(model, cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"transfer method {t.method!r}: no module of the model to wrap")
 
 
-def _set_lid_prior(cfg, new: int, old_num_languages: int, new_share: float) -> None:
+def _set_lid_prior(
+  cfg, new: int, old_num_languages: int, new_share: float, replay_split: str
+) -> None:
   """`train.loss.lid_log_prior` of a transfer with replay (`transfer.lid_prior="mix"`)."""
   mode = cfg.transfer.get("lid_prior", "mix")
   if mode not in ("mix", "none"):
     raise ValueError(f"transfer.lid_prior must be 'mix' or 'none', got {mode!r}")
   if mode == "mix":
     num_languages = int(cfg.model.num_languages)
-    cfg.train.loss.lid_log_prior = mix_log_prior(num_languages, new, old_num_languages, new_share)
+    counts = utterance_languages(cfg, replay_split)
+    _LOG.info("Replayed utterances by language (%s): %s", replay_split, counts)
+    cfg.train.loss.lid_log_prior = mix_log_prior(
+      num_languages, new, old_num_languages, new_share, old_counts=counts
+    )
+
+
+def utterance_languages(cfg: ml_collections.ConfigDict, split: str) -> dict[str, int]:
+  """Utterances of `split` per dominant language (the utterance LID's target), by code."""
+  from moe_asr.data import pipeline as pipeline_lib
+  from moe_asr.training import inputs
+
+  source = inputs.split_source(cfg, split)
+  counts: dict[str, int] = {}
+  for i in range(len(source)):
+    ex = source[i]
+    words = [pipeline_lib.as_str(w) for w in ex.get("words_lang", ())]
+    language = pipeline_lib.as_str(ex.get("language", ""))
+    fallback = "" if language == langs_lib.MIXED else language
+    code = pipeline_lib.dominant_language(words, fallback=fallback)
+    if code:
+      counts[code] = counts.get(code, 0) + 1
+  return counts
 
 
 def _gate_new_tokens(cfg, old_vocab: int, new_vocab: int, language: str) -> None:
@@ -474,14 +499,31 @@ def _gate_new_tokens(cfg, old_vocab: int, new_vocab: int, language: str) -> None
 
 
 def mix_log_prior(
-  num_languages: int, new: int, old_num_languages: int, new_share: float
+  num_languages: int,
+  new: int,
+  old_num_languages: int,
+  new_share: float,
+  old_counts: Mapping[str, int] | None = None,
 ) -> tuple[float, ...]:
   """Log prior of each LID class in a transfer's mix: the new language at `new_share`, the
-  rest shared evenly by the source's other languages (the replayed data's language counts
-  are not read: the corpus's are close to even). Classes of neither get the old share."""
+  rest shared by the source's other languages in proportion to `old_counts` (utterances of
+  the replayed data per language code, add-one smoothed so that a language the replay
+  happens to miss keeps a finite prior), or evenly without counts. Classes of neither get
+  the share of an old language without replayed utterances (evenly: the old share)."""
   old = [i for i in range(old_num_languages) if i != new]
-  each = (1.0 - new_share) / max(len(old), 1)
-  prior = [math.log(each)] * num_languages
+  rest = 1.0 - new_share
+  if old_counts:
+    unknown = sorted(set(old_counts) - set(langs_lib.LANGUAGE_CODES))
+    if unknown:
+      raise ValueError(f"replayed utterances of unknown languages {unknown}")
+    by_index = {langs_lib.language_index(c): int(n) for c, n in old_counts.items()}
+    total = sum(by_index.get(i, 0) + 1 for i in old)
+    share = {i: rest * (by_index.get(i, 0) + 1) / total for i in old}
+    floor = rest / total
+  else:
+    share = {i: rest / max(len(old), 1) for i in old}
+    floor = rest / max(len(old), 1)
+  prior = [math.log(share.get(i, floor)) for i in range(num_languages)]
   prior[new] = math.log(new_share)
   return tuple(prior)
 
