@@ -27,7 +27,8 @@ output folder instead: the CER and intent accuracy of its kept and dropped pseud
 against the labelled split's hidden references (read here, never by `pseudo-label`).
 
 Every run is scored by `moe-asr eval` (its newest checkpoint, the run's decode settings)
-on `--splits`; the table (WER, CER, intent accuracy, slot F1 in %, with 95% bootstrap
+on `--splits`; the table (each run's own steps and, in brackets, its total with those of
+the runs it started from; WER, CER, intent accuracy, slot F1 in %, with 95% bootstrap
 intervals) and each round's filter (threshold, kept fraction and the CER of the kept and
 dropped pseudo-labels on validation, and of the kept pseudo-labels themselves against
 the hidden labels) are printed, written as markdown to `--out` and as JSON to
@@ -57,9 +58,17 @@ def _train(config: str, workdir: pathlib.Path, overrides: list[str]) -> dict:
   return train.train_and_evaluate(cfg, workdir)
 
 
-def _scores(workdir: pathlib.Path, splits) -> dict:
+def _scores(workdir: pathlib.Path, splits, steps_before: int = 0) -> dict:
+  """The run's test scores (its own decode settings); `total_steps` adds the steps of the
+  runs it started from (`steps_before`)."""
   report = score.evaluate_workdir(workdir, splits=splits, out_dir=workdir / "eval")
-  return {"step": report["model"]["step"], "splits": report["splits"]}
+  step = int(report["model"]["step"])
+  return {
+    "step": step,
+    "total_steps": steps_before + step,
+    "decode": (report.get("decode") or {}).get("method"),
+    "splits": report["splits"],
+  }
 
 
 def _pseudo_label_cer(labels_file: pathlib.Path, refs: dict) -> dict:
@@ -121,10 +130,10 @@ def _cell(split_report: dict, metric: str) -> str:
 
 def format_markdown(results: dict) -> str:
   splits = results["splits"]
-  head = ["run", "step"] + [f"{s} {name}" for s in splits for _, name in METRICS]
+  head = ["run", "steps (total)"] + [f"{s} {name}" for s in splits for _, name in METRICS]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for run, scored in results["runs"].items():
-    cells = [run, str(scored["step"])]
+    cells = [run, f"{scored['step']} ({scored.get('total_steps', scored['step'])})"]
     for s in splits:
       cells += [_cell(scored["splits"][s], m) for m, _ in METRICS]
     lines.append("| " + " | ".join(cells) + " |")
@@ -218,8 +227,10 @@ def main(argv=None) -> int:
     pipeline_lib.data_source(cfg.data.name, hidden, data_dir=cfg.data.data_dir)
   )
   rounds = []
+  before = runs["supervised"]["total_steps"]  # A round's student starts from its teacher.
   for r in result["rounds"]:
-    runs[f"round{r['round']}"] = _scores(pathlib.Path(r["student"]), args.splits)
+    runs[f"round{r['round']}"] = _scores(pathlib.Path(r["student"]), args.splits, before)
+    before = runs[f"round{r['round']}"]["total_steps"]
     pseudo = r["pseudo"]
     labels = root / "rounds" / f"round{r['round']}" / "pseudo" / "labels"
     rounds.append(
@@ -253,7 +264,7 @@ def main(argv=None) -> int:
       )
       + args.student_override,
     )
-  runs[f"supervised+{extra}"] = _scores(control, args.splits)
+  runs[f"supervised+{extra}"] = _scores(control, args.splits, runs["supervised"]["total_steps"])
 
   results = {
     "splits": args.splits,
