@@ -239,7 +239,8 @@ def test_expert_transfer_from_8_devices_on_1(source, tiny_corpus, tmp_path):
     np.testing.assert_array_equal(layer.argmax(-1), experts)
   del run
 
-  # Transcribes from a copy of the workdir alone (no dataset where the config says).
+  # Transcribes from a copy of the workdir alone (no dataset where the config says), with
+  # the joint CTC/attention search over the grown vocabulary and the new experts.
   alone = tmp_path / "alone"
   shutil.copytree(workdir, alone)
   source_ds = inputs.split_source(cfg, "heldout_test")
@@ -249,7 +250,7 @@ def test_expert_transfer_from_8_devices_on_1(source, tiny_corpus, tmp_path):
   moved_data = tmp_path / "no_data"
   proc = _one_device_cli(
     "transcribe", "--workdir", str(alone), f"--config.data.data_dir={moved_data}",
-    str(tmp_path / "ru.wav"),
+    "--config.decode.method=joint", "--config.decode.beam=2", str(tmp_path / "ru.wav"),
   )  # fmt: skip
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   line = json.loads(proc.stdout.strip().splitlines()[-1])
