@@ -48,11 +48,11 @@ def settings(
   ilm_weight: float = 0.1,
 ) -> dict[str, list[str]]:
   """The overrides of every row of the ladder, by row name."""
-  base = ["decode.ilm_weight=0.0", "decode.rescore=False", "decode.length_bonus=0.0"]
+  plain = ["decode.rescore=False", "decode.length_bonus=0.0"]
+  base = ["decode.ilm_weight=0.0", *plain]
   beam_args = base + ["decode.method='ctc_beam'", f"decode.beam={beam}"]
   joint_args = [
-    "decode.rescore=False",
-    "decode.length_bonus=0.0",
+    *plain,
     "decode.method='joint'",
     f"decode.beam={joint_beam}",
     f"decode.ctc_weight={ctc_weight}",

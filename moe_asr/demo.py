@@ -70,14 +70,14 @@ def describe_decoding(decoding: dict) -> str:
   method = decoding.get("method", "?")
   if method == "greedy":
     return "greedy CTC"
+  joint = method == "joint"
   parts = [f"beam {decoding.get('beam')}"]
-  if method == "joint":
-    method = "joint CTC/attention"
+  if joint:
     parts.append(f"CTC weight {decoding.get('ctc_weight')}")
   parts.append(f"LM weight {decoding.get('lm_weight', 0)}")
-  if method == "joint CTC/attention" and decoding.get("ilm_weight"):
+  if joint and decoding.get("ilm_weight"):
     parts.append(f"internal-LM weight {decoding.get('ilm_weight')}")
   parts.append(f"bias list {decoding.get('bias_file') or 'none'}")
   if decoding.get("rescore"):
     parts.append("n-best rescored")
-  return f"{method} ({', '.join(parts)})"
+  return f"{'joint CTC/attention' if joint else method} ({', '.join(parts)})"

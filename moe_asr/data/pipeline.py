@@ -526,6 +526,12 @@ def dominant_language(words_lang: Sequence[str], fallback: str = "") -> str:
   return max(counts, key=lambda k: (counts[k], -words_lang.index(k)))
 
 
+def utterance_language(words_lang: Sequence[str], language: str) -> str:
+  """An example's language (the utterance LID's target): its words' dominant language, else
+  its `language` field unless that is "mixed"; "" where neither says."""
+  return dominant_language(words_lang, fallback="" if language == langs_lib.MIXED else language)
+
+
 def slot_word_tags(words: Sequence[str], slots: Sequence[tuple[str, str]]) -> list[str]:
   """BIO tag per word, finding each slot value left to right as a whole-word run."""
   tags = ["O"] * len(words)
@@ -648,10 +654,7 @@ class _LoadBatch:
     batch["words_lang"][r, : len(word_lang_ids)] = word_lang_ids
     runs = [lang for i, lang in enumerate(word_lang_ids) if i == 0 or lang != word_lang_ids[i - 1]]
     batch["lang_runs"][r, : min(len(runs), self.cfg.max_lang_runs)] = runs[: self.cfg.max_lang_runs]
-    language = as_str(ex.get("language", ""))
-    utt_lang = dominant_language(
-      words_lang, fallback=language if language != langs_lib.MIXED else ""
-    )
+    utt_lang = utterance_language(words_lang, as_str(ex.get("language", "")))
     batch["language"][r] = langs_lib.language_index(utt_lang) if utt_lang else NO_LABEL
     batch["code_switched"][r] = len(runs) > 1
     segments = np.asarray(ex.get("segments", np.zeros((0, 3))), np.int64).reshape(-1, 3)

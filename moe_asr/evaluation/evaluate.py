@@ -153,10 +153,7 @@ def slot_spans(
 def _reference(ex: Mapping) -> dict:
   as_str = pipeline_lib.as_str
   words_lang = [as_str(w) for w in ex.get("words_lang", [])]
-  language = as_str(ex.get("language", ""))
-  dominant = pipeline_lib.dominant_language(
-    words_lang, fallback=language if language != langs_lib.MIXED else ""
-  )
+  dominant = pipeline_lib.utterance_language(words_lang, as_str(ex.get("language", "")))
   codes = sorted(set(words_lang))
   slots = ex.get("slots", {"type": [], "value": []})
   return dict(

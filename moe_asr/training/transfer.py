@@ -480,9 +480,7 @@ def utterance_languages(cfg: ml_collections.ConfigDict, split: str) -> dict[str,
   for i in range(len(source)):
     ex = source[i]
     words = [pipeline_lib.as_str(w) for w in ex.get("words_lang", ())]
-    language = pipeline_lib.as_str(ex.get("language", ""))
-    fallback = "" if language == langs_lib.MIXED else language
-    code = pipeline_lib.dominant_language(words, fallback=fallback)
+    code = pipeline_lib.utterance_language(words, pipeline_lib.as_str(ex.get("language", "")))
     if code:
       counts[code] = counts.get(code, 0) + 1
   return counts
