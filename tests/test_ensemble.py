@@ -78,6 +78,24 @@ def test_ensemble_of_a_model_with_itself_is_the_model(tiny_workdir, tmp_path):
     assert single["splits"]["test"][metric] == double["splits"]["test"][metric], metric
 
 
+def test_ensemble_refuses_the_joint_search_naming_the_override(tiny_workdir, tmp_path):
+  for extra, named in (
+    (["decode.method=joint"], "decode.method='joint'"),
+    (["decode.rescore=True"], "--config.decode.rescore=False"),
+  ):
+    with pytest.raises(ValueError, match="add --config.decode.method=ctc_beam") as err:
+      score.evaluate_workdir(
+        tiny_workdir,
+        splits=("test",),
+        overrides=["eval.max_batches=1", *extra],
+        out_dir=tmp_path / "x",
+        ensemble=[tiny_workdir],
+      )
+    assert named in str(err.value) and str(tiny_workdir) in str(err.value)
+  cfg = score.workdir_config(tiny_workdir, ["decode.method=ctc_beam"])
+  decode.check_ensemble_search(cfg.decode)  # A search an ensemble runs: no error.
+
+
 def test_transcribe_ensemble_and_average_last_one(tiny_workdir, tmp_path):
   import soundfile as sf
 

@@ -441,6 +441,20 @@ def _make_rescorer(cfg: ml_collections.ConfigDict, lm, eos_id: int, table) -> Ca
   return rescored
 
 
+def check_ensemble_search(cfg: ml_collections.ConfigDict, workdir=None) -> None:
+  """Raises unless `cfg` (a decode section) is a search an ensemble runs: greedy or
+  ctc_beam without rescoring (members share CTC posteriors, not attention decoders)."""
+  asked = [f"decode.method={cfg.method!r}"] if cfg.method not in ("greedy", "ctc_beam") else []
+  asked += ["decode.rescore=True"] if cfg.get("rescore") else []
+  if asked:
+    where = f"{workdir} asks for " if workdir is not None else "this search has "
+    raise ValueError(
+      "an ensemble decodes with greedy or ctc_beam, without rescoring; "
+      f"{where}{' and '.join(asked)}: add --config.decode.method=ctc_beam (or greedy)"
+      + (" --config.decode.rescore=False" if cfg.get("rescore") else "")
+    )
+
+
 def make_decode_fn(
   cfg: ml_collections.ConfigDict,
   *,
@@ -505,11 +519,10 @@ def make_decode_fn(
   )
   table = None if word_table is None else jnp.asarray(word_table, jnp.int8)
   rescorer = _make_rescorer(cfg, lm, eos_id, table)
-  ensemble_ok = cfg.method != "joint" and rescorer is None
 
   def decode(model, batch, encoding: Encoding | None = None) -> dict[str, jax.Array]:
-    if len(_members(model)) > 1 and not ensemble_ok:
-      raise ValueError("an ensemble decodes with greedy or ctc_beam, without rescoring")
+    if len(_members(model)) > 1:
+      check_ensemble_search(cfg)
     e = encoding if encoding is not None else encode(model, batch, ensemble_weights)
     max_len = min(cfg.get("max_len") or decoder_max_len - 1, decoder_max_len - 1)
     nbest = search(settings, e, batch, min(max_len, e.log_probs.shape[1]))

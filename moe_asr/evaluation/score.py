@@ -153,6 +153,7 @@ def with_ensemble(
   members = [pathlib.Path(workdir), *(pathlib.Path(w) for w in ensemble)]
   if not ensemble:
     return run, members, None
+  decode_lib.check_ensemble_search(run.config.decode, workdir)  # Before loading members.
   weights = ensemble_lib.member_weights(members, ensemble_weights)
   runs = [run]
   for member in members[1:]:
