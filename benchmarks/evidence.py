@@ -831,17 +831,19 @@ def calibration_rows(plan: Plan, arms: Sequence[Arm]) -> list[dict]:
 
 
 def goals(plan: Plan, rows: Sequence[dict], arms: Sequence[Arm]) -> list[dict]:
-  """Each arm's verdict on its experiment's goal, from the seed-mean effects."""
+  """Each arm's verdict on its experiment's goal, from the seed-mean effects, and the same
+  check seed by seed (`seed_holds`: seed -> verdict), so a mean carried by one seed shows."""
   out = []
   for arm in arms:
     exp = EXPERIMENTS[arm.experiment]
     if arm.baseline is None or exp.goal is None:
       continue
-    effects = {
-      r["metric"]: r["mean"]
-      for r in rows
-      if r["arm"] == arm.id and r["split"] == exp.goal_split and r["mean"]
-    }
+    mine = [r for r in rows if r["arm"] == arm.id and r["split"] == exp.goal_split and r["mean"]]
+    effects = {r["metric"]: r["mean"] for r in mine}
+    by_seed: dict[str, dict] = {}
+    for r in mine:
+      for seed, effect in r["seeds"].items():
+        by_seed.setdefault(seed, {})[r["metric"]] = effect
     verdict = exp.goal.check(effects) if effects else None
     out.append(
       {
@@ -852,6 +854,7 @@ def goals(plan: Plan, rows: Sequence[dict], arms: Sequence[Arm]) -> list[dict]:
         "split": exp.goal_split,
         "holds": verdict,
         "seeds": max((e["seeds"] for e in effects.values()), default=0),
+        "seed_holds": {seed: exp.goal.check(e) for seed, e in sorted(by_seed.items())},
       }
     )
   return out
@@ -869,6 +872,17 @@ def _verdict(v: bool | None) -> str:
 
 def _seed_count(n: int) -> str:
   return f" ({n} seed{'s' if n != 1 else ''})" if n else ""
+
+
+def _goal_verdict(goal: dict) -> str:
+  """The verdict cell: "holds (2 seeds)", or that with the seeds that disagree named."""
+  text = _verdict(goal["holds"]) + _seed_count(goal.get("seeds", 0))
+  per_seed = goal.get("seed_holds") or {}
+  if goal["holds"] is None or len(per_seed) < 2 or set(per_seed.values()) == {goal["holds"]}:
+    return text
+  agree = sum(v == goal["holds"] for v in per_seed.values())
+  rest = ", ".join(f"seed {s}: {_verdict(v)}" for s, v in per_seed.items() if v != goal["holds"])
+  return f"{text} on the mean; {agree} of {len(per_seed)} seeds alone ({rest})"
 
 
 def _scored(arm: dict) -> str:
@@ -907,7 +921,7 @@ def format_markdown(result: dict) -> str:
   for g in result["goals"]:
     lines.append(
       f"| {g['experiment']} | {g['arm']} | {g['baseline']} | {g['goal']} | `{g['split']}` | "
-      f"{_verdict(g['holds'])}{_seed_count(g.get('seeds', 0))} |"
+      f"{_goal_verdict(g)} |"
     )
   for row in result["calibration"]:
     lines.append(

@@ -235,15 +235,44 @@ def test_evidence_end_to_end_and_resume(tiny_corpus, tmp_path):
   assert "(1 seed) |" in (table / "evidence.md").read_text()
 
 
-def test_arm_selection_and_done_markers(tmp_path):
-  import dataclasses
+def _load_evidence():
+  """benchmarks/evidence.py as a module (benchmarks/ is not on a plain `pytest`'s path)."""
   import importlib.util
 
-  # benchmarks/ is not on the path of a plain `pytest`: the file is loaded by its path.
   spec = importlib.util.spec_from_file_location("evidence", REPO / "benchmarks" / "evidence.py")
   evidence = importlib.util.module_from_spec(spec)
   sys.modules["evidence"] = evidence  # @dataclass looks its module up there.
   spec.loader.exec_module(evidence)
+  return evidence
+
+
+def test_goal_verdicts_seed_by_seed():
+  evidence = _load_evidence()
+
+  def mer(baseline, arm):
+    return {"diff": arm - baseline, "baseline": baseline, "arm": arm}
+
+  # E2's goal is -10% relative test_cs MER: seed 0 alone misses it (-9%), seed 1 makes it
+  # (-15%), and their mean (-12%) does.
+  seeds = {"0": mer(0.60, 0.546), "1": mer(0.60, 0.51)}
+  row = {"arm": "E2.learned", "split": "test_cs", "metric": "mer", "seeds": seeds}
+  row["mean"] = evidence._mean_effect(seeds)
+  (both,) = evidence.goals(None, [row], evidence.select_arms("E2.learned"))
+  assert both["holds"] is True and both["seeds"] == 2
+  assert both["seed_holds"] == {"0": False, "1": True}
+  assert evidence._goal_verdict(both) == (
+    "holds (2 seeds) on the mean; 1 of 2 seeds alone (seed 0: does not hold)"
+  )
+  assert evidence._goal_verdict(both | {"seed_holds": {"0": True, "1": True}}) == "holds (2 seeds)"
+  alone = dict(row, seeds={"1": seeds["1"]}, mean=evidence._mean_effect({"1": seeds["1"]}))
+  (one,) = evidence.goals(None, [alone], evidence.select_arms("E2.learned"))
+  assert evidence._goal_verdict(one) == "holds (1 seed)"
+
+
+def test_arm_selection_and_done_markers(tmp_path):
+  import dataclasses
+
+  evidence = _load_evidence()
 
   assert [a.id for a in evidence.select_arms("E1.joint")] == ["E1.cascade", "E1.joint"]
   assert {a.experiment for a in evidence.select_arms("E2,E5")} == {"E2", "E5"}
