@@ -79,11 +79,15 @@ def test_ensemble_of_a_model_with_itself_is_the_model(tiny_workdir, tmp_path):
 
 
 def test_ensemble_refuses_the_joint_search_naming_the_override(tiny_workdir, tmp_path):
-  for extra, named in (
-    (["decode.method=joint"], "decode.method='joint'"),
-    (["decode.rescore=True"], "--config.decode.rescore=False"),
+  # Each message names the setting at fault and only the override that mends it.
+  method_fix, rescore_fix = "--config.decode.method=ctc_beam", "--config.decode.rescore=False"
+  both = [method_fix, rescore_fix]
+  for extra, named, fixes in (
+    (["decode.method=joint"], "decode.method='joint'", [method_fix]),
+    (["decode.method=greedy", "decode.rescore=True"], "decode.rescore=True", [rescore_fix]),
+    (["decode.method=joint", "decode.rescore=True"], "and decode.rescore", both),
   ):
-    with pytest.raises(ValueError, match="add --config.decode.method=ctc_beam") as err:
+    with pytest.raises(ValueError, match="an ensemble decodes with greedy or ctc_beam") as err:
       score.evaluate_workdir(
         tiny_workdir,
         splits=("test",),
@@ -91,7 +95,10 @@ def test_ensemble_refuses_the_joint_search_naming_the_override(tiny_workdir, tmp
         out_dir=tmp_path / "x",
         ensemble=[tiny_workdir],
       )
-    assert named in str(err.value) and str(tiny_workdir) in str(err.value)
+    message = str(err.value)
+    assert named in message and str(tiny_workdir) in message, message
+    for fix in both:
+      assert (fix in message) == (fix in fixes), (fix, message)
   cfg = score.workdir_config(tiny_workdir, ["decode.method=ctc_beam"])
   decode.check_ensemble_search(cfg.decode)  # A search an ensemble runs: no error.
 

@@ -444,14 +444,18 @@ def _make_rescorer(cfg: ml_collections.ConfigDict, lm, eos_id: int, table) -> Ca
 def check_ensemble_search(cfg: ml_collections.ConfigDict, workdir=None) -> None:
   """Raises unless `cfg` (a decode section) is a search an ensemble runs: greedy or
   ctc_beam without rescoring (members share CTC posteriors, not attention decoders)."""
-  asked = [f"decode.method={cfg.method!r}"] if cfg.method not in ("greedy", "ctc_beam") else []
-  asked += ["decode.rescore=True"] if cfg.get("rescore") else []
+  asked, fixes = [], []
+  if cfg.method not in ("greedy", "ctc_beam"):
+    asked.append(f"decode.method={cfg.method!r}")
+    fixes.append("--config.decode.method=ctc_beam (or greedy)")
+  if cfg.get("rescore"):
+    asked.append("decode.rescore=True")
+    fixes.append("--config.decode.rescore=False")
   if asked:
     where = f"{workdir} asks for " if workdir is not None else "this search has "
     raise ValueError(
       "an ensemble decodes with greedy or ctc_beam, without rescoring; "
-      f"{where}{' and '.join(asked)}: add --config.decode.method=ctc_beam (or greedy)"
-      + (" --config.decode.rescore=False" if cfg.get("rescore") else "")
+      f"{where}{' and '.join(asked)}: add {' '.join(fixes)}"
     )
 
 
