@@ -337,3 +337,36 @@ def test_arm_selection_and_done_markers(tmp_path):
   restored = fresh.eval_dir(arm, 0) / "hypotheses" / "test_noisy.jsonl"
   assert restored.read_text() == '{"id": "a"}\n'
   assert evidence._done(fresh.eval_dir(arm, 0), evidence._eval_key(fresh, arm, 0))
+
+
+def test_the_archived_table_restores_on_this_checkout():
+  """Every arm in docs/results/evidence/ has the key this checkout's plan gives it, so
+  `--table-only` (and any run with `--archive docs/results/evidence`) restores it instead of
+  training its models again; the demo's current recipe (no pins) would not match."""
+  import dataclasses
+
+  evidence = _load_evidence()
+  archive = REPO / "docs" / "results" / "evidence"
+  plan = evidence.Plan(
+    out=archive,
+    config="demo",
+    seeds=(0, 1),
+    steps=None,
+    data_dir=None,
+    overrides=(),
+    splits=None,
+    max_batches=0,
+    lm_steps=1000,
+    bootstrap=1000,
+    archive=archive,
+    pins=evidence.RECIPE_PINS["demo"],
+  )
+  markers = sorted(archive.glob("evals/*/seed*/DONE"))
+  assert len(markers) >= 20, markers
+  for marker in markers:
+    arm = evidence.ARM_BY_ID[marker.parent.parent.name]
+    seed = int(marker.parent.name.removeprefix("seed"))
+    assert json.loads(marker.read_text())["key"] == evidence._eval_key(plan, arm, seed), marker
+  current = dataclasses.replace(plan, pins=())
+  joint = evidence.ARM_BY_ID["E1.joint"]
+  assert evidence._eval_key(current, joint, 0) != evidence._eval_key(plan, joint, 0)
