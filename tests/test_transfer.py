@@ -303,7 +303,10 @@ def test_new_task_trains_and_scores(source, tiny_corpus, new_task, tmp_path):
   proc = run_cli("data", "import", str(new_task), "--name", "newtask", "--data-dir", str(data_dir))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   workdir = tmp_path / "task"
-  args = [f"--config.{o}" for o in _overrides(data_dir, steps=20)]
+  # A decoding of its own: the source is scored with it too, not with the source's.
+  decode = ["decode.method=ctc_beam", "decode.beam=2"]
+  assert score.workdir_config(source).decode.method != "ctc_beam"
+  args = [f"--config.{o}" for o in [*_overrides(data_dir, steps=20), *decode]]
   proc = _one_device_cli(
     "transfer", "--from", str(source), "--workdir", str(workdir), "--language", "en",
     "--data", "local_manifest/newtask", "--method", "expert", *args,
@@ -317,6 +320,9 @@ def test_new_task_trains_and_scores(source, tiny_corpus, new_task, tmp_path):
   report = json.loads((workdir / "transfer" / "report.json").read_text())
   test = report["transfer"]["test"]
   assert test["intent_acc"] is not None  # The new heads are scored on the new set.
+  for who in ("transfer", "source"):
+    scored = json.loads((workdir / "transfer" / who / "new" / "report.json").read_text())
+    assert (scored["decode"]["method"], scored["decode"]["beam"]) == ("ctc_beam", 2), who
   # The encoder is kept: every encoder parameter is the source's.
   saved = transfer.source_params(source)
   after = transfer.source_params(workdir)

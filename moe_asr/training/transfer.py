@@ -780,8 +780,9 @@ def _old_overrides(cfg) -> list[str]:
 def score_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, **info) -> dict:
   """Scores the transferred and the source model on the new and the old splits.
 
-  Writes `W2/transfer/report.json` and `report.md`; the source's scores are kept in
-  `W2/transfer/source/` (computed once).
+  Both are decoded with the transfer run's `decode` section, so the change is the models'
+  alone. Writes `W2/transfer/report.json` and `report.md`; the source's scores are kept in
+  `W2/transfer/source/` (computed once for each decoding).
   """
   from moe_asr.evaluation import score
 
@@ -790,28 +791,37 @@ def score_transfer(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
   out = workdir / "transfer"
   new_splits, old_splits = tuple(t.new_splits), tuple(t.old_splits)
   data_over = [f"data.data_dir={cfg.data.data_dir}"]
+  decode = json.loads(json.dumps(cfg.decode.to_dict()))
   reports = {}
   for who, directory in (("transfer", workdir), ("source", pathlib.Path(t.source))):
     cached = out / who / "scores.json"
     if who == "source" and cached.exists():
-      reports[who] = json.loads(cached.read_text())
-      continue
+      saved = json.loads(cached.read_text())
+      if saved.get("decode") == decode:
+        reports[who] = saved["scores"]
+        continue
+
+    def config(over: list[str], directory=directory):
+      run_cfg = score.workdir_config(directory, over)
+      run_cfg.decode = ml_collections.ConfigDict(decode)
+      return run_cfg
+
     scores = {}
     if new_splits:
       # The source's tokenizer spells the new language with byte pieces, where it can at all.
       over = [*data_over, f"data.name={cfg.data.name}"]
       r = score.evaluate_workdir(
-        directory, splits=new_splits, overrides=over, out_dir=out / who / "new"
+        directory, splits=new_splits, cfg=config(over), out_dir=out / who / "new"
       )
       scores.update(_scores(r))
     if old_splits:
       over = [f"data.name={t.old_data.name}", f"data.data_dir={t.old_data.data_dir}"]
       r = score.evaluate_workdir(
-        directory, splits=old_splits, overrides=over, out_dir=out / who / "old"
+        directory, splits=old_splits, cfg=config(over), out_dir=out / who / "old"
       )
       scores.update(_scores(r))
     reports[who] = scores
-    report_lib.write_atomic(cached, json.dumps(scores, indent=1))
+    report_lib.write_atomic(cached, json.dumps({"decode": decode, "scores": scores}, indent=1))
   change = {
     split: {
       k: (None if v is None or reports["source"].get(split, {}).get(k) is None
